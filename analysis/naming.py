@@ -1,0 +1,24 @@
+"""Parameter names: natural ordering and grouping into layers."""
+
+from __future__ import annotations
+
+import re
+
+_DIGITS = re.compile(r"(\d+)")
+# Parameter-name suffixes of frameworks that join layer and parameter with "_" (DL4J: `lstm-1_W`, `norm-1_gamma`).
+_UNDERSCORE_SUFFIXES = frozenset({"W", "RW", "b", "gamma", "beta", "mean", "var", "weight", "bias"})
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders `layers.2` before `layers.10`."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name) if part)
+
+
+def layer_of(param: str) -> str:
+    """The layer a parameter belongs to: `enc.layers.0.q.weight` -> `enc.layers.0.q`, `lstm-1_W` -> `lstm-1`."""
+    cut = max(param.rfind("."), param.rfind("/"))
+    if cut >= 0:
+        head, tail = param[:cut], param[cut + 1 :]
+        return head if head and tail else param
+    head, _, tail = param.rpartition("_")
+    return head if head and tail in _UNDERSCORE_SUFFIXES else param

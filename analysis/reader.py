@@ -1,0 +1,421 @@
+"""Read safetensors files: a strict header parser and a streaming, constant-memory tensor scanner."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DTYPES, DtypeInfo
+from .errors import UnreadableFileError
+from .stats import TensorStats, summarize_array
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE in safetensors/src/tensor.rs)
+_PREFIX_BYTES = 8  # the little-endian u64 header length
+_U64_MAX = 2**64 - 1  # the library does its size arithmetic in usize; overflow there is an error
+_MAX_JSON_DEPTH = 127  # serde_json's recursion limit: 127 nested containers parse, 128 do not
+_METADATA_KEY = "__metadata__"
+_TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the header declares it; begin/end are absolute byte offsets in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """The validated header of a safetensors file."""
+
+    entries: tuple[TensorEntry, ...]
+    metadata: dict[str, str]
+    file_size: int
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """Statistics of every float tensor of one file, and why the others were skipped."""
+
+    path: str
+    header: FileHeader
+    stats: dict[str, TensorStats]
+    skipped: dict[str, str]
+
+
+class _RepeatedKeys(dict):
+    """A JSON object that repeated at least one key (the last value wins, as in serde_json)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, remembering repeated keys instead of silently dropping them."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for key, _ in pairs:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    result = _RepeatedKeys(obj)
+    result.repeated = tuple(repeated)
+    return result
+
+
+def _json_int(text: str) -> int | float:
+    """Read an integer like serde_json, which reads -0 and integers beyond 64 bits as floats."""
+    return _json_float(text) if text == "-0" or len(text) > 20 else int(text)
+
+
+def _json_float(text: str) -> float:
+    """Read a float, rejecting literals too large for a double as serde_json does."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _json_constant(text: str) -> float:
+    """Reject NaN and Infinity, which are not JSON."""
+    raise ValueError(f"{text} is not allowed in JSON")
+
+
+def _check_json_tree(root: object) -> None:
+    """Reject lone surrogate escapes and nesting deeper than serde_json accepts."""
+    stack: list[tuple[object, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if not node.isascii():
+                node.encode("utf-8")  # a lone surrogate from a \uD800 escape raises UnicodeEncodeError
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > _MAX_JSON_DEPTH:
+            raise ValueError(f"nested more than {_MAX_JSON_DEPTH} levels deep")
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _load_json(raw: bytes | bytearray, path: str) -> object:
+    """Decode the header bytes as strict UTF-8 JSON, with the library's extra restrictions."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableFileError(path, "header is not valid UTF-8") from None
+    try:
+        obj = json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_int=_json_int,
+            parse_float=_json_float,
+            parse_constant=_json_constant,
+        )
+        _check_json_tree(obj)
+    except json.JSONDecodeError as e:
+        problem = f"line {e.lineno} column {e.colno}"
+    except UnicodeEncodeError:
+        problem = "unpaired surrogate in a \\u escape"
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError as e:  # raised by the hooks above, or Python's limit on the digits of an integer
+        problem = str(e)
+    else:
+        return obj
+    raise UnreadableFileError(path, f"header is not valid JSON ({problem})")
+
+
+def _is_u64(value: object) -> bool:
+    """Tell whether a JSON value is what serde reads as a usize on a 64-bit machine."""
+    return type(value) is int and 0 <= value <= _U64_MAX
+
+
+def _parse_metadata(value: object, path: str) -> dict[str, str]:
+    """Validate `__metadata__`: absent or null means {}, otherwise an object of strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UnreadableFileError(path, "__metadata__ is not a JSON object")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise UnreadableFileError(path, f"__metadata__ value for {key!r} is not a string")
+    return dict(value)
+
+
+def _parse_entry(name: str, value: object, data_start: int, path: str) -> TensorEntry:
+    """Validate the fields of one tensor (types only; sizes and layout are checked later)."""
+    where = f"tensor {name!r}"
+    if not isinstance(value, dict):
+        raise UnreadableFileError(path, f"{where}: is not a JSON object")
+    if isinstance(value, _RepeatedKeys):
+        repeated = [k for k in value.repeated if k in _TENSOR_FIELDS]
+        if repeated:
+            raise UnreadableFileError(path, f"{where}: duplicate field {repeated[0]!r}")
+    missing = [field for field in _TENSOR_FIELDS if field not in value]
+    if missing:
+        raise UnreadableFileError(path, f"{where}: missing field {missing[0]!r}")
+    dtype, shape, offsets = (value[field] for field in _TENSOR_FIELDS)
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        shown = repr(dtype) if isinstance(dtype, str) else json.dumps(dtype)
+        raise UnreadableFileError(path, f"{where}: unknown dtype {shown}")
+    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+        raise UnreadableFileError(
+            path, f"{where}: shape {json.dumps(shape)} is not a list of non-negative integers"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets):
+        raise UnreadableFileError(
+            path, f"{where}: data_offsets {json.dumps(offsets)} is not a pair of non-negative integers"
+        )
+    begin, end = offsets
+    if end < begin:
+        raise UnreadableFileError(path, f"{where}: data_offsets [{begin}, {end}] end before they begin")
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _expected_bytes(entry: TensorEntry, path: str) -> int:
+    """Compute the byte size that shape and dtype imply, failing where the library's usize overflows."""
+    info = DTYPES[entry.dtype]
+    where = f"tensor {entry.name!r}: shape {list(entry.shape)} of {entry.dtype}"
+    bits = 1
+    for dim in (*entry.shape, info.bits):
+        bits *= dim
+        if bits > _U64_MAX:
+            raise UnreadableFileError(path, f"{where} is too large (its size overflows 64 bits)")
+    if bits % 8:
+        raise UnreadableFileError(path, f"{where} is {bits} bits, not a whole number of bytes")
+    return bits // 8
+
+
+def _check_layout(entries: tuple[TensorEntry, ...], data_start: int, file_size: int, path: str) -> None:
+    """Check sizes, that tensors tile the data section from 0 without gap or overlap, and its exact size."""
+    position = data_start
+    for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if entry.begin != position:
+            kind = "overlap" if entry.begin < position else "gap"
+            previous = (
+                f"the previous tensor ends at {position - data_start}"
+                if position > data_start
+                else "the data section starts at 0"
+            )
+            raise UnreadableFileError(
+                path,
+                f"tensor {entry.name!r}: data starts at byte {entry.begin - data_start} "
+                f"but {previous} ({kind})",
+            )
+        needed = _expected_bytes(entry, path)
+        if entry.end - entry.begin != needed:
+            raise UnreadableFileError(
+                path,
+                f"tensor {entry.name!r}: shape {list(entry.shape)} of {entry.dtype} needs {needed} bytes "
+                f"but its offsets span {entry.end - entry.begin}",
+            )
+        position = entry.end
+    used, present = position - data_start, file_size - data_start
+    if used < present:
+        raise UnreadableFileError(
+            path, f"data section is {present} bytes but tensors use {used} (trailing bytes)"
+        )
+    if used > present:
+        raise UnreadableFileError(
+            path, f"file is cut short: tensors need {used} data bytes but only {present} are present"
+        )
+
+
+def _check_header_length(length: int, file_size: int, path: str) -> None:
+    """Check the declared header length against the file size and the library's limit."""
+    if length > file_size - _PREFIX_BYTES:
+        raise UnreadableFileError(path, f"header length {length} is larger than the file ({file_size} bytes)")
+    if length > MAX_HEADER_BYTES:
+        raise UnreadableFileError(path, f"header is larger than {MAX_HEADER_BYTES // 1_000_000} MB")
+
+
+def parse_header(raw: bytes | bytearray, file_size: int, path: str) -> FileHeader:
+    """Validate the JSON header bytes (without the 8-byte prefix) of a file of `file_size` bytes."""
+    _check_header_length(len(raw), file_size, path)
+    obj = _load_json(raw, path)
+    if not isinstance(obj, dict):
+        raise UnreadableFileError(path, "header is not a JSON object")
+    if isinstance(obj, _RepeatedKeys):
+        key = obj.repeated[0]
+        what = "__metadata__" if key == _METADATA_KEY else f"tensor name {key!r}"
+        raise UnreadableFileError(path, f"duplicate {what} in header")
+    data_start = _PREFIX_BYTES + len(raw)
+    metadata = _parse_metadata(obj.get(_METADATA_KEY), path)
+    entries = tuple(
+        _parse_entry(name, value, data_start, path) for name, value in obj.items() if name != _METADATA_KEY
+    )
+    _check_layout(entries, data_start, file_size, path)
+    return FileHeader(entries=entries, metadata=metadata, file_size=file_size)
+
+
+def _os_problem(error: OSError, path: str) -> str:
+    """Turn an OSError from opening a path into plain words."""
+    if isinstance(error, FileNotFoundError):
+        return "broken symbolic link" if os.path.islink(path) else "no such file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, not a file"
+    if error.errno == errno.ENXIO:  # what opening a Unix socket gives
+        return "is a FIFO/socket/device, not a regular file"
+    return f"cannot open: {(error.strerror or str(error)).lower()}"
+
+
+def _open_regular(path: str) -> tuple[int, int]:
+    """Open a regular file for reading without blocking on FIFOs; return the fd and the file size."""
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise UnreadableFileError(path, _os_problem(e, path)) from None
+    except ValueError:  # an embedded NUL byte
+        raise UnreadableFileError(path, "the path contains a NUL byte") from None
+    try:
+        size = _regular_size(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def _regular_size(fd: int, path: str) -> int:
+    """Return the size of an open file, refusing anything but a regular file."""
+    try:
+        info = os.fstat(fd)
+    except OSError as e:
+        raise UnreadableFileError(path, f"cannot stat: {(e.strerror or str(e)).lower()}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UnreadableFileError(path, "is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UnreadableFileError(path, "is a FIFO/socket/device, not a regular file")
+    return info.st_size
+
+
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Read into `view` at a file offset once; return how many bytes arrived (0 at end of file)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    if hasattr(os, "pread"):
+        data = os.pread(fd, len(view), offset)
+    else:  # Windows has neither; the fd is ours alone, so seeking is safe
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
+def _read_exactly(fd: int, view: memoryview, offset: int, path: str, what: str) -> None:
+    """Fill `view` from a file offset, looping on short reads; a premature end of file is an error."""
+    done = 0
+    while done < len(view):
+        try:
+            got = _read_at(fd, view[done:], offset + done)
+        except OSError as e:
+            problem = (e.strerror or str(e)).lower()
+            raise UnreadableFileError(
+                path, f"read error ({what} at byte {offset + done}): {problem}"
+            ) from None
+        if got == 0:
+            raise UnreadableFileError(
+                path, f"file was truncated while being read ({what} at byte {offset + done})"
+            )
+        done += got
+
+
+def _read_header_fd(fd: int, file_size: int, path: str) -> FileHeader:
+    """Read and validate the prefix and the header of an open file."""
+    if file_size == 0:
+        raise UnreadableFileError(path, "empty file (0 bytes): not a safetensors file")
+    if file_size < _PREFIX_BYTES:
+        raise UnreadableFileError(path, f"file is only {file_size} bytes: too short to be a safetensors file")
+    prefix = bytearray(_PREFIX_BYTES)
+    _read_exactly(fd, memoryview(prefix), 0, path, "header length")
+    (length,) = struct.unpack("<Q", prefix)
+    _check_header_length(length, file_size, path)
+    raw = bytearray(length)
+    _read_exactly(fd, memoryview(raw), _PREFIX_BYTES, path, "header")
+    return parse_header(raw, file_size, path)
+
+
+def read_header(path: str | os.PathLike[str]) -> FileHeader:
+    """Read and validate the header of a safetensors file without touching the tensor data."""
+    name = os.fspath(path)
+    fd, size = _open_regular(name)
+    try:
+        return _read_header_fd(fd, size, name)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Buffers:
+    """The reused memory of one scan: raw bytes, decoded floats and the float64 scratch."""
+
+    raw: memoryview
+    work: np.ndarray
+    scratch: np.ndarray
+
+
+def _make_buffers(buffer_bytes: int) -> _Buffers:
+    """Allocate the scan buffers; a chunk holds at most buffer_bytes // 4 elements whatever the dtype."""
+    elements = buffer_bytes // 4
+    return _Buffers(
+        raw=memoryview(bytearray(buffer_bytes)),
+        work=np.empty(elements, dtype=np.uint32),
+        scratch=np.empty(elements, dtype=np.float64),
+    )
+
+
+def _scan_tensor(fd: int, entry: TensorEntry, info: DtypeInfo, buffers: _Buffers, path: str) -> TensorStats:
+    """Stream one float tensor through the reused buffers and merge the per-chunk statistics."""
+    decode = info.decode
+    assert decode is not None
+    # Whole elements, at most buffer_bytes bytes and at most buffer_bytes // 4 elements (the work/scratch size).
+    step = len(buffers.raw) // max(info.itemsize, 4) * info.itemsize
+    what = f"tensor {entry.name!r}"
+    total = TensorStats()
+    for offset in range(entry.begin, entry.end, step):
+        view = buffers.raw[: min(step, entry.end - offset)]
+        _read_exactly(fd, view, offset, path, what)
+        total = total.merge(summarize_array(decode(view, buffers.work), buffers.scratch))
+    return total
+
+
+def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = 1 << 20) -> FileScan:
+    """Validate a safetensors file and summarize every float tensor, reading it in bounded chunks."""
+    if buffer_bytes < 8:
+        raise ValueError(f"buffer_bytes must be at least 8, got {buffer_bytes}")
+    name = os.fspath(path)
+    fd, size = _open_regular(name)
+    try:
+        header = _read_header_fd(fd, size, name)
+        buffers = _make_buffers(buffer_bytes)
+        found: dict[str, TensorStats] = {}
+        # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
+        with np.errstate(invalid="ignore", over="ignore"):
+            for entry in sorted(header.entries, key=lambda e: e.begin):  # file order: sequential reads
+                info = DTYPES[entry.dtype]
+                if info.decode is not None:
+                    found[entry.name] = _scan_tensor(fd, entry, info, buffers, name)
+    finally:
+        os.close(fd)
+    stats = {e.name: found[e.name] for e in header.entries if e.name in found}
+    skipped = {e.name: DTYPES[e.dtype].skip_reason for e in header.entries if e.name not in found}
+    return FileScan(path=name, header=header, stats=stats, skipped=skipped)

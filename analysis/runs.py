@@ -1,0 +1,209 @@
+"""Run directories: find snapshot files, tell kind and step of each tensor, and assemble the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RunError, UnreadableFileError
+from .naming import natural_key
+from .reader import FileScan, scan_file
+from .stats import TensorStats
+
+KINDS = ("grad", "param", "update")
+FORMAT_VERSION = "1"
+SUFFIX = ".safetensors"
+# Words that name a kind, in key prefixes (`grad/w`) and in file names (`grads_100.safetensors`).
+_KIND_WORDS = {
+    "grad": "grad", "grads": "grad", "gradient": "grad", "gradients": "grad",
+    "param": "param", "params": "param", "parameter": "param", "parameters": "param",
+    "weights": "param",
+    "update": "update", "updates": "update",
+}  # fmt: skip
+_INTEGER = re.compile(r"\d+")
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of one kind of one parameter at one step, as summarised from its file."""
+
+    stats: TensorStats
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something skipped or unreadable, with the file and the reason in plain words."""
+
+    file: str
+    reason: str
+    tensor: str | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything read from a run directory, keyed (step, param, kind)."""
+
+    path: str
+    steps: tuple[int, ...]
+    params: tuple[str, ...]
+    tensors: dict[tuple[int, str, str], Tensor]
+    unreadable: tuple[Note, ...]
+    skipped: tuple[Note, ...]
+
+    def get(self, step: int, param: str, kind: str) -> Tensor | None:
+        """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
+        return self.tensors.get((step, param, kind))
+
+
+def is_snapshot_name(name: str) -> bool:
+    """Whether a directory entry name is a finished snapshot file (not hidden, not an in-progress write)."""
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+def find_snapshot_files(run_dir: Path) -> list[Path]:
+    """The snapshot files directly inside `run_dir`, in natural order; a clear error when there are none."""
+    if not run_dir.exists():
+        raise RunError(f"{run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise RunError(
+            f"{run_dir}: not a directory (give the run directory that holds the .safetensors files)"
+        )
+    try:
+        entries = sorted(os.listdir(run_dir), key=natural_key)
+    except OSError as error:
+        raise RunError(f"{run_dir}: cannot list the directory ({error.strerror or error})") from None
+    files = [run_dir / name for name in entries if is_snapshot_name(name)]
+    if files:
+        return files
+    nested = [name for name in entries if (run_dir / name).is_dir() and _holds_snapshots(run_dir / name)]
+    if nested:
+        shown = ", ".join(nested[:5]) + (", ..." if len(nested) > 5 else "")
+        raise RunError(f"{run_dir}: no .safetensors files here, but these subfolders hold runs: {shown}")
+    raise RunError(f"{run_dir}: no .safetensors snapshot files in this directory")
+
+
+def _holds_snapshots(folder: Path) -> bool:
+    try:
+        return any(is_snapshot_name(name) for name in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def check_format(path: Path, metadata: dict[str, str]) -> None:
+    """Reject files that declare a run format this version does not know."""
+    declared = metadata.get("gradcheck.format")
+    if declared is not None and declared.strip() != FORMAT_VERSION:
+        raise UnreadableFileError(
+            path, f"run format {declared!r} is not supported (this gradcheck reads format {FORMAT_VERSION})"
+        )
+
+
+def step_of(path: Path, metadata: dict[str, str]) -> int:
+    """The step a file records: metadata `step`, else the last integer in the file name, else 0."""
+    if "step" in metadata:
+        text = metadata["step"].strip()
+        if not re.fullmatch(r"-?\d+", text):
+            raise UnreadableFileError(path, f"metadata step {metadata['step']!r} is not an integer")
+        return int(text)
+    numbers = _INTEGER.findall(path.name[: -len(SUFFIX)])
+    return int(numbers[-1]) if numbers else 0
+
+
+def kind_from_file_name(path: Path) -> str | None:
+    """The kind a file name announces (`grads_100` -> grad), None if none; an error if it names several."""
+    words = {_KIND_WORDS[w] for w in _WORD.findall(path.name[: -len(SUFFIX)].lower()) if w in _KIND_WORDS}
+    if len(words) > 1:
+        raise UnreadableFileError(path, f"file name names several kinds ({', '.join(sorted(words))})")
+    return words.pop() if words else None
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """(kind, param) from a tensor key: `grad/fc.weight` -> ("grad", "fc.weight"); no known prefix -> None."""
+    prefix, slash, rest = key.partition("/")
+    if slash and rest and prefix.lower() in _KIND_WORDS:
+        return _KIND_WORDS[prefix.lower()], rest
+    return None, key
+
+
+def order_of(metadata: dict[str, str]) -> list[str]:
+    """Parameter names in model order from metadata `order`, [] when absent or not a list of strings."""
+    try:
+        order = json.loads(metadata.get("order", "[]"))
+    except ValueError:
+        return []
+    return [name for name in order if isinstance(name, str)] if isinstance(order, list) else []
+
+
+def tensors_of_scan(scan: FileScan) -> Iterable[tuple[str, str, Tensor]]:
+    """Yield (kind, param, tensor) for every float tensor of a scanned file."""
+    path = Path(scan.path)
+    file_kind = None
+    checked_name = False
+    shapes = {entry.name: entry for entry in scan.header.entries}
+    seen: dict[tuple[str, str], str] = {}
+    for key, stats in scan.stats.items():
+        kind, param = split_key(key)
+        if kind is None:
+            if not checked_name:
+                file_kind, checked_name = kind_from_file_name(path), True
+            if file_kind is None:
+                raise UnreadableFileError(
+                    path,
+                    f"cannot tell whether tensor {key!r} is a gradient, parameter or update: prefix keys "
+                    "with grad/, param/ or update/, or put grads, params or updates in the file name",
+                )
+            kind = file_kind
+        if (kind, param) in seen:
+            raise UnreadableFileError(path, f"keys {seen[(kind, param)]!r} and {key!r} are the same tensor")
+        seen[(kind, param)] = key
+        entry = shapes[key]
+        yield kind, param, Tensor(stats, entry.shape, entry.dtype, scan.path)
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> Run:
+    """Read every snapshot file of a run; unreadable files become notes, not failures."""
+    root = Path(run_dir)
+    tensors: dict[tuple[int, str, str], Tensor] = {}
+    unreadable: list[Note] = []
+    skipped: list[Note] = []
+    declared_order: list[str] = []
+    for path in find_snapshot_files(root):
+        try:
+            scan = scan_file(path)
+            check_format(path, scan.header.metadata)
+            step = step_of(path, scan.header.metadata)
+            found = list(tensors_of_scan(scan))
+        except UnreadableFileError as error:
+            unreadable.append(Note(str(path), error.problem))
+            continue
+        for kind, param, tensor in found:
+            earlier = tensors.get((step, param, kind))
+            if earlier is not None:
+                raise RunError(
+                    f"{param!r} ({kind}) at step {step} is in two files: {earlier.file} and {tensor.file}"
+                )
+            tensors[(step, param, kind)] = tensor
+        skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
+        declared_order = declared_order or order_of(scan.header.metadata)
+    return Run(
+        path=str(root),
+        steps=tuple(sorted({step for step, _, _ in tensors})),
+        params=_param_order({param for _, param, _ in tensors}, declared_order),
+        tensors=tensors,
+        unreadable=tuple(unreadable),
+        skipped=tuple(skipped),
+    )
+
+
+def _param_order(names: set[str], declared: list[str]) -> tuple[str, ...]:
+    known = [name for name in dict.fromkeys(declared) if name in names]
+    rest = sorted(names.difference(known), key=natural_key)
+    return tuple(known + rest)

@@ -1,0 +1,39 @@
+"""Default thresholds of the checks, each with the reason for its number and where it comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every tunable number of the checks; names are the config keys with `_` for `-`."""
+
+    # DeepDiagnosis (Wardat et al., ICSE 2022) flags vanishing at mean|g| < 1e-7; TheDeepChecker uses 1e-6.
+    # We take the stricter bound and add the relative condition below, so that a network whose gradients are
+    # all small late in training (loss near zero) is not called vanishing.
+    vanishing_mean: float = 1e-7
+    # AutoTrainer (Zhang et al., ICSE 2021): first/last layer gradient-norm ratio < 1e-3 means vanishing.
+    # Here: the parameter's layer norm against the largest layer norm at the same step.
+    vanishing_relative: float = 1e-3
+    # TheDeepChecker (Ben Braiek & Khomh): mean|g| > 1e6 is exploding, whatever the depth.
+    exploding_mean: float = 1e6
+    # AutoTrainer: a layer's gradient norm 70x the last layer's signals explosion through depth. Warning only:
+    # wide input layers legitimately carry larger norms.
+    exploding_relative: float = 70.0
+    # A gradient norm 100x the median of the parameter's earlier recorded steps: orders of magnitude, not noise.
+    spike_factor: float = 100.0
+    # Minimum earlier recorded steps before a spike can be judged against their median.
+    spike_history: int = 3
+    # TheDeepChecker: gradient norm growing >= 2x per recorded step, sustained over a window, is exploding.
+    growth_factor: float = 2.0
+    growth_window: int = 5
+    # One snapshot cannot tell a dead parameter from a zero-initialised path (LoRA's B = 0 makes A's first
+    # gradient exactly zero), so `dead` needs this many recorded steps with a gradient.
+    dead_min_steps: int = 2
+    # DL4J training UI: log10(mean|update| / mean|param|) "above -2 or below -4" means unstable or too slow.
+    update_ratio_low: float = -4.0
+    update_ratio_high: float = -2.0
+
+
+THRESHOLD_KEYS: dict[str, str] = {f.name.replace("_", "-"): f.name for f in fields(Thresholds)}

@@ -1,0 +1,100 @@
+"""The `--format json` document: stable, documented in docs/JSON.md, valid JSON (NaN/Inf become null)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from importlib.metadata import version
+from typing import Any
+
+from gradcheck.analysis.inspection import Report
+from gradcheck.analysis.metrics import ParamStep
+from gradcheck.analysis.runs import Tensor
+from gradcheck.analysis.thresholds import THRESHOLD_KEYS
+
+SCHEMA_VERSION = 1
+_FINDING_FIELDS = (
+    "severity", "problem", "check", "param", "layer", "kind", "step", "last_step", "count", "value",
+    "threshold", "message", "hint",
+)  # fmt: skip
+
+
+def report_document(report: Report, step: int | None, exit_code: int) -> dict[str, Any]:
+    """The JSON-ready dict of a report; `step` is the step the table would show (None: nothing readable)."""
+    run = report.run
+    return {
+        "schema": SCHEMA_VERSION,
+        "gradcheck_version": version("gradcheck"),
+        "run": run.path,
+        "status": report.status,
+        "failed": report.failed,
+        "exit_code": exit_code,
+        "fail_on": report.config.fail_on,
+        "summary": {"errors": report.errors, "warnings": report.warnings},
+        "steps": list(run.steps),
+        "shown_step": step,
+        "findings": [{key: asdict(f)[key] for key in _FINDING_FIELDS} for f in report.findings],
+        "params": [_param_document(report, param) for param in run.params],
+        "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
+        "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
+        "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
+    }
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """Serialise with NaN/Inf as null; allow_nan=False guarantees no invalid JSON slips through."""
+    return json.dumps(_finite(document), indent=2, allow_nan=False, ensure_ascii=False)
+
+
+def _param_document(report: Report, param: str) -> dict[str, Any]:
+    rows = [report.rows[(s, param)] for s in report.run.steps if (s, param) in report.rows]
+    first = rows[0].grad or rows[0].value or rows[0].update if rows else None
+    return {
+        "name": param,
+        "layer": rows[0].layer if rows else param,
+        "shape": list(first.shape) if first else None,
+        "dtype": first.dtype if first else None,
+        "steps": [_row_document(row) for row in rows],
+    }
+
+
+def _row_document(row: ParamStep) -> dict[str, Any]:
+    return {
+        "step": row.step,
+        "grad": _tensor_document(row.grad),
+        "param": _tensor_document(row.value),
+        "update": _tensor_document(row.update),
+        "update_ratio": row.update_ratio,
+        "grad_param_norm_ratio": row.grad_param_ratio,
+        "layer_grad_norm": row.layer_norm,
+        "layer_grad_rms": row.layer_rms,
+        "depth": row.depth,
+    }
+
+
+def _tensor_document(tensor: Tensor | None) -> dict[str, Any] | None:
+    if tensor is None:
+        return None
+    s = tensor.stats
+    return {
+        "count": s.count,
+        "nan": s.nan,
+        "inf": s.inf,
+        "zeros": s.zeros,
+        "min_abs": s.min_abs,
+        "mean_abs": s.mean_abs,
+        "max_abs": s.max_abs,
+        "norm": s.norm,
+        "file": tensor.file,
+    }
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

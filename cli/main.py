@@ -1,0 +1,128 @@
+"""The `gradcheck` command: parse options, call the analysis, render, exit with the documented code."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+
+from gradcheck.analysis.config import (
+    CHECK_IDS,
+    FAIL_LEVELS,
+    Config,
+    load_config,
+    parse_threshold_option,
+    with_thresholds,
+)
+from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
+
+from .console import make_console, printable
+from .jsonout import dumps, report_document
+from .render import render_report
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  no finding at the --fail-on level (default: error)
+  1  findings at the --fail-on level
+  2  usage error, bad config, or no readable snapshot
+     (with --strict: any unreadable file)
+
+\b
+Config: [tool.gradcheck] in the nearest pyproject.toml (searched
+from the current directory upwards) or --config FILE; command-line
+options override it. Keys: fail-on, ignore, [thresholds], and
+[[overrides]] with params globs. See docs/CONFIG.md.
+"""
+
+
+class InputError(click.ClickException):
+    """Bad input or usage: one line on stderr, exit 2."""
+
+    exit_code = EXIT_INPUT
+
+    def show(self, file: object = None) -> None:
+        """Print the one-line message."""
+        click.echo(f"gradcheck: error: {printable(self.message)}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("gradcheck"), "-V", "--version", prog_name="gradcheck")
+def cli() -> None:
+    """Find vanishing, exploding, NaN and dead gradients in a training run's safetensors snapshots."""
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--step", type=int, help="Step to show in the table (default: the last recorded).")
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="table for people, json for machines (docs/JSON.md).",
+)  # fmt: skip
+@click.option("--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config.")
+@click.option(
+    "-t", "--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold."
+)
+@click.option("--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable).")
+@click.option("--strict", is_flag=True, help="Exit 2 if any snapshot file is unreadable.")
+@click.option(
+    "--color/--no-color", default=None, help="Force colour on or off (default: auto, honours NO_COLOR)."
+)
+def inspect(
+    run_dir: Path,
+    step: int | None,
+    output_format: str,
+    fail_on: str | None,
+    config_file: Path | None,
+    thresholds: tuple[str, ...],
+    ignore: tuple[str, ...],
+    strict: bool,
+    color: bool | None,
+) -> None:
+    """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
+    try:
+        config = _settle_config(config_file, thresholds, ignore, fail_on)
+        report = inspect_run(run_dir, config)
+        for note in report.run.unreadable:
+            click.echo(f"gradcheck: warning: {printable(note.file)}: {note.reason}", err=True)
+        _note_skipped(report)
+        shown = resolve_step(report, step) if report.readable else None
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
+    problem = None
+    if shown is None:
+        problem = f"{run_dir}: no readable snapshot file"
+    elif strict and report.run.unreadable:
+        problem = f"{run_dir}: {len(report.run.unreadable)} unreadable file(s) and --strict is set"
+    code = EXIT_INPUT if problem else EXIT_FINDINGS if report.failed else EXIT_OK
+    if output_format == "json":
+        click.echo(dumps(report_document(report, shown, code)))
+    elif shown is not None:
+        render_report(make_console(color=color), report, shown)
+    if problem:
+        raise InputError(problem)
+    raise SystemExit(code)
+
+
+def _settle_config(
+    config_file: Path | None, thresholds: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
+) -> Config:
+    config = load_config(config_file)
+    config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
+    config = replace(config, ignore=config.ignore | frozenset(ignore))
+    return replace(config, fail_on=fail_on) if fail_on else config
+
+
+def _note_skipped(report: Report) -> None:
+    skipped = report.run.skipped
+    if skipped:
+        first = skipped[0]
+        click.echo(
+            f"gradcheck: note: {len(skipped)} non-float tensor(s) skipped, e.g. {printable(first.tensor or '')!r} "
+            f"in {printable(first.file)} ({first.reason})",
+            err=True,
+        )
