@@ -237,3 +237,20 @@ def test_hostile_names_print_literally(runner: CliRunner, tmp_path: Path) -> Non
 def test_color_flag_forces_ansi(runner: CliRunner, healthy: Path) -> None:
     assert "\x1b[" in invoke(runner, "inspect", healthy, "--color").stdout
     assert "\x1b[" not in invoke(runner, "inspect", healthy, "--no-color").stdout
+
+
+def test_piped_output_has_no_ansi_even_without_no_color(
+    runner: CliRunner, healthy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR")
+    assert "\x1b[" not in invoke(runner, "inspect", healthy).stdout
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert "\x1b[" in invoke(runner, "inspect", healthy).stdout
+
+
+def test_every_inspect_option_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for param in cli.commands["inspect"].params:
+        for flag in param.opts + param.secondary_opts:
+            if flag.startswith("--"):
+                assert flag in readme, flag
