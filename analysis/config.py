@@ -78,7 +78,7 @@ class Config:
                 thresholds = replace(thresholds, **override.thresholds)
                 ignore = ignore | override.ignore
         thresholds = replace(thresholds, **self.pinned)
-        _check_order(thresholds, f"thresholds for {param!r} after overrides")
+        _check_order(thresholds, f"{self.source or 'config'}: thresholds for {param!r} after overrides")
         return thresholds, ignore
 
 

@@ -54,7 +54,7 @@ def layer_gradients(run: Run, step: int) -> dict[str, tuple[float, float]]:
             squares[layer_of(param)] += grad.stats.sq_sum
             counts[layer_of(param)] += grad.stats.finite
     return {
-        layer: (math.sqrt(total), math.sqrt(total / counts[layer]) if counts[layer] else math.nan)
+        layer: (math.sqrt(total), math.sqrt(total / counts[layer])) if counts[layer] else (math.nan, math.nan)
         for layer, total in squares.items()
     }
 

@@ -24,7 +24,7 @@ _KIND_WORDS = {
     "weights": "param",
     "update": "update", "updates": "update",
 }  # fmt: skip
-_INTEGER = re.compile(r"\d+")
+_INTEGER = re.compile(r"[0-9]+")
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -110,7 +110,7 @@ def step_of(path: Path, metadata: dict[str, str]) -> int:
     """The step a file records: metadata `step`, else the last integer in the file name, else 0."""
     if "step" in metadata:
         text = metadata["step"].strip()
-        if not re.fullmatch(r"-?\d+", text):
+        if not re.fullmatch(r"-?[0-9]+", text):
             raise UnreadableFileError(path, f"metadata step {metadata['step']!r} is not an integer")
         return int(text)
     numbers = _INTEGER.findall(path.name[: -len(SUFFIX)])

@@ -14,12 +14,14 @@ class Thresholds:
     # all small late in training (loss near zero) is not called vanishing.
     vanishing_mean: float = 1e-7
     # AutoTrainer (Zhang et al., ICSE 2021): first/last layer gradient-norm ratio < 1e-3 means vanishing.
-    # Here: the parameter's layer norm against the largest layer norm at the same step.
+    # Here: the layer's gradient RMS against the largest layer's at the same step. RMS, not the norm, because a
+    # norm grows with the square root of the size and would call every small layer next to a big one vanishing.
     vanishing_relative: float = 1e-3
     # TheDeepChecker (Ben Braiek & Khomh): mean|g| > 1e6 is exploding, whatever the depth.
     exploding_mean: float = 1e6
-    # AutoTrainer: a layer's gradient norm 70x the last layer's signals explosion through depth. Warning only:
-    # wide input layers legitimately carry larger norms.
+    # AutoTrainer: a layer's gradient 70x the last layer's signals explosion through depth (compared as RMS, as
+    # above). Warning only: the "last layer" is the last in model order, which may be a small head or a final
+    # norm whose gradient scale differs for reasons of its own.
     exploding_relative: float = 70.0
     # A gradient norm 100x the median of the parameter's earlier recorded steps: orders of magnitude, not noise.
     spike_factor: float = 100.0

@@ -127,10 +127,10 @@ def _findings_table(findings: list[Finding]) -> Table:
         steps = sorted({step for f in group for step in f.steps})
         earliest = min(group, key=lambda f: f.step)
         where = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]} ({len(steps)})"
-        checks = ", ".join(dict.fromkeys(f.check for f in group if f.check != problem))
+        checks = list(dict.fromkeys(f.check for f in group))
         table.add_row(
             Text(_LABEL[group[0].severity], style=_SEVERITY_STYLE[group[0].severity]),
-            problem + (f" ({checks})" if checks else ""),
+            problem if checks == [problem] else f"{problem} ({', '.join(checks)})",
             Text(printable(param)),
             where,
             earliest.message,

@@ -133,3 +133,15 @@ def test_bf16_run_is_read_like_numpy_reads_it(runner: CliRunner, sample_runs: Pa
             row = next(r for r in param["steps"] if r["step"] == step)
             for kind in ("grad", "param", "update"):
                 _assert_matches(row[kind], tensors[f"{kind}/{param['name']}"])
+
+
+def test_readme_example_is_real_output(
+    runner: CliRunner, sample_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (sample_runs.parent / "README.md").read_text()
+    start = readme.index("```text\nsample_runs/dead_relu") + len("```text\n")
+    shown = readme[start : readme.index("```", start)].rstrip("\n")
+    monkeypatch.setenv("COLUMNS", "110")
+    monkeypatch.chdir(sample_runs.parent)
+    result = runner.invoke(cli, ["inspect", "sample_runs/dead_relu", "--no-color"])
+    assert "\n".join(line.rstrip() for line in result.stdout.rstrip("\n").splitlines()) == shown
