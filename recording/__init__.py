@@ -1,0 +1,1 @@
+"""Recording gradient snapshots from training code: writes runs that `gradcheck inspect` reads."""
