@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key
 from .reader import FileScan, scan_file
+from .shards import Piece, assemble, parse_shards
 from .stats import TensorStats
+from .summaries import parse_summaries, shape_of, stats_from_entry
 
 KINDS = ("grad", "param", "update")
 FORMAT_VERSION = "1"
@@ -68,26 +70,41 @@ def is_snapshot_name(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
+_RANK_FOLDER = re.compile(r"rank[0-9]+")
+
+
 def find_snapshot_files(run_dir: Path) -> list[Path]:
-    """The snapshot files directly inside `run_dir`, in natural order; a clear error when there are none."""
-    if not run_dir.exists():
-        raise RunError(f"{run_dir}: no such directory")
-    if not run_dir.is_dir():
-        raise RunError(
-            f"{run_dir}: not a directory (give the run directory that holds the .safetensors files)"
-        )
-    try:
-        entries = sorted(os.listdir(run_dir), key=natural_key)
-    except OSError as error:
-        raise RunError(f"{run_dir}: cannot list the directory ({error.strerror or error})") from None
+    """The snapshot files of a run, in natural order: directly inside `run_dir`, or in its rank folders."""
+    entries = _list(run_dir)
     files = [run_dir / name for name in entries if is_snapshot_name(name)]
     if files:
         return files
     nested = [name for name in entries if (run_dir / name).is_dir() and _holds_snapshots(run_dir / name)]
+    ranks = [name for name in nested if _RANK_FOLDER.fullmatch(name)]
+    if ranks:
+        return [
+            run_dir / rank / name
+            for rank in ranks
+            for name in _list(run_dir / rank)
+            if is_snapshot_name(name)
+        ]
     if nested:
         shown = ", ".join(nested[:5]) + (", ..." if len(nested) > 5 else "")
         raise RunError(f"{run_dir}: no .safetensors files here, but these subfolders hold runs: {shown}")
     raise RunError(f"{run_dir}: no .safetensors snapshot files in this directory")
+
+
+def _list(folder: Path) -> list[str]:
+    if not folder.exists():
+        raise RunError(f"{folder}: no such directory")
+    if not folder.is_dir():
+        raise RunError(
+            f"{folder}: not a directory (give the run directory that holds the .safetensors files)"
+        )
+    try:
+        return sorted(os.listdir(folder), key=natural_key)
+    except OSError as error:
+        raise RunError(f"{folder}: cannot list the directory ({error.strerror or error})") from None
 
 
 def _holds_snapshots(folder: Path) -> bool:
@@ -142,18 +159,24 @@ def order_of(metadata: dict[str, str]) -> list[str]:
     return [name for name in order if isinstance(name, str)] if isinstance(order, list) else []
 
 
-def tensors_of_scan(scan: FileScan) -> Iterable[tuple[str, str, Tensor]]:
-    """Yield (kind, param, tensor) for every float tensor of a scanned file."""
+def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
+    """Every float tensor of a scanned file, and every summary in its metadata, as pieces of the run."""
     path = Path(scan.path)
-    file_kind = None
-    checked_name = False
-    shapes = {entry.name: entry for entry in scan.header.entries}
+    metadata = scan.header.metadata
+    try:
+        summaries = parse_summaries(metadata)
+        shards = parse_shards(metadata)
+        found = [
+            (key, stats, shape, dtype) for key, (stats, shape, dtype) in _entries(scan, summaries).items()
+        ]
+    except (ValueError, TypeError, RecursionError) as error:
+        raise UnreadableFileError(path, f"bad gradcheck metadata: {error}") from None
+    file_kind: str | None = None
     seen: dict[tuple[str, str], str] = {}
-    for key, stats in scan.stats.items():
+    for key, stats, shape, dtype in found:
         kind, param = split_key(key)
         if kind is None:
-            if not checked_name:
-                file_kind, checked_name = kind_from_file_name(path), True
+            file_kind = file_kind or kind_from_file_name(path)
             if file_kind is None:
                 raise UnreadableFileError(
                     path,
@@ -164,14 +187,28 @@ def tensors_of_scan(scan: FileScan) -> Iterable[tuple[str, str, Tensor]]:
         if (kind, param) in seen:
             raise UnreadableFileError(path, f"keys {seen[(kind, param)]!r} and {key!r} are the same tensor")
         seen[(kind, param)] = key
-        entry = shapes[key]
-        yield kind, param, Tensor(stats, entry.shape, entry.dtype, scan.path)
+        shard = shards.get(param)
+        name = shard.global_name if shard else param
+        yield Piece(step, kind, name, stats, shape, dtype, scan.path, str(path.parent), shard)
+
+
+def _entries(
+    scan: FileScan, summaries: dict[str, Mapping[str, object]]
+) -> dict[str, tuple[TensorStats, tuple[int, ...], str]]:
+    """(stats, shape, dtype) by key: streamed tensors, then precomputed summaries (stats mode)."""
+    shapes = {entry.name: entry for entry in scan.header.entries}
+    entries = {key: (stats, shapes[key].shape, shapes[key].dtype) for key, stats in scan.stats.items()}
+    for key, summary in summaries.items():
+        if key in entries:
+            raise ValueError(f"{key!r} is both a tensor and a summary")
+        entries[key] = (stats_from_entry(summary), shape_of(summary), str(summary.get("dtype", "?")))
+    return entries
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:
     """Read every snapshot file of a run; unreadable files become notes, not failures."""
     root = Path(run_dir)
-    tensors: dict[tuple[int, str, str], Tensor] = {}
+    pieces: list[Piece] = []
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
@@ -179,20 +216,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
         try:
             scan = scan_file(path)
             check_format(path, scan.header.metadata)
-            step = step_of(path, scan.header.metadata)
-            found = list(tensors_of_scan(scan))
+            found = list(pieces_of_scan(scan, step_of(path, scan.header.metadata)))
         except UnreadableFileError as error:
             unreadable.append(Note(str(path), error.problem))
             continue
-        for kind, param, tensor in found:
-            earlier = tensors.get((step, param, kind))
-            if earlier is not None:
-                raise RunError(
-                    f"{param!r} ({kind}) at step {step} is in two files: {earlier.file} and {tensor.file}"
-                )
-            tensors[(step, param, kind)] = tensor
+        pieces.extend(found)
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         declared_order = declared_order or order_of(scan.header.metadata)
+    whole, problems = assemble(pieces)
+    unreadable.extend(Note(file, problem) for file, problem in problems)
+    tensors = {key: Tensor(p.stats, p.shape, p.dtype, p.file) for key, p in whole.items()}
     return Run(
         path=str(root),
         steps=tuple(sorted({step for step, _, _ in tensors})),

@@ -1,0 +1,73 @@
+"""Precomputed per-tensor summaries ("stats mode"): the JSON form stored in `__metadata__["gradcheck.stats"]`."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+from .stats import TensorStats
+
+STATS_KEY = "gradcheck.stats"
+_COUNTS = ("count", "nan", "inf", "zeros")
+_FLOATS = ("abs_min", "abs_max", "abs_sum", "sq_sum")
+# JSON has no Inf or NaN: they travel as these strings.
+_SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dict[str, object]:
+    """The JSON-able summary of one tensor; floats round-trip exactly (repr), non-finite ones as strings."""
+    entry: dict[str, object] = {"shape": list(shape), "dtype": dtype}
+    entry.update({name: getattr(stats, name) for name in _COUNTS})
+    entry.update({name: _encode(getattr(stats, name)) for name in _FLOATS})
+    return entry
+
+
+def stats_from_entry(entry: Mapping[str, object]) -> TensorStats:
+    """The TensorStats a summary entry describes; ValueError or TypeError naming the field when malformed."""
+    counts = {name: _count(entry, name) for name in _COUNTS}
+    floats = {name: _float(entry, name) for name in _FLOATS}
+    if counts["nan"] + counts["inf"] + counts["zeros"] > counts["count"]:
+        raise ValueError("nan + inf + zeros exceed count")
+    return TensorStats(**counts, **floats)
+
+
+def shape_of(entry: Mapping[str, object]) -> tuple[int, ...]:
+    """The shape a summary entry declares."""
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape!r} is not a list of non-negative integers")
+    return tuple(shape)
+
+
+def parse_summaries(metadata: Mapping[str, str]) -> dict[str, Mapping[str, object]]:
+    """Summary entries by key from file metadata ({} when the file has none)."""
+    raw = metadata.get(STATS_KEY)
+    if raw is None:
+        return {}
+    table = json.loads(raw)
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f"{STATS_KEY} is not a JSON object of objects")
+    return table
+
+
+def _encode(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _count(entry: Mapping[str, object], name: str) -> int:
+    value = entry.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} {value!r} is not a non-negative integer")
+    return value
+
+
+def _float(entry: Mapping[str, object], name: str) -> float:
+    value = entry.get(name)
+    if isinstance(value, str) and value in _SPECIAL:
+        return _SPECIAL[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} {value!r} is not a number")
+    return float(value)
