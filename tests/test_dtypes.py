@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from reference import reference
 from safetensors.numpy import save_file
 from st_files import DTYPE_BITS, bf16_bits, write_arrays
 
@@ -21,22 +22,6 @@ def decode(dtype: str, raw: bytes) -> np.ndarray:
     decoder = DTYPES[dtype].decode
     assert decoder is not None
     return decoder(memoryview(raw), np.empty(len(raw), dtype=np.uint32)).copy()
-
-
-def reference(values: np.ndarray) -> TensorStats:
-    """Compute the expected statistics the slow, obvious way on a float64 copy."""
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    finite = np.abs(x[np.isfinite(x)])
-    return TensorStats(
-        count=x.size,
-        nan=int(np.isnan(x).sum()),
-        inf=int(np.isinf(x).sum()),
-        zeros=int((finite == 0).sum()),
-        abs_min=float(finite.min()) if finite.size else math.inf,
-        abs_max=float(finite.max()) if finite.size else 0.0,
-        abs_sum=float(finite.sum()),
-        sq_sum=float((finite**2).sum()),
-    )
 
 
 def assert_stats_match(got: TensorStats, want: TensorStats) -> None:

@@ -9,24 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from reference import reference
 
 from gradcheck.analysis.stats import TensorStats, summarize_array
-
-
-def reference(values: np.ndarray) -> TensorStats:
-    """The statistics computed the slow, obvious way on a float64 copy."""
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    finite = np.abs(x[np.isfinite(x)])
-    return TensorStats(
-        count=x.size,
-        nan=int(np.isnan(x).sum()),
-        inf=int(np.isinf(x).sum()),
-        zeros=int((finite == 0).sum()),
-        abs_min=float(finite.min()) if finite.size else math.inf,
-        abs_max=float(finite.max()) if finite.size else 0.0,
-        abs_sum=float(finite.sum()),
-        sq_sum=float((finite**2).sum()),
-    )
 
 
 def assert_same(got: TensorStats, want: TensorStats, rtol: float = 1e-12) -> None:
