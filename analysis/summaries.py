@@ -17,14 +17,17 @@ _SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dict[str, object]:
     """The JSON-able summary of one tensor; floats round-trip exactly (repr), non-finite ones as strings."""
-    entry: dict[str, object] = {"shape": list(shape), "dtype": dtype}
-    entry.update({name: getattr(stats, name) for name in _COUNTS})
+    entry: dict[str, object] = {"shape": [int(d) for d in shape], "dtype": dtype}
+    entry.update({name: int(getattr(stats, name)) for name in _COUNTS})
     entry.update({name: _encode(getattr(stats, name)) for name in _FLOATS})
     return entry
 
 
 def stats_from_entry(entry: Mapping[str, object]) -> TensorStats:
-    """The TensorStats a summary entry describes; ValueError or TypeError naming the field when malformed."""
+    """The TensorStats a summary entry describes; ValueError naming a missing or malformed field."""
+    missing = [name for name in (*_COUNTS, *_FLOATS) if name not in entry]
+    if missing:
+        raise ValueError(f"summary has no field {missing[0]!r}")
     counts = {name: _count(entry, name) for name in _COUNTS}
     floats = {name: _float(entry, name) for name in _FLOATS}
     if counts["nan"] + counts["inf"] + counts["zeros"] > counts["count"]:
@@ -53,21 +56,26 @@ def parse_summaries(metadata: Mapping[str, str]) -> dict[str, Mapping[str, objec
 
 def _encode(value: float) -> float | str:
     if math.isfinite(value):
-        return value
+        return float(value)
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def _count(entry: Mapping[str, object], name: str) -> int:
-    value = entry.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} {value!r} is not a non-negative integer")
-    return value
+    value = entry[name]
+    if not _is_int(value) or value < 0:  # type: ignore[operator]
+        raise ValueError(f"summary field {name!r} is {value!r}, not a non-negative integer")
+    return int(value)  # type: ignore[call-overload]
 
 
 def _float(entry: Mapping[str, object], name: str) -> float:
-    value = entry.get(name)
+    value = entry[name]
     if isinstance(value, str) and value in _SPECIAL:
         return _SPECIAL[value]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} {value!r} is not a number")
-    return float(value)
+    if not (_is_int(value) or type(value) is float):
+        raise ValueError(f"summary field {name!r} is {value!r}, not a number")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _is_int(value: object) -> bool:
+    """A JSON integer (bool is not one)."""
+    return type(value) is int
