@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -20,13 +19,13 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 from torch import nn
 
+from gradcheck.recording.torch import Recorder
+
 SEED = 0  # one seed for model init and data order; every run re-seeds, so `--only` gives the same files
 BATCH_SIZE = 64  # a common minibatch size; 28 batches per epoch of the 1797 digits
-FORMAT_VERSION = "1"  # run format v1: `step_XXXXXXXX.safetensors` with grad/, param/, update/ prefixes
 DEAD_BIAS = -10.0  # far below any pre-activation the standardized inputs can reach, so every unit is dead
 
 Tensors = dict[str, torch.Tensor]
-Writer = Callable[[Path, int, list[str], Tensors, Tensors, Tensors], None]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -47,7 +46,7 @@ class RunSpec:
     optimizer: OptimizerFactory
     steps: int
     every: int
-    writer: Writer
+    plain: bool = False  # hand-written dumps instead of the Recorder
     dtype: torch.dtype = torch.float32
     clip_norm: float | None = None
     stop_after_nonfinite: int | None = None  # end the run this many steps after the first non-finite grad
@@ -125,41 +124,7 @@ def sgd(lr: float, momentum: float = 0.0) -> OptimizerFactory:
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
-def _canonicalize_header(path: Path) -> None:
-    """Sort the `__metadata__` keys in place: safetensors 0.8 writes them in random order (issue #584)."""
-    with path.open("r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        raw = f.read(size)
-        header = json.loads(raw)
-        metadata = header.pop("__metadata__", None)
-        if metadata is None:
-            return
-        text = json.dumps({"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":"))
-        canonical = text.encode()
-        if len(canonical) != len(raw.rstrip(b" ")) or json.loads(canonical) != json.loads(raw):
-            raise RuntimeError(f"{path}: cannot reproduce the safetensors header byte for byte")
-        f.seek(8)
-        f.write(canonical.ljust(size, b" "))
-
-
-def write_v1(
-    out_dir: Path, step: int, names: list[str], grads: Tensors, params: Tensors, updates: Tensors
-) -> None:
-    """Write one step in run format v1: prefixed tensors plus format, step and parameter order metadata."""
-    tensors = {
-        f"{kind}/{name}": tensor
-        for kind, group in (("grad", grads), ("param", params), ("update", updates))
-        for name, tensor in group.items()
-    }
-    metadata = {"gradcheck.format": FORMAT_VERSION, "step": str(step), "order": json.dumps(names)}
-    path = out_dir / f"step_{step:08d}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    _canonicalize_header(path)
-
-
-def write_plain(
-    out_dir: Path, step: int, names: list[str], grads: Tensors, params: Tensors, updates: Tensors
-) -> None:
+def write_plain(out_dir: Path, step: int, grads: Tensors, params: Tensors, updates: Tensors) -> None:
     """Write one step the way people hand-roll it: three unprefixed files, no metadata."""
     for prefix, group in (("grads", grads), ("params", params), ("updates", updates)):
         save_file(group, str(out_dir / f"{prefix}_{step}.safetensors"))
@@ -195,14 +160,18 @@ def _grads_finite(model: nn.Module) -> bool:
 
 
 def train(spec: RunSpec, data: Digits, out_dir: Path) -> tuple[list[GradStats], float]:
-    """Train one run, writing a snapshot at each recorded step; return its gradient facts and accuracy."""
+    """Train one run, recording every `every`-th optimizer step; return its gradient facts and accuracy.
+
+    The v1 runs are written by gradcheck's own Recorder (we use what we ship); `plain` runs by hand, the way
+    people dump gradients today.
+    """
     torch.manual_seed(SEED)
     model = spec.build().to(spec.dtype)
     optimizer = spec.optimizer(model.parameters())
-    names = [name for name, _ in model.named_parameters()]
     batches = batch_indices(len(data.y), torch.Generator().manual_seed(SEED))
     x = data.x.to(spec.dtype)
     history: list[GradStats] = []
+    recorder = None if spec.plain else Recorder(model, optimizer, out_dir, every=spec.every)
     first_nonfinite: int | None = None
     for step in range(spec.steps):
         idx = next(batches)
@@ -212,22 +181,20 @@ def train(spec: RunSpec, data: Digits, out_dir: Path) -> tuple[list[GradStats], 
             nn.utils.clip_grad_norm_(model.parameters(), spec.clip_norm)
         if first_nonfinite is None and not _grads_finite(model):
             first_nonfinite = step
-        last = step == spec.steps - 1 or (
-            first_nonfinite is not None
-            and spec.stop_after_nonfinite is not None
-            and step == first_nonfinite + spec.stop_after_nonfinite
-        )
-        if not (last or step % spec.every == 0):
+        if step % spec.every:
             optimizer.step()
             continue
         grads = _snapshot((name, p.grad) for name, p in model.named_parameters())
         params = _snapshot(model.named_parameters())
         optimizer.step()
-        updates = _snapshot((name, p.detach() - params[name]) for name, p in model.named_parameters())
-        spec.writer(out_dir, step, names, grads, params, updates)
+        if spec.plain:
+            updates = _snapshot((name, p.detach() - params[name]) for name, p in model.named_parameters())
+            write_plain(out_dir, step, grads, params, updates)
         history.append(grad_stats(step, grads))
-        if last:
+        if first_nonfinite is not None and step == first_nonfinite + (spec.stop_after_nonfinite or math.inf):
             break
+    if recorder is not None:
+        recorder.close()
     return history, accuracy(model, data, spec.dtype)
 
 
@@ -259,20 +226,18 @@ RUNS: tuple[RunSpec, ...] = (
         "healthy_mlp",
         lambda: mlp([64, 64, 32, 10], nn.ReLU),
         adam(1e-3),
-        steps=360,
+        steps=361,
         every=60,
-        writer=write_v1,
     ),
     # Rows as time steps, clipped at norm 1.0 as recurrent training usually is (it never engages here).
-    RunSpec("healthy_gru", RowGRU, adam(3e-3), steps=360, every=60, writer=write_v1, clip_norm=1.0),
+    RunSpec("healthy_gru", RowGRU, adam(3e-3), steps=361, every=60, clip_norm=1.0),
     # 12 Linear+Sigmoid layers at default init: each layer shrinks the backward signal about tenfold.
     RunSpec(
         "vanishing_sigmoid",
         lambda: mlp([64] + [24] * 11 + [10], nn.Sigmoid),
         sgd(0.1),
-        steps=400,
+        steps=401,
         every=80,
-        writer=write_v1,
     ),
     # lr 5 where 0.05 was meant. LeakyReLU because a ReLU net at this lr often dies (loss stuck at ln 10)
     # instead of diverging, depending on the exact lr; LeakyReLU diverges for every lr >= 3 tried.
@@ -282,19 +247,17 @@ RUNS: tuple[RunSpec, ...] = (
         sgd(5.0),
         steps=100,
         every=1,
-        writer=write_v1,
         stop_after_nonfinite=3,
     ),
     # First-layer bias initialised to -10: that layer is dead from step 0 and never recovers.
-    RunSpec("dead_relu", dead_first_layer_mlp, adam(1e-3), steps=360, every=60, writer=write_v1),
+    RunSpec("dead_relu", dead_first_layer_mlp, adam(1e-3), steps=361, every=60),
     # The healthy_mlp configuration, model and inputs in bfloat16 (no float32 master weights).
     RunSpec(
         "bf16_mlp",
         lambda: mlp([64, 64, 32, 10], nn.ReLU),
         adam(1e-3),
-        steps=360,
+        steps=361,
         every=60,
-        writer=write_v1,
         dtype=torch.bfloat16,
     ),
     # Hand-rolled dumps of a healthy run: three unprefixed files per step, no metadata.
@@ -302,9 +265,9 @@ RUNS: tuple[RunSpec, ...] = (
         "plain_dumps",
         lambda: mlp([64, 32, 10], nn.ReLU),
         sgd(0.05, momentum=0.9),
-        steps=300,
+        steps=301,
         every=50,
-        writer=write_plain,
+        plain=True,
     ),
 )
 
