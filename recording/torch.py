@@ -375,10 +375,15 @@ def _local_grad(param: Any) -> Any:
 
 
 def _unscale(grad: Any, scale: Any) -> Any:
-    """The gradient divided by a GradScaler scale, in the gradient's dtype."""
+    """The gradient divided by a GradScaler scale, in float32 for half-precision gradients.
+
+    Fused optimizers unscale in float32 too; dividing an fp16 gradient by a scale of 65536 in fp16 would
+    flush its small values to zero and make healthy layers look dead or vanishing.
+    """
+    if grad.dtype.itemsize < 4 and grad.is_floating_point():
+        grad = grad.float()
     if hasattr(scale, "reshape"):
-        # 0-dim so that a float32 scale does not promote a bf16/f16 gradient to float32
-        scale = scale.to(grad.device).reshape(())
+        scale = scale.to(grad.device, grad.dtype).reshape(())
     return grad / scale
 
 

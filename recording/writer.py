@@ -79,7 +79,7 @@ def _merged_metadata(
     if summaries is not None:
         ours[STATS_KEY] = json.dumps(summaries, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     elif metadata and STATS_KEY in metadata:
-        raise ValueError(f"metadata {STATS_KEY!r} is reserved: pass summaries=... instead")
+        raise ValueError(f"metadata {STATS_KEY!r} is reserved: use mode='stats' (or write_snapshot's summaries=)")
     merged: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -183,6 +183,8 @@ def write_snapshot(
     """Write `run_dir/step_{step:08d}.safetensors` atomically and return its path."""
     if isinstance(step, bool) or not isinstance(step, int):
         raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"step must be 0 or more, got {step}")
     try:
         header = serialize_header(tensors, _merged_metadata(step, metadata, summaries))
         chunks = [header, *(_tensor_bytes(key, tensors[key]) for key in sorted(tensors))]

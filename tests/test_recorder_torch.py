@@ -295,7 +295,11 @@ def test_fused_grad_scaler_path_divides_by_the_scale(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fake_grad_scale_on_the_optimizer_is_divided_out(tmp_path: Path, dtype: torch.dtype) -> None:
-    """optimizer.grad_scale as GradScaler sets it for fused optimizers (float32, shape [1]); dtype is kept."""
+    """optimizer.grad_scale as GradScaler sets it for fused optimizers (float32, shape [1]).
+
+    Half-precision gradients are unscaled in float32, as fused optimizers do, so small values do not flush
+    to zero; they are stored as F32.
+    """
     model = make_model(dtype=dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     # plain SGD refuses grad_scale, so set it for the recorder's hook only: hooks run in registration order
@@ -308,7 +312,9 @@ def test_fake_grad_scale_on_the_optimizer_is_divided_out(tmp_path: Path, dtype: 
         seen = train(model, optimizer, 1, dtype=dtype)
     stored = load_file(str(tmp_path / "step_00000000.safetensors"))
     for name in NAMES:
-        assert_same_bits(stored[f"grad/{name}"], seen[(0, name, "grad")] / torch.tensor(8.0, dtype=dtype))
+        expected = seen[(0, name, "grad")].float() / torch.tensor(8.0)
+        assert stored[f"grad/{name}"].dtype == torch.float32
+        assert_same_bits(stored[f"grad/{name}"], expected)
         assert not torch.equal(stored[f"grad/{name}"], seen[(0, name, "grad")])
 
 
@@ -532,3 +538,19 @@ def test_existing_step_is_an_error_unless_overwrite(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="already exists"):
         record(False)
     record(True)
+
+
+def test_fp16_gradients_are_unscaled_without_underflow(tmp_path: Path) -> None:
+    """A small fp16 gradient divided by 65536 in fp16 would be 0; in float32 it keeps its value."""
+    model = torch.nn.Linear(2, 1, bias=False).half()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: setattr(opt, "grad_scale", torch.tensor([65536.0]))
+    )
+    recorder = Recorder(model, optimizer, tmp_path, every=1, kinds=("grad",))
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: delattr(opt, "grad_scale"))
+    model.weight.grad = torch.full((1, 2), 2.0**-10, dtype=torch.float16)  # a scaled gradient of 2**-26
+    with recorder:
+        optimizer.step()
+    stored = load_file(str(tmp_path / "step_00000000.safetensors"))["grad/weight"]
+    assert stored.dtype == torch.float32 and torch.all(stored == 2.0**-26)

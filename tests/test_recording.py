@@ -478,3 +478,9 @@ def test_import_loads_no_framework_and_no_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_negative_step_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="step must be 0 or more"):
+        save_snapshot(tmp_path, -5, grads={"w": np.ones(2, np.float32)})
+    assert list(tmp_path.iterdir()) == []
