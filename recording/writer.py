@@ -79,7 +79,9 @@ def _merged_metadata(
     if summaries is not None:
         ours[STATS_KEY] = json.dumps(summaries, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     elif metadata and STATS_KEY in metadata:
-        raise ValueError(f"metadata {STATS_KEY!r} is reserved: use mode='stats' (or write_snapshot's summaries=)")
+        raise ValueError(
+            f"metadata {STATS_KEY!r} is reserved: use mode='stats' (or write_snapshot's summaries=)"
+        )
     merged: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
