@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from reference import reference
 from safetensors import safe_open
 
 from gradcheck.analysis.reader import scan_file
@@ -31,22 +32,6 @@ from gradcheck.recording import (
     summary_entry,
     write_snapshot,
 )
-
-
-def reference(values: np.ndarray) -> TensorStats:
-    """Statistics computed directly with numpy on a float64 copy, independently of analysis.stats."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    finite = np.abs(v[np.isfinite(v)])
-    return TensorStats(
-        count=v.size,
-        nan=int(np.isnan(v).sum()),
-        inf=int(np.isinf(v).sum()),
-        zeros=int((finite == 0).sum()),
-        abs_min=float(finite.min()) if finite.size else math.inf,
-        abs_max=float(finite.max()) if finite.size else 0.0,
-        abs_sum=float(finite.sum()),
-        sq_sum=float((finite**2).sum()),
-    )
 
 
 def assert_stats_close(got: TensorStats, want: TensorStats) -> None:
