@@ -239,7 +239,11 @@ def _check_layout(entries: tuple[TensorEntry, ...], data_start: int, file_size: 
 def _check_header_length(length: int, file_size: int, path: str) -> None:
     """Check the declared header length against the file size and the library's limit."""
     if length > file_size - _PREFIX_BYTES:
-        raise UnreadableFileError(path, f"header length {length} is larger than the file ({file_size} bytes)")
+        raise UnreadableFileError(
+            path,
+            f"header length {length} is larger than the file ({file_size} bytes): "
+            "cut short, or not a safetensors file",
+        )
     if length > MAX_HEADER_BYTES:
         raise UnreadableFileError(path, f"header is larger than {MAX_HEADER_BYTES // 1_000_000} MB")
 
@@ -344,7 +348,10 @@ def _read_header_fd(fd: int, file_size: int, path: str) -> FileHeader:
     if file_size == 0:
         raise UnreadableFileError(path, "empty file (0 bytes): not a safetensors file")
     if file_size < _PREFIX_BYTES:
-        raise UnreadableFileError(path, f"file is only {file_size} bytes: too short to be a safetensors file")
+        raise UnreadableFileError(
+            path,
+            f"file is only {file_size} byte{'s' if file_size != 1 else ''}: too short to be a safetensors file",
+        )
     prefix = bytearray(_PREFIX_BYTES)
     _read_exactly(fd, memoryview(prefix), 0, path, "header length")
     (length,) = struct.unpack("<Q", prefix)
@@ -398,6 +405,16 @@ def _scan_tensor(fd: int, entry: TensorEntry, info: DtypeInfo, buffers: _Buffers
     return total
 
 
+def _largest_chunk(header: FileHeader) -> int:
+    """Buffer bytes that fit the largest float tensor in one chunk: small files get small buffers."""
+    largest = 8
+    for entry in header.entries:
+        info = DTYPES[entry.dtype]
+        if info.decode is not None:  # a chunk of n elements takes n * max(itemsize, 4) buffer bytes
+            largest = max(largest, (entry.end - entry.begin) // info.itemsize * max(info.itemsize, 4))
+    return largest
+
+
 def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = 1 << 20) -> FileScan:
     """Validate a safetensors file and summarize every float tensor, reading it in bounded chunks."""
     if buffer_bytes < 8:
@@ -406,7 +423,7 @@ def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = 1 << 20) -> F
     fd, size = _open_regular(name)
     try:
         header = _read_header_fd(fd, size, name)
-        buffers = _make_buffers(buffer_bytes)
+        buffers = _make_buffers(min(buffer_bytes, _largest_chunk(header)))
         found: dict[str, TensorStats] = {}
         # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
         with np.errstate(invalid="ignore", over="ignore"):

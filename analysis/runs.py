@@ -169,6 +169,12 @@ def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
         found = [
             (key, stats, shape, dtype) for key, (stats, shape, dtype) in _entries(scan, summaries).items()
         ]
+    except json.JSONDecodeError as error:  # say which entry, not just where the parser stopped
+        key = next((k for k, v in metadata.items() if v == error.doc), "metadata")
+        where = f"line {error.lineno} column {error.colno}"
+        raise UnreadableFileError(
+            path, f"bad gradcheck metadata: {key} is not valid JSON ({where})"
+        ) from None
     except (ValueError, TypeError, RecursionError) as error:
         raise UnreadableFileError(path, f"bad gradcheck metadata: {error}") from None
     file_kind: str | None = None
@@ -226,6 +232,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
     tensors = {key: Tensor(p.stats, p.shape, p.dtype, p.file) for key, p in whole.items()}
+    _check_shapes(tensors)
     return Run(
         path=str(root),
         steps=tuple(sorted({step for step, _, _ in tensors})),
@@ -234,6 +241,18 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
     )
+
+
+def _check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:
+    """Refuse a run whose gradient, parameter and update of one name at one step differ in shape."""
+    seen: dict[tuple[int, str], tuple[str, Tensor]] = {}
+    for (step, param, kind), tensor in tensors.items():
+        other_kind, other = seen.setdefault((step, param), (kind, tensor))
+        if tensor.shape != other.shape:
+            raise RunError(
+                f"{param!r} at step {step}: {other_kind} has shape {list(other.shape)} (in {other.file}) "
+                f"but {kind} has shape {list(tensor.shape)} (in {tensor.file})"
+            )
 
 
 def _param_order(names: set[str], declared: list[str]) -> tuple[str, ...]:

@@ -44,7 +44,23 @@ def report_document(report: Report, step: int | None, exit_code: int) -> dict[st
 
 def dumps(document: dict[str, Any]) -> str:
     """Serialise with NaN/Inf as null; allow_nan=False guarantees no invalid JSON slips through."""
-    return json.dumps(_finite(document), indent=2, allow_nan=False, ensure_ascii=False)
+    text = json.dumps(_finite(document), indent=2, allow_nan=False, ensure_ascii=False)
+    return text if text.replace("\n", "").isprintable() else _escape_unprintable(text)
+
+
+def _escape_unprintable(text: str) -> str:
+    """\\u-escape what a terminal could act on and the lone surrogates of non-UTF-8 file names."""
+    # json.dumps escaped C0 controls and backslashes already, so a raw unprintable character (C1 control,
+    # bidi override, surrogate) sits inside a string and never right after an escaping backslash.
+    return "".join(char if char.isprintable() or char == "\n" else _u_escape(char) for char in text)
+
+
+def _u_escape(char: str) -> str:
+    code = ord(char)
+    if code > 0xFFFF:  # JSON escapes are 16-bit: a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 def _param_document(report: Report, param: str) -> dict[str, Any]:

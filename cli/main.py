@@ -88,7 +88,7 @@ def inspect(
         config = _settle_config(config_file, thresholds, ignore, fail_on)
         report = inspect_run(run_dir, config)
         for note in report.run.unreadable:
-            click.echo(f"gradcheck: warning: {printable(note.file)}: {note.reason}", err=True)
+            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
         _note_skipped(report)
         shown = resolve_step(report, step) if report.readable else None
     except GradcheckError as error:

@@ -133,7 +133,7 @@ def _findings_table(findings: list[Finding]) -> Table:
             problem if checks == [problem] else f"{problem} ({', '.join(checks)})",
             Text(printable(param)),
             where,
-            earliest.message,
+            Text(printable(earliest.message)),  # may quote a layer name: never rich markup
         )
     return table
 
