@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Callable, Iterable, Iterator
@@ -122,13 +123,15 @@ def exploding_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]
 
 def spike_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
     """Gradient norm jumping far above the median of the parameter's earlier recorded steps."""
-    norms = _grad_norms(history)
-    for i in range(t.spike_history, len(norms)):
-        step, norm = norms[i]
-        baseline = statistics.median(n for _, n in norms[:i])
-        if norm >= t.spike_factor * baseline:
-            message = f"gradient norm {sci(norm)} is {norm / baseline:.0f}x the median of earlier steps"
-            yield Event("spike", history[0].param, "grad", step, norm / baseline, t.spike_factor, message)
+    earlier: list[float] = []  # kept sorted, so each median is a lookup, not a sort of the whole history
+    for step, norm in _grad_norms(history):
+        if len(earlier) >= t.spike_history:
+            middle = len(earlier) // 2
+            baseline = earlier[middle] if len(earlier) % 2 else (earlier[middle - 1] + earlier[middle]) / 2
+            if norm >= t.spike_factor * baseline:
+                message = f"gradient norm {sci(norm)} is {norm / baseline:.0f}x the median of earlier steps"
+                yield Event("spike", history[0].param, "grad", step, norm / baseline, t.spike_factor, message)
+        bisect.insort(earlier, norm)
 
 
 def growth_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
