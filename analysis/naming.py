@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import re
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")
 # Parameter-name suffixes of frameworks that join layer and parameter with "_" (DL4J: `lstm-1_W`, `norm-1_gamma`).
 _UNDERSCORE_SUFFIXES = frozenset({"W", "RW", "b", "gamma", "beta", "mean", "var", "weight", "bias"})
 
 
-def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that orders `layers.2` before `layers.10`."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name) if part)
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key that orders `layers.2` before `layers.10`.
+
+    Digit runs compare by value without int(), which refuses runs over 4300 digits: a shorter run (leading
+    zeros aside) is smaller, runs of one length compare as text.
+    """
+    return tuple(_part_key(part) for part in _DIGITS.split(name) if part)
+
+
+def _part_key(part: str) -> tuple[int, int, str]:
+    if part.isascii() and part.isdigit():
+        value = part.lstrip("0")
+        return (0, len(value), value)
+    return (1, 0, part)
 
 
 def layer_of(param: str) -> str:

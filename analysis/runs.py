@@ -27,6 +27,7 @@ _KIND_WORDS = {
     "update": "update", "updates": "update",
 }  # fmt: skip
 _INTEGER = re.compile(r"[0-9]+")
+_MAX_STEP_DIGITS = 18  # a step fits in an int64; longer digit runs are not step numbers
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -128,10 +129,20 @@ def step_of(path: Path, metadata: dict[str, str]) -> int:
     if "step" in metadata:
         text = metadata["step"].strip()
         if not re.fullmatch(r"-?[0-9]+", text):
-            raise UnreadableFileError(path, f"metadata step {metadata['step']!r} is not an integer")
-        return int(text)
+            raise UnreadableFileError(path, f"metadata step {_shorten(metadata['step'])!r} is not an integer")
+        return _step_number(path, text)
     numbers = _INTEGER.findall(path.name[: -len(SUFFIX)])
-    return int(numbers[-1]) if numbers else 0
+    return _step_number(path, numbers[-1]) if numbers else 0
+
+
+def _step_number(path: Path, digits: str) -> int:
+    if len(digits.lstrip("-").lstrip("0")) > _MAX_STEP_DIGITS:
+        raise UnreadableFileError(path, f"step {_shorten(digits)} is too large to be a training step")
+    return int(digits)
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep else text[:keep] + "..."
 
 
 def kind_from_file_name(path: Path) -> str | None:
@@ -154,7 +165,7 @@ def order_of(metadata: dict[str, str]) -> list[str]:
     """Parameter names in model order from metadata `order`, [] when absent or not a list of strings."""
     try:
         order = json.loads(metadata.get("order", "[]"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     return [name for name in order if isinstance(name, str)] if isinstance(order, list) else []
 

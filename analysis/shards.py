@@ -11,6 +11,7 @@ from .errors import RunError
 from .stats import TensorStats
 
 SHARDS_KEY = "gradcheck.shards"
+MAX_SHARDS = 1 << 20  # far above any world size; bounds the bookkeeping a corrupt count could demand
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _shard(name: str, entry: object) -> Shard:
     shape, index, count = entry.get("shape"), entry.get("index"), entry.get("count")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError(f"shard {name!r}: shape {shape!r} is not a list of non-negative integers")
-    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count <= MAX_SHARDS):
         raise ValueError(f"shard {name!r}: index {index!r} of count {count!r} is not a valid shard position")
     return Shard(str(entry.get("global", name)), tuple(shape), index, count)
 
@@ -114,10 +115,10 @@ def _merge_shards(key: tuple[int, str, str], group: list[Piece]) -> Piece | tupl
         by_index[shard.index] = piece
     missing = sorted(set(range(first.shard.count)) - set(by_index))
     if missing:
-        return (
-            first.file,
-            f"{_what(key)}: shard(s) {', '.join(map(str, missing))} of {first.shard.count} missing",
+        shown = ", ".join(map(str, missing[:10])) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
+        return first.file, f"{_what(key)}: shard(s) {shown} of {first.shard.count} missing"
     stats = TensorStats()
     for index in sorted(by_index):
         stats = stats.merge(by_index[index].stats)

@@ -73,7 +73,10 @@ def _float(entry: Mapping[str, object], name: str) -> float:
         return _SPECIAL[value]
     if not (_is_int(value) or type(value) is float):
         raise ValueError(f"summary field {name!r} is {value!r}, not a number")
-    return float(value)  # type: ignore[arg-type]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise ValueError(f"summary field {name!r} is beyond the float64 range") from None
 
 
 def _is_int(value: object) -> bool:
