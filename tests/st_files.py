@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 # Bits per element of every dtype the safetensors library knows, written out independently of analysis/.
 DTYPE_BITS = {
@@ -107,3 +108,13 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     nan = np.isnan(np.asarray(values, dtype=np.float32))
     quiet_nan = (bits >> 16) | 0x0040
     return np.where(nan, quiet_nan, rounded).astype(np.uint16)
+
+
+def library_accepts(path: Path) -> bool:
+    """Whether safetensors itself opens the file."""
+    try:
+        with safe_open(str(path), "np") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 - the library raises several types (SafetensorError, OSError, ...)
+        return False
+    return True

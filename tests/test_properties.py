@@ -26,8 +26,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from reference import reference
-from safetensors import safe_open
-from st_files import DTYPE_BITS, bf16_bits, packed_header, write_arrays
+from st_files import DTYPE_BITS, bf16_bits, library_accepts, packed_header, write_arrays
 
 from gradcheck.analysis.errors import GradcheckError, UnreadableFileError
 from gradcheck.analysis.reader import FileHeader, FileScan, parse_header, scan_file
@@ -131,16 +130,6 @@ def assert_stats_equal(got: TensorStats, want: TensorStats) -> None:
             assert a == b, f"{name}: {a} != {b}"
         else:  # chunked and one-shot float64 sums of non-negative terms differ only in the last bits
             assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300), f"{name}: {a} != {b}"
-
-
-def library_accepts(path: Path) -> bool:
-    """Whether safetensors itself opens the file."""
-    try:
-        with safe_open(str(path), "np") as f:
-            f.keys()
-    except Exception:  # noqa: BLE001 - the library raises several types (SafetensorError, OSError, ...)
-        return False
-    return True
 
 
 _PROBLEM_KIND = re.compile(r"'[^']*'|[0-9]+")  # names and numbers out, to group messages in statistics
