@@ -17,7 +17,7 @@ from gradcheck.analysis.stats import TensorStats, summarize_array
 from gradcheck.analysis.summaries import stats_from_entry, summary_entry
 
 __all__ = [
-    "CHUNK_BYTES", "HostTensor", "RecordingError", "flatten", "host_tensor", "stats_from_entry",
+    "CHUNK_BYTES", "HostTensor", "RecordingError", "flatten", "float_dtype_code", "host_tensor", "stats_from_entry",
     "summarize_host", "summary_entry",
 ]  # fmt: skip
 
@@ -46,6 +46,12 @@ class HostTensor:
     dtype: str
     shape: tuple[int, ...]
     data: memoryview
+
+
+def float_dtype_code(name: str) -> str | None:
+    """The safetensors name of a floating dtype gradcheck analyses (`bfloat16` -> BF16), else None."""
+    code = _DTYPE_NAMES.get(name)
+    return code if code is not None and DTYPES[code].decode is not None else None
 
 
 def _dtype_code(name: str, itemsize: int) -> str:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats
 
-from .snapshot import RecordingError, host_tensor, summary_entry
+from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .writer import MODES, write_snapshot
 
 if TYPE_CHECKING:
@@ -61,15 +61,6 @@ STATS_CHUNK = 1 << 24
 # Devices whose tensors stats mode copies and summarises on the writer thread; elsewhere it summarises on
 # the device, on the training thread, and reads back 8 numbers per tensor.
 HOST_DEVICES = ("cpu",)
-# safetensors dtype names of the float dtypes a parameter can have, by torch dtype name.
-_ST_DTYPES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-}
 
 
 @dataclass
@@ -239,7 +230,7 @@ class Recorder:
         if self._mode == "full":
             job.tensors[key] = tensor.to("cpu", copy=not owned).contiguous()
             return
-        dtype = _ST_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+        dtype = float_dtype_code(str(tensor.dtype).removeprefix("torch."))
         if dtype is None:
             raise RecordingError(
                 f"cannot record step {job.step} to {self._dir}: {key} is a {tensor.dtype} tensor, "
