@@ -26,6 +26,11 @@ class ParamStep:
     layer_rms: float | None  # gradient root-mean-square of the whole layer at this step
     depth: float | None  # log10(layer RMS / largest layer RMS at this step), <= 0
 
+    @property
+    def tensor(self) -> Tensor | None:
+        """The first recorded of gradient, parameter and update: where shape and dtype are read."""
+        return self.grad or self.value or self.update
+
 
 def update_ratio(update: Tensor | None, value: Tensor | None) -> float | None:
     """log10(mean|update| / mean|param|); None when either is missing, zero or not finite (0/0 at init)."""

@@ -65,7 +65,7 @@ def _u_escape(char: str) -> str:
 
 def _param_document(report: Report, param: str) -> dict[str, Any]:
     rows = [report.rows[(s, param)] for s in report.run.steps if (s, param) in report.rows]
-    first = rows[0].grad or rows[0].value or rows[0].update if rows else None
+    first = rows[0].tensor if rows else None
     return {
         "name": param,
         "layer": rows[0].layer if rows else param,

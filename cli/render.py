@@ -106,12 +106,12 @@ def _log10(value: float | None) -> str:
 
 
 def _shape(row: ParamStep) -> str:
-    tensor = row.grad or row.value or row.update
+    tensor = row.tensor
     return "×".join(map(str, tensor.shape)) if tensor and tensor.shape else "scalar"
 
 
 def _dtype(row: ParamStep) -> str:
-    tensor = row.grad or row.value or row.update
+    tensor = row.tensor
     return tensor.dtype if tensor else "-"
 
 
