@@ -15,6 +15,10 @@ class UnreadableFileError(GradcheckError):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[UnreadableFileError], tuple[str, str]]:
+        """Pickle by (path, problem), so the error crosses from a worker process intact."""
+        return type(self), (self.path, self.problem)
+
 
 class RunError(GradcheckError):
     """A run directory that cannot be analysed as a whole (missing, empty, ambiguous)."""
