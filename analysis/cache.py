@@ -1,0 +1,239 @@
+"""A per-file cache of scans in the user cache dir, so re-inspecting an unchanged run reads no tensor data.
+
+One entry file per snapshot file, named from a sha256 of its absolute path. An entry is the sha256 of its
+payload (64 hex digits and a newline) followed by the payload: ASCII JSON holding the key (format, gradcheck
+version, absolute path, file identity) and the scan in columns; numeric columns are base64 of little-endian
+uint64/float64 arrays, exact to the bit and fast to load. No pickle: an entry is data, never code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from array import array
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from itertools import chain
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .reader import FileHeader, FileScan, TensorEntry
+from .stats import TensorStats
+
+# Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
+CACHE_FORMAT = 1
+_DIGEST_CHARS = 64  # a sha256 in hex
+_SUFFIX = ".scan"
+_COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
+_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum")
+_SWAP = sys.byteorder == "big"  # columns are stored little-endian
+
+
+class FileIdentity(NamedTuple):
+    """What must be unchanged for a cached scan of a file to be trusted."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def file_identity(info: os.stat_result) -> FileIdentity:
+    """The identity of a file from its stat result."""
+    return FileIdentity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def default_cache_dir() -> Path:
+    """$GRADCHECK_CACHE_DIR, else $XDG_CACHE_HOME/gradcheck, else ~/.cache/gradcheck (platform equivalents)."""
+    explicit = os.environ.get("GRADCHECK_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore a relative value
+        return Path(xdg) / "gradcheck"
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "gradcheck" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "gradcheck"
+    return Path.home() / ".cache" / "gradcheck"
+
+
+def _tool_version() -> str:
+    """The installed gradcheck version, part of every key."""
+    try:
+        return metadata.version("gradcheck")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _pack(values: Iterable[float], code: str) -> str:
+    """A column of uint64 ("Q") or float64 ("d") values as base64 of its little-endian bytes."""
+    column = array(code, values)
+    if _SWAP:
+        column.byteswap()
+    return base64.b64encode(column.tobytes()).decode("ascii")
+
+
+def _encode_scan(scan: FileScan) -> dict[str, Any]:
+    """The scan as JSON-ready columns (compact, and fast to check and rebuild)."""
+    entries, stats = scan.header.entries, scan.stats.values()
+    columns = {name: _pack([getattr(s, name) for s in stats], "Q") for name in _COUNT_FIELDS}
+    columns.update({name: _pack([getattr(s, name) for s in stats], "d") for name in _FLOAT_FIELDS})
+    return {
+        "path": scan.path,
+        "file_size": scan.header.file_size,
+        "metadata": scan.header.metadata,
+        "names": [e.name for e in entries],
+        "dtypes": [e.dtype for e in entries],
+        "shapes": [e.shape for e in entries],  # ragged, so plain JSON lists
+        "begins": _pack([e.begin for e in entries], "Q"),
+        "ends": _pack([e.end for e in entries], "Q"),
+        "stats": {"names": list(scan.stats), **columns},
+        "skipped": scan.skipped,
+    }
+
+
+class _BadEntry(ValueError):
+    """An entry whose checksum holds but whose content is not what `put` writes."""
+
+
+def _check(condition: bool) -> None:
+    """Reject an entry unless `condition` holds."""
+    if not condition:
+        raise _BadEntry
+
+
+def _strings(column: Any) -> list[str]:
+    """A JSON list of strings, checked."""
+    _check(type(column) is list and set(map(type, column)) <= {str})
+    return column
+
+
+def _unpack(text: Any, code: str) -> list[Any]:
+    """A column written by `_pack`."""
+    _check(type(text) is str)
+    column = array(code)
+    column.frombytes(base64.b64decode(text, validate=True))  # ValueError unless whole, valid base64 items
+    if _SWAP:
+        column.byteswap()
+    return column.tolist()
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    """A JSON object of strings, checked."""
+    _check(type(value) is dict and set(map(type, value.values())) <= {str})
+    return value
+
+
+def _same_lengths(columns: Sequence[list[Any]]) -> None:
+    """Reject columns of different lengths, which map() would silently truncate."""
+    _check(len({len(column) for column in columns}) <= 1)
+
+
+def _decode_entries(obj: Any) -> tuple[TensorEntry, ...]:
+    """The header's tensor entries from their columns."""
+    shapes = obj["shapes"]
+    _check(type(shapes) is list and set(map(type, shapes)) <= {list})
+    dims = list(chain.from_iterable(shapes))
+    _check(set(map(type, dims)) <= {int} and (not dims or min(dims) >= 0))
+    names, dtypes = _strings(obj["names"]), _strings(obj["dtypes"])
+    begins, ends = _unpack(obj["begins"], "Q"), _unpack(obj["ends"], "Q")
+    _same_lengths([names, dtypes, shapes, begins, ends])
+    return tuple(map(TensorEntry, names, dtypes, map(tuple, shapes), begins, ends))
+
+
+def _decode_stats(obj: Any) -> dict[str, TensorStats]:
+    """The per-tensor stats from their columns, in TensorStats field order."""
+    _check(type(obj) is dict)
+    columns = [_unpack(obj[name], "Q") for name in _COUNT_FIELDS]
+    columns += [_unpack(obj[name], "d") for name in _FLOAT_FIELDS]
+    names = _strings(obj["names"])
+    _same_lengths([names, *columns])
+    return dict(zip(names, map(TensorStats, *columns), strict=True))
+
+
+def _decode_scan(obj: Any) -> FileScan:
+    """Rebuild a FileScan from `_encode_scan`'s output, raising on anything else."""
+    _check(type(obj) is dict and type(obj["path"]) is str and type(obj["file_size"]) is int)
+    header = FileHeader(_decode_entries(obj), _string_map(obj["metadata"]), obj["file_size"])
+    return FileScan(obj["path"], header, _decode_stats(obj["stats"]), _string_map(obj["skipped"]))
+
+
+def _payload(raw: bytes) -> bytes | None:
+    """The payload of an entry if its checksum matches; None for a truncated or altered entry."""
+    head, payload = raw[: _DIGEST_CHARS + 1], raw[_DIGEST_CHARS + 1 :]
+    if head != hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n":
+        return None
+    return payload
+
+
+class StatsCache:
+    """Scans stored one file per snapshot path under `directory`, valid for one file identity."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = Path(directory)
+        self._version = _tool_version()
+
+    def entry_path(self, path: str) -> Path:
+        """Where the entry for a snapshot path lives (the absolute path, symlinks not resolved, hashed)."""
+        key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()
+        return self._directory / (key + _SUFFIX)
+
+    def _key(self, path: str, identity: FileIdentity) -> dict[str, Any]:
+        """Everything an entry must match besides its checksum."""
+        return {
+            "format": CACHE_FORMAT,
+            "version": self._version,
+            "path": os.path.abspath(path),
+            "identity": list(identity),
+        }
+
+    def get(self, path: str, identity: FileIdentity) -> FileScan | None:
+        """The cached scan of `path` if it was stored for this exact identity and tool version; None otherwise."""
+        try:
+            raw = self.entry_path(path).read_bytes()
+        except OSError:
+            return None
+        payload = _payload(raw)
+        if payload is None:
+            return None
+        # Anything but what put writes is a miss, never an error (the checksum already held).
+        try:
+            entry = json.loads(payload)
+            _check(type(entry) is dict)
+            scan = entry.pop("scan")
+            if entry != self._key(path, identity):
+                return None
+            return _decode_scan(scan)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
+
+    def put(self, path: str, identity: FileIdentity, scan: FileScan) -> None:
+        """Store a scan; never raises (an unwritable cache just caches nothing)."""
+        entry = {**self._key(path, identity), "scan": _encode_scan(scan)}
+        payload = json.dumps(entry, separators=(",", ":"), allow_nan=False).encode("ascii")
+        data = hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
+        try:
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_atomically(self.entry_path(path), data)
+        except OSError:
+            return
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write a file under a temporary name in its directory (mode 0600), then rename it into place."""
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,363 @@
+"""The stats cache: exact round trips, every change of a file is a miss, damaged entries are misses, never errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from gradcheck.analysis import cache as cache_module
+from gradcheck.analysis.cache import FileIdentity, StatsCache, default_cache_dir, file_identity
+from gradcheck.analysis.reader import FileScan, scan_file
+from gradcheck.analysis.stats import TensorStats
+
+RNG = np.random.default_rng(7)
+ARRAYS = {
+    "grad/fc.weight": RNG.standard_normal((3, 4)).astype(np.float32),
+    "grad/fc.bias": np.array([np.nan, np.inf, -0.0, 0.5], dtype=np.float32),
+    "grad/huge": np.array([1e308, -1e308, 1e308], dtype=np.float64),  # sums overflow to inf
+    "grad/all_nan": np.full(2, np.nan, dtype=np.float16),  # abs_min stays inf
+    "grad/empty": np.zeros((0, 5), dtype=np.float32),
+    "param/step_count": np.arange(3, dtype=np.int64),  # not a float: skipped with a reason
+}
+METADATA = {"gradcheck.format": "1", "step": "10", "note": "naïve ✓"}
+
+
+def snapshot(path: Path, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """Write a safetensors file (with metadata) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ARRAYS if arrays is None else arrays, str(path), metadata=METADATA)
+    return path
+
+
+def scanned(path: Path | str) -> tuple[str, FileIdentity, FileScan]:
+    """A path as a string, its identity taken before scanning, and its scan."""
+    name = os.fspath(path)
+    identity = file_identity(os.stat(name))
+    return name, identity, scan_file(name)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> StatsCache:
+    """A cache in its own directory, which does not exist yet."""
+    return StatsCache(tmp_path / "cache")
+
+
+@pytest.fixture
+def stored(tmp_path: Path, cache: StatsCache) -> tuple[str, FileIdentity, FileScan]:
+    """A snapshot whose scan is in the cache."""
+    name, identity, scan = scanned(snapshot(tmp_path / "run" / "step_00000010.safetensors"))
+    cache.put(name, identity, scan)
+    return name, identity, scan
+
+
+def test_round_trip_is_exact(stored: tuple[str, FileIdentity, FileScan], cache: StatsCache) -> None:
+    name, identity, scan = stored
+    got = cache.get(name, identity)
+    assert got == scan
+    assert got is not scan
+    assert list(got.stats) == list(scan.stats) and list(got.skipped) == list(scan.skipped)
+    assert all(type(e.shape) is tuple for e in got.header.entries)
+    assert got.stats["grad/huge"].abs_sum == np.inf and got.stats["grad/all_nan"].abs_min == np.inf
+    assert got.stats["grad/fc.bias"] == TensorStats(4, 1, 1, 1, 0.0, 0.5, 0.5, 0.25)
+    assert got.skipped == {"param/step_count": scan.skipped["param/step_count"]}
+    assert got.header.metadata == METADATA
+    assert {e.name: e.shape for e in got.header.entries}["grad/empty"] == (0, 5)
+
+
+def test_floats_round_trip_to_the_bit(cache: StatsCache, tmp_path: Path) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors"))
+    odd = TensorStats(
+        5, 0, 0, 0, 5e-324, 1.7976931348623157e308, 0.1 + 0.2, float.fromhex("0x1.fffffffffffffp-1")
+    )
+    scan = dataclasses.replace(scan, stats={**scan.stats, "grad/fc.weight": odd})
+    cache.put(name, identity, scan)
+    got = cache.get(name, identity)
+    assert got is not None
+    assert [
+        float.hex(getattr(got.stats["grad/fc.weight"], f))
+        for f in ("abs_min", "abs_max", "abs_sum", "sq_sum")
+    ] == [float.hex(getattr(odd, f)) for f in ("abs_min", "abs_max", "abs_sum", "sq_sum")]
+
+
+def test_stat_fields_are_all_stored_in_field_order() -> None:
+    names = [field.name for field in dataclasses.fields(TensorStats)]
+    assert names == [*cache_module._COUNT_FIELDS, *cache_module._FLOAT_FIELDS]
+
+
+def test_file_identity_takes_the_five_stat_fields(tmp_path: Path) -> None:
+    info = os.stat(snapshot(tmp_path / "s.safetensors"))
+    assert file_identity(info) == (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def test_empty_cache_is_a_miss_and_creates_nothing(tmp_path: Path, cache: StatsCache) -> None:
+    name, identity, _ = scanned(snapshot(tmp_path / "s.safetensors"))
+    assert cache.get(name, identity) is None
+    assert not (tmp_path / "cache").exists()
+
+
+def test_entry_is_private_and_written_without_leftovers(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, tmp_path: Path
+) -> None:
+    name = stored[0]
+    entry = cache.entry_path(name)
+    assert entry.parent == tmp_path / "cache"
+    assert os.listdir(tmp_path / "cache") == [entry.name]
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path / "run")) == ["step_00000010.safetensors"]  # nothing next to the run
+
+
+@pytest.mark.parametrize("field", FileIdentity._fields)
+def test_any_changed_identity_field_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, field: str
+) -> None:
+    name, identity, _ = stored
+    assert cache.get(name, identity._replace(**{field: getattr(identity, field) + 1})) is None
+    assert cache.get(name, identity) is not None
+
+
+def test_another_path_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, tmp_path: Path
+) -> None:
+    name, identity, _ = stored
+    other = str(tmp_path / "run" / "step_00000020.safetensors")
+    assert cache.get(other, identity) is None
+    shutil.copy(cache.entry_path(name), cache.entry_path(other))  # as if the two names' hashes collided
+    assert cache.get(other, identity) is None
+
+
+def test_relative_and_absolute_paths_share_an_entry(
+    stored: tuple[str, FileIdentity, FileScan],
+    cache: StatsCache,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, identity, scan = stored
+    monkeypatch.chdir(tmp_path)
+    assert cache.get(os.path.join("run", "step_00000010.safetensors"), identity) == scan
+
+
+def test_rewritten_file_of_the_same_size_with_a_new_mtime_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache
+) -> None:
+    name, identity, _ = stored
+    snapshot(Path(name), {key: -np.flip(value) for key, value in ARRAYS.items()})
+    os.utime(name, ns=(identity.mtime_ns + 5_000_000_000, identity.mtime_ns + 5_000_000_000))
+    new = file_identity(os.stat(name))
+    assert new.size == identity.size and new.mtime_ns != identity.mtime_ns
+    assert cache.get(name, new) is None
+
+
+def test_copy_with_the_same_mtime_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache
+) -> None:
+    name, identity, _ = stored
+    os.replace(shutil.copy2(name, name + ".copy"), name)  # same size and mtime; new inode and ctime
+    new = file_identity(os.stat(name))
+    assert (new.size, new.mtime_ns) == (identity.size, identity.mtime_ns)
+    assert (new.inode, new.ctime_ns) != (identity.inode, identity.ctime_ns)
+    assert cache.get(name, new) is None
+
+
+def test_truncated_entry_is_a_miss_then_put_repairs_it(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache
+) -> None:
+    name, identity, scan = stored
+    entry = cache.entry_path(name)
+    whole = entry.read_bytes()
+    for length in (0, 1, 63, 64, 65, len(whole) // 2, len(whole) - 1):
+        entry.write_bytes(whole[:length])
+        assert cache.get(name, identity) is None, length
+    cache.put(name, identity, scan)
+    assert entry.read_bytes() == whole
+    assert cache.get(name, identity) == scan
+
+
+def test_every_flipped_byte_is_a_miss(tmp_path: Path, cache: StatsCache) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors", {"grad/w": np.ones(3, np.float32)}))
+    cache.put(name, identity, scan)
+    entry = cache.entry_path(name)
+    whole = entry.read_bytes()
+    for position in range(len(whole)):
+        damaged = bytearray(whole)
+        damaged[position] ^= 0x01
+        entry.write_bytes(damaged)
+        assert cache.get(name, identity) is None, position
+    entry.write_bytes(whole + b"\n")
+    assert cache.get(name, identity) is None
+
+
+def test_entry_of_another_version_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, identity, _ = stored
+    monkeypatch.setattr(importlib.metadata, "version", lambda _: "999.0")
+    assert StatsCache(tmp_path / "cache").get(name, identity) is None
+
+
+def test_entry_of_another_format_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, identity, scan = stored
+    monkeypatch.setattr(cache_module, "CACHE_FORMAT", cache_module.CACHE_FORMAT + 1)
+    assert cache.get(name, identity) is None
+    cache.put(name, identity, scan)  # the new format overwrites the old entry in place
+    assert cache.get(name, identity) == scan
+
+
+def forge(cache: StatsCache, name: str, entry: object) -> None:
+    """Write an entry with a valid checksum but the given content."""
+    payload = json.dumps(entry).encode()
+    cache.entry_path(name).write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def test_forged_entry_of_the_right_shape_is_a_hit(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache
+) -> None:
+    name, identity, scan = stored
+    entry = json.loads(cache.entry_path(name).read_bytes()[65:])
+    forge(cache, name, entry)
+    assert cache.get(name, identity) == scan  # so the misses below come from the damage alone
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: [],
+        lambda e: e.pop("scan"),
+        lambda e: e["scan"].pop("stats"),
+        lambda e: e["scan"].update(names=e["scan"]["names"][:-1]),
+        lambda e: e["scan"].update(names=5),
+        lambda e: e["scan"].update(dtypes=[None] * len(e["scan"]["dtypes"])),
+        lambda e: e["scan"].update(shapes=[[-1]] * len(e["scan"]["shapes"])),
+        lambda e: e["scan"].update(shapes=[[1.5]] * len(e["scan"]["shapes"])),
+        lambda e: e["scan"].update(shapes=[{}] * len(e["scan"]["shapes"])),
+        lambda e: e["scan"].update(begins="not base64!"),
+        lambda e: e["scan"].update(begins=e["scan"]["begins"][:-4]),
+        lambda e: e["scan"].update(ends=[1, 2]),
+        lambda e: e["scan"].update(file_size="12"),
+        lambda e: e["scan"].update(path=None),
+        lambda e: e["scan"].update(metadata={"step": 10}),
+        lambda e: e["scan"].update(skipped=["a"]),
+        lambda e: e["scan"]["stats"].update(names=e["scan"]["stats"]["names"] + ["extra"]),
+        lambda e: e["scan"]["stats"].update(abs_sum="AAAAAAAAAAA="),
+        lambda e: e["scan"].update(stats=[]),
+        lambda e: e.update(identity=e["identity"][:4]),
+        lambda e: e.update(extra=1),
+    ],
+)
+def test_forged_entry_with_bad_content_is_a_miss(
+    stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, damage: object
+) -> None:
+    name, identity, _ = stored
+    entry = json.loads(cache.entry_path(name).read_bytes()[65:])
+    result = damage(entry)  # type: ignore[operator]
+    forge(cache, name, result if isinstance(result, list) else entry)
+    assert cache.get(name, identity) is None
+
+
+def test_put_under_a_regular_file_is_silent(tmp_path: Path) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors"))
+    (tmp_path / "blocker").write_text("not a directory")
+    cache = StatsCache(tmp_path / "blocker" / "cache")
+    cache.put(name, identity, scan)
+    assert cache.get(name, identity) is None
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or (hasattr(os, "geteuid") and os.geteuid() == 0),
+    reason="root writes into read-only directories",
+)
+def test_put_into_a_read_only_directory_is_silent(tmp_path: Path) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors"))
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o500)
+    try:
+        StatsCache(directory).put(name, identity, scan)
+        assert StatsCache(directory).get(name, identity) is None
+        assert os.listdir(directory) == []
+    finally:
+        directory.chmod(0o700)
+
+
+def test_put_onto_a_directory_entry_is_silent_and_leaves_no_temporary(
+    tmp_path: Path, cache: StatsCache
+) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors"))
+    cache.entry_path(name).mkdir(parents=True)  # os.replace cannot put a file there
+    cache.put(name, identity, scan)
+    assert cache.get(name, identity) is None
+    assert os.listdir(tmp_path / "cache") == [cache.entry_path(name).name]
+
+
+def test_two_paths_do_not_collide(tmp_path: Path, cache: StatsCache) -> None:
+    first = scanned(snapshot(tmp_path / "a" / "step_1.safetensors"))
+    second = scanned(snapshot(tmp_path / "b" / "step_1.safetensors", {"grad/w": np.ones(2, np.float32)}))
+    for name, identity, scan in (first, second):
+        cache.put(name, identity, scan)
+    assert cache.entry_path(first[0]) != cache.entry_path(second[0])
+    assert cache.get(first[0], first[1]) == first[2]
+    assert cache.get(second[0], second[1]) == second[2]
+
+
+@pytest.mark.parametrize(
+    "file_name", ["step 10 (copy).safetensors", "шаг_10 ✓.safetensors", "步骤 10.safetensors"]
+)
+def test_paths_with_spaces_and_non_ascii_names(tmp_path: Path, cache: StatsCache, file_name: str) -> None:
+    name, identity, scan = scanned(snapshot(tmp_path / "my run é" / file_name))
+    cache.put(name, identity, scan)
+    got = cache.get(name, identity)
+    assert got == scan and got.path == name
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs a file system that takes any bytes")
+def test_path_that_is_not_utf8(tmp_path: Path, cache: StatsCache) -> None:
+    raw = os.path.join(os.fsencode(tmp_path), b"step_\xff\xfe.safetensors")
+    save_file(ARRAYS, os.fsdecode(raw), metadata=METADATA)
+    name, identity, scan = scanned(os.fsdecode(raw))
+    cache.put(name, identity, scan)
+    assert cache.get(name, identity) == scan
+
+
+def test_cache_dir_from_gradcheck_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRADCHECK_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_cache_dir_from_xdg_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("GRADCHECK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "gradcheck"
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="those platforms have their own cache folder")
+@pytest.mark.parametrize("xdg", [None, "", "relative/cache"])
+def test_cache_dir_default_under_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, xdg: str | None
+) -> None:
+    monkeypatch.delenv("GRADCHECK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)  # empty or relative: ignored, as the XDG spec says
+    assert default_cache_dir() == tmp_path / ".cache" / "gradcheck"
+
+
+def test_entry_of_1500_tensors_is_compact(tmp_path: Path, cache: StatsCache) -> None:
+    arrays = {f"grad/model.layers.{i}.mlp.down_proj.weight": np.ones(4, np.float32) for i in range(1500)}
+    name, identity, scan = scanned(snapshot(tmp_path / "big.safetensors", arrays))
+    cache.put(name, identity, scan)
+    assert cache.entry_path(name).stat().st_size < 400_000  # about 200 bytes a tensor with these names
+    assert cache.get(name, identity) == scan
