@@ -10,7 +10,7 @@ from .naming import layer_of
 from .runs import Run, Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParamStep:
     """One parameter at one recorded step, with what is derived from its tensors."""
 

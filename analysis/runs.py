@@ -31,7 +31,7 @@ _MAX_STEP_DIGITS = 18  # a step fits in an int64; longer digit runs are not step
 _WORD = re.compile(r"[A-Za-z]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tensor:
     """One tensor of one kind of one parameter at one step, as summarised from its file."""
 
@@ -41,7 +41,7 @@ class Tensor:
     file: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Note:
     """Something skipped or unreadable, with the file and the reason in plain words."""
 
@@ -190,6 +190,7 @@ def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
         raise UnreadableFileError(path, f"bad gradcheck metadata: {error}") from None
     file_kind: str | None = None
     seen: dict[tuple[str, str], str] = {}
+    folder = str(path.parent)
     for key, stats, shape, dtype in found:
         kind, param = split_key(key)
         if kind is None:
@@ -206,7 +207,7 @@ def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
         seen[(kind, param)] = key
         shard = shards.get(param)
         name = shard.global_name if shard else param
-        yield Piece(step, kind, name, stats, shape, dtype, scan.path, str(path.parent), shard)
+        yield Piece(step, kind, name, stats, shape, dtype, scan.path, folder, shard)
 
 
 def _entries(

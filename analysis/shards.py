@@ -14,7 +14,7 @@ SHARDS_KEY = "gradcheck.shards"
 MAX_SHARDS = 1 << 20  # far above any world size; bounds the bookkeeping a corrupt count could demand
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shard:
     """Where a local tensor sits in its global parameter: shard `index` of `count`."""
 
@@ -24,7 +24,7 @@ class Shard:
     count: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Piece:
     """One tensor read from one file: whole, or one shard of a parameter."""
 
