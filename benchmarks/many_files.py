@@ -96,7 +96,8 @@ def inspect_runs(run: Path, folder: Path, args: argparse.Namespace) -> None:
         warm(run)
         for label, (line, env) in runs.items():
             found[label] = measure(line, folder / "out", {**_base_env(folder), **env})
-            if found[label].code not in (0, 1):
+            # exit 1 is findings; a crash exits 1 too, but prints no JSON (the document is too big to parse here)
+            if found[label].code not in (0, 1) or (folder / "out").stat().st_size == 0:
                 sys.exit(f"gradcheck failed (exit {found[label].code}): {found[label].error}")
     for label, sample in found.items():
         print(

@@ -329,10 +329,11 @@ def configs(run: Run, shim: bool | None, args: argparse.Namespace) -> dict[str, 
 
 
 def check_output(sample: Sample, out: Path, run: Run) -> None:
-    """Stop if gradcheck failed or did not read every file of the run."""
-    if sample.code not in (0, 1):
-        sys.exit(f"gradcheck failed (exit {sample.code}): {sample.error}")
-    document = json.loads(out.read_text())
+    """Stop if gradcheck failed (a crash exits 1 too, but prints no JSON) or did not read every file."""
+    try:
+        document = json.loads(out.read_text())
+    except json.JSONDecodeError:
+        sys.exit(f"gradcheck failed (exit {sample.code}, no JSON on stdout): {sample.error}")
     if len(document["steps"]) != run.files or document["unreadable"] or document["skipped"]:
         sys.exit(f"gradcheck read {len(document['steps'])} of {run.files} files: {document['unreadable']}")
 
