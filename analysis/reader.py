@@ -8,6 +8,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ _U64_MAX = 2**64 - 1  # the library does its size arithmetic in usize; overflow 
 _MAX_JSON_DEPTH = 127  # serde_json's recursion limit: 127 nested containers parse, 128 do not
 _METADATA_KEY = "__metadata__"
 _TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
+BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
 
 
 @dataclass(frozen=True)
@@ -372,10 +375,23 @@ def read_header(path: str | os.PathLike[str]) -> FileHeader:
 
 
 @dataclass(frozen=True)
-class _Buffers:
-    """The reused memory of one scan: raw bytes, decoded floats and the float64 scratch."""
+class Segment:
+    """A byte range [begin, end) of one float tensor of a file, whole elements, absolute file offsets."""
 
-    raw: memoryview
+    name: str
+    begin: int
+    end: int
+
+
+# Reads one range of bytes into memory that it may reuse, and returns a view of them.
+_Fetch = Callable[[Segment, int, int], memoryview]
+
+
+@dataclass(frozen=True)
+class _Buffers:
+    """The reused memory of one scan: decoded floats and the float64 scratch, for chunks of `size` bytes."""
+
+    size: int
     work: np.ndarray
     scratch: np.ndarray
 
@@ -384,55 +400,177 @@ def _make_buffers(buffer_bytes: int) -> _Buffers:
     """Allocate the scan buffers; a chunk holds at most buffer_bytes // 4 elements whatever the dtype."""
     elements = buffer_bytes // 4
     return _Buffers(
-        raw=memoryview(bytearray(buffer_bytes)),
+        size=buffer_bytes,
         work=np.empty(elements, dtype=np.uint32),
         scratch=np.empty(elements, dtype=np.float64),
     )
 
 
-def _scan_tensor(fd: int, entry: TensorEntry, info: DtypeInfo, buffers: _Buffers, path: str) -> TensorStats:
-    """Stream one float tensor through the reused buffers and merge the per-chunk statistics."""
+def _cut(name: str, begin: int, end: int, itemsize: int, segment_bytes: int) -> list[Segment]:
+    """Cut one tensor into segments of whole elements, at multiples of segment_bytes from its start."""
+    if begin == end:
+        return [Segment(name, begin, end)]
+    step = max(segment_bytes // itemsize, 1) * itemsize
+    return [Segment(name, start, min(start + step, end)) for start in range(begin, end, step)]
+
+
+def plan_segments(header: FileHeader, segment_bytes: int = SEGMENT_BYTES) -> tuple[Segment, ...]:
+    """Every decodable tensor of the header in file order, cut into pieces of at most segment_bytes."""
+    if segment_bytes < 1:
+        raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+    segments: list[Segment] = []
+    for entry in sorted(header.entries, key=lambda e: e.begin):  # file order: sequential reads
+        info = DTYPES[entry.dtype]
+        if info.decode is not None:
+            segments.extend(_cut(entry.name, entry.begin, entry.end, info.itemsize, segment_bytes))
+    return tuple(segments)
+
+
+def _summarize_segment(segment: Segment, info: DtypeInfo, fetch: _Fetch, buffers: _Buffers) -> TensorStats:
+    """Summarize one segment in chunks counted from its start, so the result depends on its bytes only."""
     decode = info.decode
     assert decode is not None
     # Whole elements, at most buffer_bytes bytes and at most buffer_bytes // 4 elements (the work/scratch size).
-    step = len(buffers.raw) // max(info.itemsize, 4) * info.itemsize
-    what = f"tensor {entry.name!r}"
+    step = buffers.size // max(info.itemsize, 4) * info.itemsize
     total = TensorStats()
-    for offset in range(entry.begin, entry.end, step):
-        view = buffers.raw[: min(step, entry.end - offset)]
-        _read_exactly(fd, view, offset, path, what)
+    for offset in range(segment.begin, segment.end, step):
+        view = fetch(segment, offset, min(offset + step, segment.end))
         total = total.merge(summarize_array(decode(view, buffers.work), buffers.scratch))
     return total
 
 
-def _largest_chunk(header: FileHeader) -> int:
-    """Buffer bytes that fit the largest float tensor in one chunk: small files get small buffers."""
+def _buffer_bytes(segments: Sequence[Segment], infos: Sequence[DtypeInfo], buffer_bytes: int) -> int:
+    """Bytes that fit the largest segment in one chunk, at most buffer_bytes: small files, small buffers."""
     largest = 8
+    # A chunk of n elements takes n * max(itemsize, 4) buffer bytes.
+    for segment, info in zip(segments, infos, strict=True):
+        largest = max(largest, (segment.end - segment.begin) // info.itemsize * max(info.itemsize, 4))
+    return min(buffer_bytes, largest)
+
+
+def _summarize_all(
+    segments: Sequence[Segment], infos: Sequence[DtypeInfo], fetch: _Fetch, buffer_bytes: int
+) -> list[TensorStats]:
+    """Summarize each segment with buffers of at most buffer_bytes; the chunking never depends on their size."""
+    buffers = _make_buffers(buffer_bytes)
+    # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return [_summarize_segment(s, info, fetch, buffers) for s, info in zip(segments, infos, strict=True)]
+
+
+def _file_fetch(fd: int, path: str, raw: memoryview) -> _Fetch:
+    """A fetch that reads from an open file into `raw`, turning every problem into UnreadableFileError."""
+
+    def fetch(segment: Segment, begin: int, end: int) -> memoryview:
+        view = raw[: end - begin]
+        _read_exactly(fd, view, begin, path, f"tensor {segment.name!r}")
+        return view
+
+    return fetch
+
+
+def _scan_fd(
+    fd: int, path: str, header: FileHeader, segments: Sequence[Segment], buffer_bytes: int
+) -> list[TensorStats]:
+    """Summarize segments of an open file whose header is `header`."""
+    if buffer_bytes < 8:
+        raise ValueError(f"buffer_bytes must be at least 8, got {buffer_bytes}")
+    dtypes = {entry.name: DTYPES[entry.dtype] for entry in header.entries}
+    infos = [dtypes[segment.name] for segment in segments]
+    size = _buffer_bytes(segments, infos, buffer_bytes)
+    fetch = _file_fetch(fd, path, memoryview(bytearray(size)))
+    return _summarize_all(segments, infos, fetch, size)
+
+
+def _check_size(header: FileHeader, size: int, path: str) -> None:
+    """Refuse a file whose size changed since its header was read: it is no longer that file."""
+    if size < header.file_size:
+        raise UnreadableFileError(
+            path,
+            f"file was truncated while being read (now {size} bytes, its header was read at {header.file_size})",
+        )
+    if size > header.file_size:
+        raise UnreadableFileError(
+            path,
+            f"file changed while being read (now {size} bytes, its header was read at {header.file_size})",
+        )
+
+
+def scan_segments(
+    path: str | os.PathLike[str],
+    header: FileHeader,
+    segments: Sequence[Segment],
+    *,
+    buffer_bytes: int = BUFFER_BYTES,
+) -> list[TensorStats]:
+    """Open `path`, check it is still the file the header was read from (same size), and summarize each segment."""
+    name = os.fspath(path)
+    fd, size = _open_regular(name)
+    try:
+        _check_size(header, size, name)
+        return _scan_fd(fd, name, header, segments, buffer_bytes)
+    finally:
+        os.close(fd)
+
+
+def combine(
+    path: str | os.PathLike[str],
+    header: FileHeader,
+    segments: Sequence[Segment],
+    results: Sequence[TensorStats],
+) -> FileScan:
+    """Fold per-segment results (in segment order) into the FileScan that scan_file returns."""
+    if len(segments) != len(results):
+        raise ValueError(f"{len(segments)} segments but {len(results)} results")
+    totals: dict[str, TensorStats] = {}
+    for segment, result in zip(segments, results, strict=True):
+        earlier = totals.get(segment.name)
+        totals[segment.name] = result if earlier is None else earlier.merge(result)
+    stats: dict[str, TensorStats] = {}
+    skipped: dict[str, str] = {}
     for entry in header.entries:
         info = DTYPES[entry.dtype]
-        if info.decode is not None:  # a chunk of n elements takes n * max(itemsize, 4) buffer bytes
-            largest = max(largest, (entry.end - entry.begin) // info.itemsize * max(info.itemsize, 4))
-    return largest
+        if info.decode is None:
+            skipped[entry.name] = info.skip_reason
+        elif entry.name in totals:
+            stats[entry.name] = totals[entry.name]
+        else:
+            raise ValueError(f"no segment of tensor {entry.name!r}")
+    return FileScan(path=os.fspath(path), header=header, stats=stats, skipped=skipped)
 
 
-def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = 1 << 20) -> FileScan:
-    """Validate a safetensors file and summarize every float tensor, reading it in bounded chunks."""
+def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES) -> FileScan:
+    """Validate a safetensors file and summarize every float tensor, reading it in bounded chunks.
+
+    The steps of a parallel scan on one open file: read the header, plan_segments, scan_segments, combine.
+    """
     if buffer_bytes < 8:
         raise ValueError(f"buffer_bytes must be at least 8, got {buffer_bytes}")
     name = os.fspath(path)
     fd, size = _open_regular(name)
-    try:
+    try:  # one open file for all steps: a file replaced meanwhile is read whole, in the version opened
         header = _read_header_fd(fd, size, name)
-        buffers = _make_buffers(min(buffer_bytes, _largest_chunk(header)))
-        found: dict[str, TensorStats] = {}
-        # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
-        with np.errstate(invalid="ignore", over="ignore"):
-            for entry in sorted(header.entries, key=lambda e: e.begin):  # file order: sequential reads
-                info = DTYPES[entry.dtype]
-                if info.decode is not None:
-                    found[entry.name] = _scan_tensor(fd, entry, info, buffers, name)
+        segments = plan_segments(header)
+        results = _scan_fd(fd, name, header, segments, buffer_bytes)
     finally:
         os.close(fd)
-    stats = {e.name: found[e.name] for e in header.entries if e.name in found}
-    skipped = {e.name: DTYPES[e.dtype].skip_reason for e in header.entries if e.name not in found}
-    return FileScan(path=name, header=header, stats=stats, skipped=skipped)
+    return combine(name, header, segments, results)
+
+
+def summarize_bytes(raw: memoryview, dtype: str, *, buffer_bytes: int = BUFFER_BYTES) -> TensorStats:
+    """Summarize the bytes of one whole tensor bit for bit as scan_file summarizes a tensor holding them."""
+    info = DTYPES[dtype]
+    if info.decode is None:
+        raise ValueError(f"{dtype} tensors are not decoded")
+    if buffer_bytes < 8:
+        raise ValueError(f"buffer_bytes must be at least 8, got {buffer_bytes}")
+    data = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+    if len(data) % info.itemsize:
+        raise ValueError(f"{len(data)} bytes are not whole {dtype} elements")
+    segments = _cut("", 0, len(data), info.itemsize, SEGMENT_BYTES)
+    infos = [info] * len(segments)
+    fetch: _Fetch = lambda segment, begin, end: data[begin:end]
+    total = TensorStats()
+    for result in _summarize_all(segments, infos, fetch, _buffer_bytes(segments, infos, buffer_bytes)):
+        total = total.merge(result)
+    return total

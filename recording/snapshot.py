@@ -11,19 +11,16 @@ import numpy as np
 
 from gradcheck.analysis.dtypes import DTYPES
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.stats import TensorStats, summarize_array
+from gradcheck.analysis.reader import summarize_bytes
+from gradcheck.analysis.stats import TensorStats
 
 # The summary format belongs to the reader; re-exported here for the recorders.
 from gradcheck.analysis.summaries import stats_from_entry, summary_entry
 
 __all__ = [
-    "CHUNK_BYTES", "HostTensor", "RecordingError", "flatten", "float_dtype_code", "host_tensor", "stats_from_entry",
+    "HostTensor", "RecordingError", "flatten", "float_dtype_code", "host_tensor", "stats_from_entry",
     "summarize_host", "summary_entry",
 ]  # fmt: skip
-
-# Same chunk as reader.scan_file's default, so a stats-only summary equals what the reader computes from
-# the full tensor bit for bit (float sums depend on how the elements are grouped).
-CHUNK_BYTES = 1 << 20
 
 # numpy / ml_dtypes / torch dtype names (torch's without the "torch." prefix) -> safetensors dtype.
 _DTYPE_NAMES = {
@@ -129,19 +126,7 @@ def flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, object]:
 
 
 def summarize_host(tensor: HostTensor) -> TensorStats:
-    """Summarize a host tensor as the reader would; dtypes the reader skips only get their count."""
-    info = DTYPES[tensor.dtype]
-    count = math.prod(tensor.shape)
-    if info.decode is None:
-        return TensorStats(count=count)
-    raw = tensor.data.cast("B") if tensor.data.format != "B" else tensor.data
-    step = CHUNK_BYTES // max(info.itemsize, 4) * info.itemsize
-    elements = CHUNK_BYTES // 4
-    work = np.empty(elements, dtype=np.uint32)
-    scratch = np.empty(elements, dtype=np.float64)
-    total = TensorStats()
-    with np.errstate(invalid="ignore", over="ignore"):
-        for offset in range(0, len(raw), step):
-            chunk = raw[offset : offset + step]
-            total = total.merge(summarize_array(info.decode(chunk, work), scratch))
-    return total
+    """Summarize a host tensor bit for bit as the reader would; dtypes the reader skips only get their count."""
+    if DTYPES[tensor.dtype].decode is None:
+        return TensorStats(count=math.prod(tensor.shape))
+    return summarize_bytes(tensor.data, tensor.dtype)
