@@ -4,8 +4,8 @@ Writes a run of 1,000 step files x 500 parameters (grad/param/update of 50 small
 16, F32: 1,500 tensors and ~2 MB per file) to a temp directory, warms the page cache, then times
 `gradcheck inspect RUN --format json --no-cache` with --jobs 1 and with the default jobs, and twice with the
 stats cache on (a fresh GRADCHECK_CACHE_DIR: first and second run), printing wall seconds, CPU seconds, peak
-RSS (largest process) and files/s. Then, in a subprocess, it times `gradcheck.analysis.reader.read_header` on one
-file whose header lists 100,000 tensors (target < 0.5 s) against `json.loads` of the same header bytes.
+RSS (largest process) and files/s. Then, in a subprocess, it times `gradcheck.analysis.reader.read_header`
+on one file whose header lists 100,000 tensors (target < 0.5 s) against `json.loads` of the same header bytes.
 
     python benchmarks/many_files.py [--files 1000] [--params 500] [--header-tensors 100000]
 """
@@ -96,7 +96,7 @@ def inspect_runs(run: Path, folder: Path, args: argparse.Namespace) -> None:
         warm(run)
         for label, (line, env) in runs.items():
             found[label] = measure(line, folder / "out", {**_base_env(folder), **env})
-            # exit 1 is findings; a crash exits 1 too, but prints no JSON (the document is too big to parse here)
+            # exit 1 means findings; a crash exits 1 too but prints no JSON (too big to parse here)
             if found[label].code not in (0, 1) or (folder / "out").stat().st_size == 0:
                 sys.exit(f"gradcheck failed (exit {found[label].code}): {found[label].error}")
     for label, sample in found.items():
@@ -119,7 +119,9 @@ def header_run(folder: Path, args: argparse.Namespace) -> None:
     path = folder / "huge_header.safetensors"
     header = write_file(path, tensors, "F32", make_pools("F32"), 0)
     with bench_lock():
-        sample = measure([sys.executable, "-c", HEADER_TIMING, str(path), str(args.repeats)], folder / "hout")
+        python = Path(args.gradcheck).with_name("python")  # the interpreter gradcheck is installed in
+        python = str(python) if python.exists() else sys.executable
+        sample = measure([python, "-c", HEADER_TIMING, str(path), str(args.repeats)], folder / "hout")
     if sample.code:
         sys.exit(f"header timing failed: {sample.error}")
     times = json.loads((folder / "hout").read_text())
@@ -144,6 +146,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=5, help="repetitions of the header timing (best is shown)"
     )
+    parser.add_argument(
+        "--gradcheck",
+        default="gradcheck",
+        help="the gradcheck executable to measure (default: the one on PATH)",
+    )
     parser.add_argument("--dir", default=None, help="where to make the temporary directory")
     parser.add_argument(
         "--no-new-flags",
@@ -152,8 +159,8 @@ def parse_args() -> argparse.Namespace:
         help="leave out --jobs and --no-cache (for a gradcheck without them)",
     )
     args = parser.parse_args()
-    args.gradcheck = shutil.which("gradcheck") or parser.error(
-        "gradcheck is not installed (pip install -e .)"
+    args.gradcheck = shutil.which(args.gradcheck) or parser.error(
+        f"{args.gradcheck} not found (pip install -e .)"
     )
     return args
 

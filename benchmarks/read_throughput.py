@@ -258,7 +258,7 @@ def bench_lock() -> Iterator[None]:
 
 
 def measure(command: list[str], out_path: Path, env: dict[str, str] | None = None) -> Sample:
-    """Run a command through the launcher with stdout to out_path; return its figures and stderr's last line."""
+    """Run a command through the launcher, stdout to out_path; return its figures and stderr's last line."""
     err_path, report = out_path.with_suffix(".err"), out_path.with_suffix(".rusage")
     with out_path.open("wb") as out, err_path.open("wb") as err:
         launcher = [sys.executable, "-c", LAUNCHER, str(report), *command]
@@ -280,7 +280,8 @@ def print_setup(args: argparse.Namespace) -> None:
     print(
         f"{len(os.sched_getaffinity(0))} cores, Python {sys.version.split()[0]}, "
         + ", ".join(f"{name} {version}" for name, version in versions.items())
-        + f", commit {commit or '?'}; new flags (--jobs, --no-cache): {'used' if args.new_flags else 'LEFT OUT'}"
+        + f", commit {commit or '?'}\nmeasured: {args.gradcheck}; new flags (--jobs, --no-cache): "
+        + ("used" if args.new_flags else "LEFT OUT")
     )
 
 
@@ -384,10 +385,9 @@ def measure_startup(folder: Path, args: argparse.Namespace) -> dict[str, Sample]
 def bench_dtype(run: Run, folder: Path, args: argparse.Namespace, startup: dict[str, Sample]) -> dict:
     """Time the peer and gradcheck on one run, alternating and rotating the order; return the medians."""
     out = folder / "out"
-    print(
-        f"\n== {run.dtype}: {run.files} files, {run.tensors} tensors, {run.tensor_bytes / 1e9:.2f} GB of tensor "
-        f"data, headers {run.header_bytes / 1e6:.2f} MB =="
-    )
+    size = f"{run.tensor_bytes / 1e9:.2f} GB of tensor data, headers {run.header_bytes / 1e6:.2f} MB"
+    load = f"load average {os.getloadavg()[0]:.1f}"
+    print(f"\n== {run.dtype}: {run.files} files, {run.tensors} tensors, {size}; {load} ==")
     with bench_lock():
         warm(run)
         shim, note = choose_peer(run, out)
@@ -413,16 +413,21 @@ def bench_dtype(run: Run, folder: Path, args: argparse.Namespace, startup: dict[
 
 
 def summarize_dtype(run: Run, samples: dict[str, list[Sample]], found: dict[str, list[float]]) -> dict:
-    """Print and return the medians of one dtype."""
-    result = {"run": run, "ratios": {name: statistics.median(values) for name, values in found.items()}}
-    print("median:")
+    """Print and return the median and best figures of one dtype."""
+    result = {"run": run, "ratios": {name: (statistics.median(v), max(v)) for name, v in found.items()}}
+    print("median (best):")
     for label, values in samples.items():
-        seconds = statistics.median(s.seconds for s in values)
-        result[label] = (run.tensor_bytes / 1e9 / seconds, max(s.rss_mib for s in values))
+        seconds = [s.seconds for s in values]
+        result[label] = [run.tensor_bytes / 1e9 / t for t in (statistics.median(seconds), min(seconds))]
+        result[label].append(max(s.rss_mib for s in values))
         print(
-            f"  {label:14} {seconds:7.2f} s  {result[label][0]:6.2f} GB/s  peak RSS {result[label][1]:8.1f} MiB"
+            f"  {label:14} {statistics.median(seconds):7.2f} s ({min(seconds):.2f})"
+            f"  {result[label][0]:6.2f} GB/s"
+            f" ({result[label][1]:.2f})  peak RSS {result[label][2]:8.1f} MiB (largest of the repetitions)"
         )
-    print("  " + "; ".join(f"{name}: {value:.2f}x" for name, value in result["ratios"].items()))
+    print(
+        "  " + "; ".join(f"{name}: {mid:.2f}x ({top:.2f}x)" for name, (mid, top) in result["ratios"].items())
+    )
     return result
 
 
@@ -433,38 +438,41 @@ def _verdict(value: float | None, target: float, higher_is_better: bool = True) 
     return "met" if (value >= target if higher_is_better else value <= target) else "MISSED"
 
 
-def summary_rows(result: dict) -> list[tuple[str, float | None, str, str]]:
-    """(what, measured, target text, verdict) rows of one dtype."""
-    dtype, run, found = result["run"].dtype, result["run"], result["ratios"]
+def summary_rows(result: dict) -> list[tuple]:
+    """(what, median, best, target text, verdict) rows of one dtype."""
+    run, dtype = result["run"], result["run"].dtype
+    labels = [label for label in result if label.startswith("jobs=")]
     rows = []
-    gbps = result["jobs=1"][0]
-    if dtype in TARGET_GBPS:
-        target = TARGET_GBPS[dtype]
-        rows.append((f"{dtype} GB/s, jobs=1 (per core)", gbps, f">= {target}", _verdict(gbps, target)))
-    else:
-        rows.append((f"{dtype} GB/s, jobs=1 (per core)", gbps, "no target", ""))
-    for name, value in found.items():
+    for label in labels:
+        mid, top, _ = result[label]
+        target = TARGET_GBPS.get(dtype) if label == "jobs=1" else None
+        text, verdict = (f">= {target}", _verdict(mid, target)) if target else ("", "")
+        rows.append((f"{dtype} GB/s, {label}", mid, top, text, verdict))
+    for name, (mid, top) in result["ratios"].items():
         target = TARGET_PEER_RATIO if name.endswith("peer") else TARGET_JOBS_RATIO
-        rows.append((f"{dtype} speed {name}", value, f">= {target}x", _verdict(value, target)))
-    if not any(name.endswith("peer") for name in found):
+        rows.append((f"{dtype} speed {name}", mid, top, f">= {target}x", _verdict(mid, target)))
+    if "peer" not in result:
         rows.append(
-            (f"{dtype} speed jobs=1 vs peer", None, f">= {TARGET_PEER_RATIO}x", "n/a: peer cannot read")
+            (f"{dtype} speed vs peer", None, None, f">= {TARGET_PEER_RATIO}x", "n/a: peer cannot read")
         )
     limit = TARGET_RSS_MIB + run.header_bytes / 2**20
-    for label in (label for label in result if label.startswith("jobs=")):
-        rss = result[label][1]
-        rows.append((f"{dtype} peak RSS MiB, {label}", rss, f"<= {limit:.1f}", _verdict(rss, limit, False)))
+    for label in labels:
+        rss = result[label][2]
+        rows.append(
+            (f"{dtype} peak RSS MiB, {label}", rss, None, f"<= {limit:.1f}", _verdict(rss, limit, False))
+        )
     return rows
 
 
 def print_summary(results: list[dict]) -> None:
     """The closing table: every figure next to its target."""
-    print("\nsummary (medians; peak RSS: largest process, limit 64 MiB + the run's header bytes)")
-    print(f"  {'figure':42} {'measured':>10}  {'target':>12}  verdict")
+    print("\nsummary: medians over the repetitions, best in its own column; the verdict is on the median;")
+    print("GB/s = tensor bytes / wall seconds; peak RSS = largest process, limit 64 MiB + the run's headers")
+    print(f"  {'figure':40} {'median':>8} {'best':>8}  {'target':>8}  verdict")
     for result in results:
-        for what, value, target, verdict in summary_rows(result):
-            shown = "-" if value is None else f"{value:.2f}"
-            print(f"  {what:42} {shown:>10}  {target:>12}  {verdict}")
+        for what, mid, top, target, verdict in summary_rows(result):
+            shown = [("-" if value is None else f"{value:.2f}") for value in (mid, top)]
+            print(f"  {what:40} {shown[0]:>8} {shown[1]:>8}  {target:>8}  {verdict}")
 
 
 def throughput_mode(folder: Path, args: argparse.Namespace) -> None:
@@ -537,6 +545,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--big", action="store_true", help="only the ~4 GB run with a 1 GiB tensor")
     parser.add_argument("--cache", action="store_true", help="only the cache timing on a ~2 GB run")
+    parser.add_argument(
+        "--gradcheck",
+        default="gradcheck",
+        help="the gradcheck executable to measure (default: the one on PATH)",
+    )
     parser.add_argument("--dir", default=None, help="where to make the temporary directory")
     parser.add_argument(
         "--no-new-flags",
@@ -549,8 +562,8 @@ def parse_args() -> argparse.Namespace:
     unknown = [d for d in args.dtypes if d not in ITEMSIZE]
     if unknown:
         parser.error(f"unknown dtype(s) {unknown}: choose from {', '.join(ITEMSIZE)}")
-    args.gradcheck = shutil.which("gradcheck") or parser.error(
-        "gradcheck is not installed (pip install -e .)"
+    args.gradcheck = shutil.which(args.gradcheck) or parser.error(
+        f"{args.gradcheck} not found (pip install -e .)"
     )
     return args
 
