@@ -10,6 +10,7 @@ from .config import Config
 from .errors import RunError
 from .metrics import ParamStep, derive
 from .runs import Run, load_run
+from .scanning import ScanOptions
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,12 @@ class Report:
         return [self.rows[(step, p)] for p in self.run.params if (step, p) in self.rows]
 
 
-def inspect_run(run_dir: str | os.PathLike[str], config: Config | None = None) -> Report:
+def inspect_run(
+    run_dir: str | os.PathLike[str], config: Config | None = None, scan: ScanOptions | None = None
+) -> Report:
     """Read, derive and check a run; raises RunError when the directory itself is unusable."""
     config = config or Config()
-    run = load_run(run_dir)
+    run = load_run(run_dir, scan)
     derived = derive(run)
     findings = run_checks(run, derived, config) if run.steps else []
     return Report(run=run, rows=derived, findings=findings, config=config)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key
-from .reader import FileScan, scan_file
+from .reader import FileScan
+from .scanning import ScanOptions, scan_files
 from .shards import Piece, assemble, parse_shards
 from .stats import TensorStats
 from .summaries import parse_summaries, shape_of, stats_from_entry
@@ -223,16 +224,18 @@ def _entries(
     return entries
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> Run:
+def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None) -> Run:
     """Read every snapshot file of a run; unreadable files become notes, not failures."""
     root = Path(run_dir)
     pieces: list[Piece] = []
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
-    for path in find_snapshot_files(root):
+    for name, scan in scan_files([str(path) for path in find_snapshot_files(root)], options):
+        path = Path(name)
         try:
-            scan = scan_file(path)
+            if isinstance(scan, UnreadableFileError):
+                raise scan
             check_format(path, scan.header.metadata)
             found = list(pieces_of_scan(scan, step_of(path, scan.header.metadata)))
         except UnreadableFileError as error:

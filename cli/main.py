@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from gradcheck.analysis.cache import StatsCache, default_cache_dir
 from gradcheck.analysis.config import (
     CHECK_IDS,
     FAIL_LEVELS,
@@ -18,9 +19,11 @@ from gradcheck.analysis.config import (
 )
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
+from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .console import make_console, printable
 from .jsonout import dumps, report_document
+from .progress import ScanProgress, progress_wanted
 from .render import render_report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
@@ -72,6 +75,14 @@ def cli() -> None:
 @click.option(
     "--color/--no-color", default=None, help="Force colour on or off (default: auto, honours NO_COLOR)."
 )
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Worker processes that read files (default: available cores).",
+)
+@click.option("--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings stay).")
 def inspect(
     run_dir: Path,
     step: int | None,
@@ -82,14 +93,23 @@ def inspect(
     ignore: tuple[str, ...],
     strict: bool,
     color: bool | None,
+    jobs: int | None,
+    no_cache: bool,
+    quiet: bool,
 ) -> None:
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
     try:
         config = _settle_config(config_file, thresholds, ignore, fail_on)
-        report = inspect_run(run_dir, config)
+        progress = _progress_bar(color=color, quiet=quiet, output_format=output_format)
+        try:
+            report = inspect_run(run_dir, config, _scan_options(jobs, no_cache, progress))
+        finally:
+            if progress is not None:
+                progress.close()
         for note in report.run.unreadable:
             click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
-        _note_skipped(report)
+        if not quiet:
+            _note_skipped(report)
         shown = resolve_step(report, step) if report.readable else None
     except GradcheckError as error:
         raise InputError(str(error)) from None
@@ -115,6 +135,18 @@ def _settle_config(
     config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
     config = replace(config, ignore=config.ignore | frozenset(ignore))
     return replace(config, fail_on=fail_on) if fail_on else config
+
+
+def _progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> ScanProgress | None:
+    console = make_console(color=color, stderr=True)
+    return (
+        ScanProgress(console) if progress_wanted(console, quiet=quiet, output_format=output_format) else None
+    )
+
+
+def _scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None) -> ScanOptions:
+    cache = None if no_cache else StatsCache(default_cache_dir())
+    return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
 
 
 def _note_skipped(report: Report) -> None:

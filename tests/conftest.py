@@ -17,6 +17,12 @@ def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FORCE_COLOR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _own_stats_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Inspections in tests cache into a temporary directory, never into the user's cache."""
+    monkeypatch.setenv("GRADCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("stats-cache")))
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     """A CliRunner that keeps stdout and stderr apart."""

@@ -1,0 +1,266 @@
+"""Scan the files of a run: cached scans where the file is unchanged, the rest read by worker processes.
+
+Results come back in the order of the paths, one file at a time, so a run of any size is summarised with
+only a window of work in flight. Big files are cut into segments (`reader.plan_segments`) that workers scan
+apart and the parent folds in segment order, so the numbers are the same with 1 worker or many.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from .cache import FileIdentity, StatsCache, file_identity
+from .errors import UnreadableFileError
+from .reader import (
+    SEGMENT_BYTES,
+    FileHeader,
+    FileScan,
+    Segment,
+    combine,
+    plan_segments,
+    read_header,
+    scan_file,
+    scan_segments,
+)
+from .stats import TensorStats
+
+Progress = Callable[[int, int], None]  # (bytes scanned so far, bytes to scan), after each piece of work
+Result = FileScan | UnreadableFileError
+
+PARALLEL_MIN_BYTES = 64 << 20  # less data than this is read faster than worker processes start
+_BATCH_BYTES = 16 << 20  # small files go to a worker in batches of about this many bytes...
+_BATCH_FILES = 64  # ...or this many files, whichever comes first
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to scan: how many worker processes, which stats cache (None: none), whom to tell of progress."""
+
+    jobs: int = 1
+    cache: StatsCache | None = None
+    progress: Progress | None = None
+    segment_bytes: int = SEGMENT_BYTES  # files above this are cut into pieces of about this size
+
+
+def available_cores() -> int:
+    """How many CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """Small files, each scanned whole."""
+
+    paths: tuple[str, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Some segments of one big file, with its header cut down to their tensors."""
+
+    path: str
+    header: FileHeader
+    segments: tuple[Segment, ...]
+    nbytes: int
+
+
+Unit = _Whole | _Part
+
+
+def _scan_or_error(path: str) -> Result:
+    try:
+        return scan_file(path)
+    except UnreadableFileError as error:
+        return error
+
+
+def _work(unit: Unit) -> list[Result] | list[TensorStats] | UnreadableFileError:
+    """What a worker does with one unit; expected problems come back as values, not exceptions."""
+    if isinstance(unit, _Whole):
+        return [_scan_or_error(path) for path in unit.paths]
+    try:
+        return scan_segments(unit.path, unit.header, unit.segments)
+    except UnreadableFileError as error:
+        return error
+
+
+@dataclass
+class _File:
+    """One file of the run: its result when already known, else the units that make it."""
+
+    path: str
+    identity: FileIdentity | None
+    result: Result | None = None
+    batch: tuple[int, int] | None = None  # a small file: (its unit, its place in that unit)
+    units: list[int] = field(default_factory=list)  # a big file: its units, in segment order
+    header: FileHeader | None = None
+    segments: tuple[Segment, ...] = ()
+
+
+def _identity(path: str) -> FileIdentity | None:
+    try:
+        return file_identity(os.stat(path))
+    except (OSError, ValueError):
+        return None  # scanning says what is wrong with it
+
+
+def _plan(paths: Sequence[str], options: ScanOptions) -> tuple[list[_File], list[Unit]]:
+    """Files in order, and the units of work for those the cache does not answer."""
+    files: list[_File] = []
+    units: list[Unit] = []
+    batch: list[str] = []
+    batch_bytes = 0
+    batch_files: list[_File] = []
+
+    def close_batch() -> None:
+        nonlocal batch, batch_bytes, batch_files
+        if batch:
+            for position, item in enumerate(batch_files):
+                item.batch = (len(units), position)
+            units.append(_Whole(tuple(batch), batch_bytes))
+        batch, batch_bytes, batch_files = [], 0, []
+
+    for path in paths:
+        item = _File(path, _identity(path))
+        files.append(item)
+        if options.cache is not None and item.identity is not None:
+            item.result = options.cache.get(path, item.identity)
+            if item.result is not None:
+                continue
+        size = item.identity.size if item.identity else 0
+        if size <= options.segment_bytes:
+            batch.append(path)
+            batch_files.append(item)
+            batch_bytes += size
+            if batch_bytes >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
+                close_batch()
+            continue
+        close_batch()
+        _plan_big(item, units, options.segment_bytes)
+    close_batch()
+    return files, units
+
+
+def _plan_big(item: _File, units: list[Unit], segment_bytes: int) -> None:
+    """Cut a big file into units of about `segment_bytes` of tensor data each."""
+    try:
+        header = read_header(item.path)
+    except UnreadableFileError as error:
+        item.result = error
+        return
+    item.header, item.segments = header, plan_segments(header, segment_bytes)
+    entries = {entry.name: entry for entry in header.entries}
+    group: list[Segment] = []
+    group_bytes = 0
+    for segment in (*item.segments, None):
+        if segment is None or (group and group_bytes + segment.end - segment.begin > segment_bytes):
+            if group:
+                names = dict.fromkeys(s.name for s in group)
+                cut = FileHeader(tuple(entries[n] for n in names), {}, header.file_size)
+                item.units.append(len(units))
+                units.append(_Part(item.path, cut, tuple(group), group_bytes))
+            group, group_bytes = [], 0
+        if segment is not None:
+            group.append(segment)
+            group_bytes += segment.end - segment.begin
+    if not item.units:  # no float tensor at all: nothing to read but the header
+        item.result = combine(item.path, header, (), ())
+
+
+class _Runner:
+    """Runs units inline or in a process pool, a bounded window ahead of the one being waited for."""
+
+    def __init__(self, units: list[Unit], jobs: int) -> None:
+        self._units = units
+        self._done: dict[int, object] = {}
+        self._futures: dict[int, Future[object]] = {}
+        self._submitted = 0
+        total = sum(unit.nbytes for unit in units)
+        workers = min(jobs, len(units))
+        parallel = workers > 1 and total >= PARALLEL_MIN_BYTES
+        self._pool = ProcessPoolExecutor(max_workers=workers) if parallel else None
+        self._window = 2 * workers
+
+    def result(self, index: int) -> object:
+        """The outcome of unit `index`, computing or waiting as needed."""
+        if index in self._done:
+            return self._done[index]
+        if self._pool is None:
+            outcome: object = _work(self._units[index])
+        else:
+            while self._submitted < min(len(self._units), index + self._window + 1):
+                self._futures[self._submitted] = self._pool.submit(_work, self._units[self._submitted])
+                self._submitted += 1
+            outcome = self._futures.pop(index).result()
+        self._done[index] = outcome
+        return outcome
+
+    def forget_before(self, index: int) -> None:
+        """Drop kept outcomes of units before `index`, which no later file needs."""
+        for old in [i for i in self._done if i < index]:
+            del self._done[old]
+
+    def close(self) -> None:
+        """Stop the workers, abandoning work not yet started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def scan_files(paths: Sequence[str], options: ScanOptions | None = None) -> Iterator[tuple[str, Result]]:
+    """Yield (path, FileScan or UnreadableFileError) for every path, in order."""
+    options = options or ScanOptions()
+    files, units = _plan(paths, options)
+    total = sum(unit.nbytes for unit in units)
+    done = 0
+    reported: set[int] = set()
+    runner = _Runner(units, max(1, options.jobs))
+    try:
+        for item in files:
+            if item.result is None:
+                item.result = _outcome(item, runner)
+                used = [item.batch[0]] if item.batch else item.units
+                for index in used:
+                    if index not in reported:
+                        reported.add(index)
+                        done += units[index].nbytes
+                        if options.progress is not None:
+                            options.progress(done, total)
+                runner.forget_before(used[0])
+                _store(options.cache, item)
+            yield item.path, item.result
+    finally:
+        runner.close()
+
+
+def _outcome(item: _File, runner: _Runner) -> Result:
+    """Put together a file's result from its units' outcomes."""
+    if item.batch is not None:
+        index, position = item.batch
+        outcomes = runner.result(index)
+        assert isinstance(outcomes, list)
+        result = outcomes[position]
+        assert isinstance(result, (FileScan, UnreadableFileError))
+        return result
+    stats: list[TensorStats] = []
+    for index in item.units:
+        outcome = runner.result(index)
+        if isinstance(outcome, UnreadableFileError):
+            return outcome
+        assert isinstance(outcome, list)
+        stats.extend(outcome)  # type: ignore[arg-type]
+    return combine(item.path, item.header, item.segments, stats)
+
+
+def _store(cache: StatsCache | None, item: _File) -> None:
+    """Cache a fresh scan, unless the file changed while it was read."""
+    if cache is None or not isinstance(item.result, FileScan) or item.identity is None:
+        return
+    if _identity(item.path) == item.identity:
+        cache.put(item.path, item.identity, item.result)

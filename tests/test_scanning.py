@@ -1,0 +1,160 @@
+"""The run scanner: same numbers with 1 or N workers, results in order, the cache trusted only when unchanged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runs_builder import write_step
+from st_files import bf16_bits, write_arrays
+
+from gradcheck.analysis import scanning
+from gradcheck.analysis.cache import StatsCache
+from gradcheck.analysis.errors import UnreadableFileError
+from gradcheck.analysis.reader import FileScan, scan_file
+from gradcheck.analysis.scanning import ScanOptions, scan_files
+
+SMALL_SEGMENTS = 4096  # bytes: cuts the test tensors into many segments, as 64 MiB cuts real ones
+
+
+def make_run(root: Path) -> list[str]:
+    """Small step files, one file with big tensors (F32, BF16, NaN/Inf), and a truncated file."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for step in range(5):
+        grads = {
+            "a.weight": rng.standard_normal((16, 8)).astype(np.float32),
+            "a.bias": np.zeros(8, np.float32),
+        }
+        paths.append(write_step(root, step, {"grad": grads}))
+    big = rng.standard_normal(50_000).astype(np.float32)
+    big[[5, 40_000]] = [np.nan, np.inf]
+    paths.append(
+        write_arrays(
+            root / "step_00000005.safetensors",
+            {
+                "grad/big": ("F32", big),
+                "grad/half": ("BF16", bf16_bits(rng.standard_normal(30_001).astype(np.float32))),
+                "grad/tiny": ("F32", np.ones(3, np.float32)),
+                "grad/ids": ("I64", np.arange(10)),
+            },
+            {"step": "5"},
+        )
+    )
+    broken = write_step(root, 6, {"grad": {"a.weight": np.ones((16, 8), np.float32)}})
+    broken.write_bytes(broken.read_bytes()[:-7])
+    paths.append(broken)
+    return [str(p) for p in paths]
+
+
+def scan_all(paths: list[str], **options: object) -> list[tuple[str, FileScan | UnreadableFileError]]:
+    return list(scan_files(paths, ScanOptions(**options)))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run_paths(tmp_path: Path) -> list[str]:
+    return make_run(tmp_path / "run")
+
+
+@pytest.fixture
+def always_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Use worker processes even for the few kilobytes of a test run."""
+    monkeypatch.setattr(scanning, "PARALLEL_MIN_BYTES", 0)
+
+
+def as_comparable(results: list[tuple[str, FileScan | UnreadableFileError]]) -> list[object]:
+    return [(path, str(r) if isinstance(r, UnreadableFileError) else r) for path, r in results]
+
+
+def test_one_worker_gives_what_scan_file_gives(run_paths: list[str]) -> None:
+    results = scan_all(run_paths)
+    assert [path for path, _ in results] == run_paths
+    for path, result in results[:-1]:
+        assert result == scan_file(path)
+    broken = results[-1][1]
+    assert isinstance(broken, UnreadableFileError)
+    assert broken.path == run_paths[-1]
+    assert "cut short" in broken.problem
+
+
+@pytest.mark.usefixtures("always_parallel")
+def test_workers_give_the_same_numbers_in_the_same_order(run_paths: list[str]) -> None:
+    serial = scan_all(run_paths, segment_bytes=SMALL_SEGMENTS)
+    parallel = scan_all(run_paths, jobs=2, segment_bytes=SMALL_SEGMENTS)
+    assert as_comparable(parallel) == as_comparable(serial)
+    big = dict(parallel)[run_paths[5]]
+    assert isinstance(big, FileScan)
+    assert big.stats["grad/big"].count == 50_000
+    assert (big.stats["grad/big"].nan, big.stats["grad/big"].inf) == (1, 1)
+    assert big.stats["grad/half"].count == 30_001
+    assert "grad/ids" in big.skipped
+
+
+@pytest.mark.usefixtures("always_parallel")
+def test_cut_tensors_sum_up_to_the_whole(run_paths: list[str]) -> None:
+    cut = dict(scan_all(run_paths, jobs=2, segment_bytes=SMALL_SEGMENTS))[run_paths[5]]
+    whole = scan_file(run_paths[5])
+    assert isinstance(cut, FileScan)
+    for name, stats in whole.stats.items():
+        other = cut.stats[name]
+        assert (other.count, other.nan, other.inf, other.zeros) == (
+            stats.count,
+            stats.nan,
+            stats.inf,
+            stats.zeros,
+        )
+        assert (other.abs_min, other.abs_max) == (stats.abs_min, stats.abs_max)
+        assert other.abs_sum == pytest.approx(stats.abs_sum, rel=1e-12)
+        assert other.sq_sum == pytest.approx(stats.sq_sum, rel=1e-12)
+
+
+def test_progress_counts_every_byte_read_once(run_paths: list[str]) -> None:
+    calls: list[tuple[int, int]] = []
+    scan_all(
+        run_paths, segment_bytes=SMALL_SEGMENTS, progress=lambda done, total: calls.append((done, total))
+    )
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones)
+    totals = {total for _, total in calls}
+    assert len(totals) == 1
+    assert (
+        dones[-1]
+        == totals.pop()
+        >= sum(os.path.getsize(p) for p in run_paths) - os.path.getsize(run_paths[5])
+    )
+
+
+def test_a_second_scan_comes_from_the_cache(
+    run_paths: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = StatsCache(tmp_path / "cache")
+    first = scan_all(run_paths, cache=cache)
+
+    def no_reading(*args: object, **kwargs: object) -> object:
+        raise AssertionError("read a file the cache holds")
+
+    monkeypatch.setattr(scanning, "scan_file", no_reading)
+    monkeypatch.setattr(scanning, "scan_segments", no_reading)
+    readable = run_paths[:-1]  # unreadable files are not cached
+    assert as_comparable(scan_all(readable, cache=cache)) == as_comparable(first[:-1])
+
+
+def test_a_changed_file_is_read_again(run_paths: list[str], tmp_path: Path) -> None:
+    cache = StatsCache(tmp_path / "cache")
+    scan_all(run_paths, cache=cache)
+    path = run_paths[0]
+    write_step(
+        Path(path).parent, 0, {"grad": {"a.weight": np.full((16, 8), 3, np.float32)}}, name=Path(path).name
+    )
+    (_, again), *_ = scan_all(run_paths, cache=cache)
+    assert isinstance(again, FileScan)
+    assert again.stats["grad/a.weight"].abs_max == 3.0
+
+
+def test_a_file_that_vanished_is_reported_not_raised(run_paths: list[str], tmp_path: Path) -> None:
+    gone = str(tmp_path / "run" / "step_00000099.safetensors")
+    (_, result), *_ = scan_all([gone, *run_paths[:1]], cache=StatsCache(tmp_path / "cache"))
+    assert isinstance(result, UnreadableFileError)
+    assert "no such file" in result.problem
