@@ -325,7 +325,8 @@ def configs(run: Run, shim: bool | None, args: argparse.Namespace) -> dict[str, 
     found = {} if shim is None else {"peer": peer_command(run.path, shim)}
     found["jobs=1"] = inspect_command(run.path, 1, args)
     if args.new_flags:
-        found[f"jobs={args.jobs or 'default'}"] = inspect_command(run.path, args.jobs, args)
+        parallel = f"jobs={args.jobs}" if args.jobs else f"jobs={len(os.sched_getaffinity(0))} (default)"
+        found[parallel] = inspect_command(run.path, args.jobs, args)
     return found
 
 
@@ -342,11 +343,11 @@ def check_output(sample: Sample, out: Path, run: Run) -> None:
 def print_row(label: str, sample: Sample, run: Run, startup: float) -> None:
     """One measured process: seconds, GB/s (also net of startup), CPU seconds and peak RSS."""
     if sample.code not in ((0,) if label == "peer" else (0, 1)):  # gradcheck exits 1 on findings
-        print(f"  {label:14} failed (exit {sample.code}): {sample.error}")
+        print(f"  {label:16} failed (exit {sample.code}): {sample.error}")
         return
     net = run.tensor_bytes / 1e9 / max(sample.seconds - startup, 1e-9)
     print(
-        f"  {label:14} {sample.seconds:7.2f} s  {run.tensor_bytes / 1e9 / sample.seconds:6.2f} GB/s"
+        f"  {label:16} {sample.seconds:7.2f} s  {run.tensor_bytes / 1e9 / sample.seconds:6.2f} GB/s"
         f"  ({net:6.2f} net of startup)  cpu {sample.cpu:6.2f} s  peak RSS {sample.rss_mib:8.1f} MiB"
     )
 
@@ -421,7 +422,7 @@ def summarize_dtype(run: Run, samples: dict[str, list[Sample]], found: dict[str,
         result[label] = [run.tensor_bytes / 1e9 / t for t in (statistics.median(seconds), min(seconds))]
         result[label].append(max(s.rss_mib for s in values))
         print(
-            f"  {label:14} {statistics.median(seconds):7.2f} s ({min(seconds):.2f})"
+            f"  {label:16} {statistics.median(seconds):7.2f} s ({min(seconds):.2f})"
             f"  {result[label][0]:6.2f} GB/s"
             f" ({result[label][1]:.2f})  peak RSS {result[label][2]:8.1f} MiB (largest of the repetitions)"
         )
