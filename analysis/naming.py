@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _DIGITS = re.compile(r"([0-9]+)")
 # Parameter-name suffixes of frameworks that join layer and parameter with "_" (DL4J: `lstm-1_W`, `norm-1_gamma`).
@@ -25,6 +26,7 @@ def _part_key(part: str) -> tuple[int, int, str]:
     return (1, 0, part)
 
 
+@lru_cache(maxsize=1 << 16)  # called for every parameter at every step
 def layer_of(param: str) -> str:
     """The layer a parameter belongs to: `enc.layers.0.q.weight` -> `enc.layers.0.q`, `lstm-1_W` -> `lstm-1`."""
     cut = max(param.rfind("."), param.rfind("/"))

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import RunError, UnreadableFileError
@@ -154,6 +155,7 @@ def kind_from_file_name(path: Path) -> str | None:
     return words.pop() if words else None
 
 
+@lru_cache(maxsize=1 << 16)  # the same keys come back in every step file
 def split_key(key: str) -> tuple[str | None, str]:
     """(kind, param) from a tensor key: `grad/fc.weight` -> ("grad", "fc.weight"); no known prefix -> None."""
     prefix, slash, rest = key.partition("/")
