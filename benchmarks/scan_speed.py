@@ -223,7 +223,12 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="MiB of tensor data per dtype file")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions; the best one counts")
     parser.add_argument("--tensors", type=int, default=100_000, help="tensors in the large header")
-    parser.add_argument("--dtypes", type=lambda s: s.split(","), default=list(DTYPES), help="e.g. F32,BF16")
+    parser.add_argument(
+        "--dtypes",
+        type=lambda s: [d for d in s.split(",") if d],
+        default=list(DTYPES),
+        help="e.g. F32,BF16; '': none",
+    )
     parser.add_argument(
         "--profile",
         type=lambda s: s.split(","),

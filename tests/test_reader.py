@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
-from st_files import entry, file_bytes, library_accepts, packed_header, write, write_arrays
+from st_files import entry, file_bytes, header_bytes, library_accepts, packed_header, write, write_arrays
 
 from gradcheck.analysis import reader
 from gradcheck.analysis.errors import UnreadableFileError
@@ -673,3 +673,92 @@ def test_edited_json_matches_the_library(tmp_path: Path, position: int, insert: 
         tmp_path / "edit.safetensors", text[:position] + insert + text[position + delete :], Z * size
     )
     assert (our_verdict(path) is None) == library_accepts(path)
+
+
+def both_verdicts(content: bytes) -> tuple[object, object] | None:
+    """parse_header's verdict and the strict path's alone (a FileHeader or the problem), or None without one."""
+    if len(content) < 8:
+        return None
+    (length,) = struct.unpack("<Q", content[:8])
+    raw = content[8 : 8 + length]
+    if len(raw) != length:
+        return None
+    verdicts = []
+    for parse in (parse_header, reader._parse_strict):
+        try:
+            verdicts.append(parse(raw, len(content), "x.safetensors"))
+        except UnreadableFileError as e:
+            verdicts.append(e.problem)
+    return verdicts[0], verdicts[1]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_fast_path_gives_the_strict_verdict(case: Case) -> None:
+    verdicts = both_verdicts(case.content)
+    if verdicts is not None:
+        fast, strict = verdicts
+        assert fast == strict
+
+
+ONE = json.dumps(entry("F32", [1], 0, 4))
+TRICKY = [
+    ("colon in names and metadata", {"__metadata__": {"a:b": "c:d"}, "x:y": entry("F32", [1], 0, 4)}, True),
+    ("repeated name with a colon", f'{{"a:b":{ONE},"a:b":{ONE}}}', False),
+    ("repeated field", '{"w":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}', False),
+    ("repeated metadata key", f'{{"__metadata__":{{"k":"a:b","k":"c"}},"w":{ONE}}}', False),
+    ("escaped colon", f'{{"a\\u003ab":{ONE}}}', False),
+    ("minus zero offset", '{"w":{"dtype":"F32","shape":[0],"data_offsets":[-0,0]}}', False),
+    ("minus zero in a name", {"layer-0,1": entry("F32", [1], 0, 4)}, False),
+    ("unknown field", {"w": entry("F32", [1], 0, 4, note="x")}, False),
+    ("zero-size tensors", {"a": entry("F16", [0], 0, 0), "b": entry("F32", [1], 0, 4)}, True),
+    ("huge prefix before a zero", {"w": entry("F32", [2**40, 2**40, 0], 0, 0)}, False),
+    ("bool dimension", {"w": entry("F32", [True], 0, 4)}, False),
+    ("sub-byte dtype", {"w": entry("F4", [4], 0, 2)}, True),
+    ("odd sub-byte count", {"w": entry("F4", [3], 0, 2)}, False),
+    ("not in file order", {"b": entry("F32", [1], 4, 8), "a": entry("F32", [1], 0, 4)}, True),
+    ("metadata null", {"__metadata__": None, "w": entry("F32", [1], 0, 4)}, True),
+]
+
+
+@pytest.mark.parametrize(("name", "header", "fast"), TRICKY, ids=[t[0] for t in TRICKY])
+def test_fast_path_takes_only_what_it_can_vouch_for(name: str, header: object, fast: bool) -> None:
+    raw = header_bytes(header)  # type: ignore[arg-type]
+    tensors = [e for k, e in json.loads(raw).items() if k != "__metadata__"]
+    used = max((e["data_offsets"][1] for e in tensors), default=0)
+    for data in (used, 0, used + 4):  # the right size, and wrong ones for the strict path to report
+        verdicts = both_verdicts(struct.pack("<Q", len(raw)) + raw + Z * data)
+        assert verdicts is not None and verdicts[0] == verdicts[1]
+    plain = reader._parse_plain(raw, 8 + len(raw) + used)
+    assert (plain is not None) == fast
+    if plain is not None:
+        assert plain == reader._parse_strict(raw, 8 + len(raw) + used, "x")
+
+
+def test_fast_path_reads_what_the_library_writes(tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    save_file(
+        {f"layer.{i}:w": np.ones((i % 3, 2), dtype=np.float32) for i in range(50)}, str(path), {"k": "v"}
+    )
+    content = path.read_bytes()
+    (length,) = struct.unpack("<Q", content[:8])
+    plain = reader._parse_plain(content[8 : 8 + length], len(content))
+    assert plain is not None and plain == read_header(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    position=st.integers(0, 300),
+    insert=st.lists(
+        JSON_PIECES | st.sampled_from(['"a:b"', ":", "-0", '"dtype"', "\\u003a"]), max_size=3
+    ).map("".join),
+    delete=st.integers(0, 3),
+)
+def test_edited_headers_get_the_strict_verdict(position: int, insert: str, delete: int) -> None:
+    header, size = packed_header(
+        [("w", "F32", [3]), ("b:1", "BF16", [2, 0]), ("i", "I8", [4])], {"step": "1", "t": "12:00"}
+    )
+    text = json.dumps(header)
+    position %= len(text) + 1
+    raw = header_bytes(text[:position] + insert + text[position + delete :])
+    verdicts = both_verdicts(struct.pack("<Q", len(raw)) + raw + Z * size)
+    assert verdicts is not None and verdicts[0] == verdicts[1]
