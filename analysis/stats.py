@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -71,27 +72,54 @@ def summarize_array(values: np.ndarray, scratch: np.ndarray | None = None) -> Te
         return TensorStats()
     if scratch is None or scratch.size < n:
         scratch = np.empty(n, dtype=np.float64)
-    mags = np.abs(flat, out=scratch[:n], casting="same_kind")
-    biggest = float(mags.max())
-    nan = inf = 0
-    if not math.isfinite(biggest):
-        # NaN and Inf both propagate to max, so only then is a second pass over the mask needed.
-        finite_mask = np.isfinite(mags)
-        nan = int(np.count_nonzero(np.isnan(mags)))
-        inf = n - nan - int(np.count_nonzero(finite_mask))
-        mags = mags[finite_mask]
-        if mags.size == 0:
-            return TensorStats(count=n, nan=nan, inf=inf)
-        biggest = float(mags.max())
-    smallest = float(mags.min())
-    zeros = mags.size - int(np.count_nonzero(mags)) if smallest == 0.0 else 0
-    return TensorStats(
-        count=n,
-        nan=nan,
-        inf=inf,
-        zeros=zeros,
-        abs_min=smallest,
-        abs_max=biggest,
-        abs_sum=float(mags.sum()),
-        sq_sum=float(np.dot(mags, mags)),
-    )
+    magnitudes = np.abs(flat, out=scratch[:n], casting="same_kind")
+    with np.errstate(invalid="ignore", over="ignore"):
+        return summarize_pieces(magnitudes, [0], magnitudes)[0]
+
+
+def summarize_pieces(magnitudes: np.ndarray, starts: Sequence[int], wide: np.ndarray) -> list[TensorStats]:
+    """Summarize consecutive non-empty pieces of an array of |x|, each independently of the others.
+
+    Piece i starts at starts[i] (ascending, the first 0) and ends where the next starts. `magnitudes` is
+    float32 or float64 and is overwritten; `wide` is a float64 buffer at least as long (it may be
+    `magnitudes`). numpy's reduceat sums each piece on its own, so a piece's result depends on its values
+    only, never on its neighbours: many small tensors can be summarized in one call. No BLAS call: a
+    threaded dot product takes other cores and sums in an order that depends on their number.
+    """
+    n = magnitudes.size
+    index = np.asarray(starts, dtype=np.intp)
+    highest = np.maximum.reduceat(magnitudes, index)  # NaN and Inf propagate to the maximum
+    lowest = np.minimum.reduceat(magnitudes, index)
+    special = {  # the rare pieces holding NaN or Inf, before `magnitudes` is overwritten
+        i: _summarize_non_finite(magnitudes[index[i] : index[i + 1] if i + 1 < index.size else n])
+        for i in np.flatnonzero(~np.isfinite(highest)).tolist()
+    }
+    zeros = np.add.reduceat(magnitudes == 0, index, dtype=np.intp) if (lowest == 0).any() else index * 0
+    values = magnitudes if magnitudes.dtype == np.float64 else wide[:n]
+    if values is not magnitudes:
+        np.copyto(values, magnitudes)
+    sums = np.add.reduceat(values, index)
+    np.multiply(values, values, out=values)
+    squares = np.add.reduceat(values, index)
+    counts = np.diff(index, append=n)
+    results = [
+        TensorStats(count, 0, 0, zero, low, high, total, square)
+        for count, zero, low, high, total, square in zip(
+            counts.tolist(), zeros.tolist(), lowest.tolist(), highest.tolist(), sums.tolist(), squares.tolist(),
+            strict=True,
+        )
+    ]  # fmt: skip
+    for i, stats in special.items():
+        results[i] = stats
+    return results
+
+
+def _summarize_non_finite(magnitudes: np.ndarray) -> TensorStats:
+    """Summarize a piece of |x| holding NaN or Inf: count them, summarize the finite values."""
+    finite = magnitudes[np.isfinite(magnitudes)].astype(np.float64)
+    nan = int(np.count_nonzero(np.isnan(magnitudes)))
+    inf = magnitudes.size - nan - finite.size
+    if finite.size == 0:
+        return TensorStats(count=magnitudes.size, nan=nan, inf=inf)
+    stats = summarize_pieces(finite, [0], finite)[0]
+    return replace(stats, count=magnitudes.size, nan=nan, inf=inf)
