@@ -355,7 +355,9 @@ def print_row(label: str, sample: Sample, run: Run, startup: float) -> None:
 def ratios(rep: dict[str, Sample]) -> dict[str, float]:
     """Speed ratios of one repetition: gradcheck/peer (times faster) and parallel jobs/jobs=1."""
     found = {}
-    labels = [label for label in rep if label.startswith("jobs=")]
+    labels = sorted(
+        (label for label in rep if label.startswith("jobs=")), key=lambda label: label != "jobs=1"
+    )
     for label in labels:
         if "peer" in rep and rep["peer"].code == 0:
             found[f"{label} vs peer"] = rep["peer"].seconds / rep[label].seconds
@@ -574,6 +576,10 @@ def main() -> None:
     args = parse_args()
     print_setup(args)
     folder = Path(tempfile.mkdtemp(prefix="gradcheck-throughput-", dir=args.dir))
+    os.environ["GRADCHECK_CACHE_DIR"] = str(folder / "cache")  # never the user's cache, whatever the flags
+    if args.blas_threads:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = args.blas_threads
     try:
         if args.big:
             big_mode(folder, args)
