@@ -84,7 +84,9 @@ def _lookup(table: np.ndarray) -> Decoder:
     def decode(raw: memoryview, work: np.ndarray) -> np.ndarray:
         codes = np.frombuffer(raw, dtype=np.uint8)
         out = work[: codes.size].view(np.float32)
-        return np.take(table, codes, out=out)
+        return np.take(
+            table, codes, out=out, mode="wrap"
+        )  # a byte never wraps; "wrap" skips the bounds check
 
     return decode
 
@@ -101,12 +103,24 @@ def _abs_f64(raw: memoryview, work: np.ndarray, wide: np.ndarray) -> np.ndarray:
     return np.abs(values, out=wide[: values.size])
 
 
+# Shifted left by 13, the 15 value bits of a float16 fill a float32's exponent and mantissa fields and read
+# as its value times 2**(15 - 127); multiplying by 2**112 restores it exactly, subnormals included.
+_F16_BIAS_GAP = np.float32(2.0**112)
+_F16_INF_BITS = 0x7C00  # the all-ones exponent: Inf and NaN, which the shift would turn into finite numbers
+
+
 def _abs_f16(raw: memoryview, work: np.ndarray, wide: np.ndarray) -> np.ndarray:
-    """|x| of float16 bytes, as float64 (numpy converts half to double twice as fast as to float)."""
-    values = np.frombuffer(raw, dtype="<f2")
-    out = wide[: values.size]
-    np.copyto(out, values)
-    return np.abs(out, out=out)
+    """|x| of float16 bytes: as float32 by shifting bits (6 GB/s), as float64 when Inf or NaN is present."""
+    halves = np.frombuffer(raw, dtype="<u2")
+    bits = np.bitwise_and(halves, np.uint16(0x7FFF), out=work[: halves.size], dtype=np.uint32)
+    if halves.size and int(bits.max()) >= _F16_INF_BITS:
+        out = wide[: halves.size]
+        np.copyto(
+            out, np.frombuffer(raw, dtype="<f2")
+        )  # numpy converts half to double twice as fast as to float
+        return np.abs(out, out=out)
+    np.left_shift(bits, np.uint32(13), out=bits)
+    return np.multiply(bits.view(np.float32), _F16_BIAS_GAP, out=bits.view(np.float32))
 
 
 def _abs_bf16(raw: memoryview, work: np.ndarray, wide: np.ndarray) -> np.ndarray:
@@ -122,7 +136,7 @@ def _abs_lookup(table: np.ndarray) -> Magnitudes:
 
     def decode(raw: memoryview, work: np.ndarray, wide: np.ndarray) -> np.ndarray:
         codes = np.frombuffer(raw, dtype=np.uint8)
-        return np.take(magnitudes, codes, out=work[: codes.size].view(np.float32))
+        return np.take(magnitudes, codes, out=work[: codes.size].view(np.float32), mode="wrap")
 
     return decode
 

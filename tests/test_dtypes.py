@@ -176,3 +176,50 @@ def test_f8_e4m3_stats_from_hand_computed_values(tmp_path) -> None:
     assert (stats.count, stats.nan, stats.inf, stats.zeros) == (5, 1, 0, 1)
     assert (stats.abs_min, stats.abs_max) == (0.0, 448.0)
     assert stats.abs_sum == 448.0 + 2.0**-9 + 1.0
+
+
+def magnitudes(dtype: str, raw: bytes) -> np.ndarray:
+    """The dtype's magnitude decoder on raw bytes, as float64, with fresh buffers."""
+    decoder = DTYPES[dtype].magnitudes
+    assert decoder is not None
+    n = len(raw) // DTYPES[dtype].itemsize
+    with np.errstate(invalid="ignore"):  # signalling NaN bit patterns
+        return decoder(memoryview(raw), np.empty(n, dtype=np.uint32), np.empty(n)).astype(np.float64)
+
+
+def every_code(dtype: str) -> bytes:
+    """Every bit pattern of a decoded dtype up to 16 bits wide, once."""
+    bits = DTYPES[dtype].bits
+    return np.arange(1 << bits, dtype=np.uint32).astype(f"<u{bits // 8}").tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F8_E4M3", "F8_E5M2"])
+def test_magnitudes_are_abs_of_the_decoded_values_for_every_bit_pattern(dtype: str) -> None:
+    raw = every_code(dtype)
+    with np.errstate(invalid="ignore"):  # signalling NaN bit patterns
+        expected = np.abs(decode(dtype, raw).astype(np.float64))
+    np.testing.assert_array_equal(magnitudes(dtype, raw), expected)
+
+
+def test_f16_magnitudes_without_inf_or_nan_take_the_bit_shift_exactly() -> None:
+    codes = np.arange(1 << 16, dtype=np.uint32).astype("<u2")
+    finite = codes[(codes & 0x7C00) != 0x7C00]  # subnormals, zeros and normals of both signs
+    got = magnitudes("F16", finite.tobytes())
+    assert got.dtype == np.float64 and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, np.abs(finite.view(np.float16).astype(np.float64)))
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F64"])
+def test_magnitudes_of_wide_floats(dtype: str) -> None:
+    x = sprinkled(9, 1000, np.float32 if dtype == "F32" else np.float64)
+    np.testing.assert_array_equal(magnitudes(dtype, x.tobytes()), np.abs(x.astype(np.float64)))
+
+
+def test_clean_f16_stats_match_reference(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(5000) * 10.0 ** rng.uniform(-7, 4, 5000)).astype(np.float16)
+    x[::50] = 0
+    assert np.isfinite(x).all() and (np.abs(x[x != 0]) < 2.0**-14).any()  # subnormals, no Inf or NaN
+    path = tmp_path / "h.safetensors"
+    save_file({"w": x}, str(path))
+    assert_stats_match(scan_file(path).stats["w"], reference(x))
