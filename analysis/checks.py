@@ -22,6 +22,7 @@ SEVERITY = {
     "exploding-relative": "warning",
     "spike": "error",
     "growth": "error",
+    "shrink": "warning",
     "dead": "error",
     "update-ratio-high": "warning",
     "update-ratio-low": "warning",
@@ -33,6 +34,7 @@ PROBLEM = {
     "exploding-relative": "exploding",
     "spike": "exploding",
     "growth": "exploding",
+    "shrink": "vanishing",
     "dead": "dead",
     "update-ratio-high": "update-ratio-high",
     "update-ratio-low": "update-ratio-low",
@@ -136,17 +138,32 @@ def spike_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
 
 def growth_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
     """Gradient norm growing by at least growth_factor at each of growth_window recorded steps in a row."""
+    return _streak_events("growth", history, t.growth_factor, t.growth_window)
+
+
+def shrink_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
+    """Gradient norm shrinking to at most shrink_factor at each of shrink_window recorded steps in a row."""
+    return _streak_events("shrink", history, t.shrink_factor, t.shrink_window)
+
+
+def _streak_events(check: str, history: list[ParamStep], factor: float, window: int) -> Iterator[Event]:
+    """Steps ending a run of `window` recorded steps whose norm moved by `factor` or more, each from the last.
+
+    A factor above 1 means growth (after >= factor x before), below 1 shrinking (after <= factor x before).
+    """
     norms = _grad_norms(history)
+    grows = factor > 1
     streak = 0
     for i in range(1, len(norms)):
         (_, before), (step, after) = norms[i - 1], norms[i]
-        streak = streak + 1 if after >= t.growth_factor * before else 0
-        if streak >= t.growth_window:
+        moved = after >= factor * before if grows else after <= factor * before
+        streak = streak + 1 if moved else 0
+        if streak >= window:
             message = (
-                f"gradient norm grew >= {t.growth_factor:g}x per recorded step for {streak} steps "
-                f"since step {norms[i - streak][0]}, to {sci(after)}"
+                f"gradient norm {'grew' if grows else 'shrank'} {'>=' if grows else '<='} {factor:g}x per "
+                f"recorded step for {streak} steps since step {norms[i - streak][0]}, to {sci(after)}"
             )
-            yield Event("growth", history[0].param, "grad", step, after / before, t.growth_factor, message)
+            yield Event(check, history[0].param, "grad", step, after / before, factor, message)
 
 
 def dead_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
@@ -190,6 +207,7 @@ PARAM_RULES: tuple[Rule, ...] = (
     exploding_events,
     spike_events,
     growth_events,
+    shrink_events,
     dead_events,
     update_ratio_events,
 )

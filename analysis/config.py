@@ -25,6 +25,7 @@ CHECK_IDS = (
     "exploding-relative",
     "spike",
     "growth",
+    "shrink",
     "dead",
     "update-ratio-high",
     "update-ratio-low",
@@ -41,8 +42,12 @@ _POSITIVE = frozenset(
         "exploding_relative",
         "spike_factor",
         "growth_factor",
+        "shrink_factor",
     }
 )
+# Factors that must sit on one side of 1: growth multiplies the norm, shrinking divides it.
+_ABOVE_ONE = frozenset({"growth_factor"})
+_BELOW_ONE = frozenset({"shrink_factor"})
 _ORDERED_PAIRS = (("update_ratio_low", "update_ratio_high"),)
 
 
@@ -203,6 +208,10 @@ def _parse_thresholds(value: object, where: str) -> dict[str, float]:
         parsed[name] = _number(raw, f"{where}: {key}", integer=is_int)
         if name in _POSITIVE and parsed[name] <= 0:
             raise ConfigError(f"{where}: {key} must be above 0, got {raw!r}")
+        if name in _ABOVE_ONE and parsed[name] <= 1:
+            raise ConfigError(f"{where}: {key} must be above 1, got {raw!r}")
+        if name in _BELOW_ONE and parsed[name] >= 1:
+            raise ConfigError(f"{where}: {key} must be below 1, got {raw!r}")
     return parsed
 
 

@@ -30,6 +30,10 @@ class Thresholds:
     # TheDeepChecker: gradient norm growing >= 2x per recorded step, sustained over a window, is exploding.
     growth_factor: float = 2.0
     growth_window: int = 5
+    # TheDeepChecker's mirror rule: shrinking to <= 0.5x per recorded step over a window is a vanishing trend.
+    # Warning only: gradients of a run that converges (loss near zero) shrink too.
+    shrink_factor: float = 0.5
+    shrink_window: int = 5
     # One snapshot cannot tell a dead parameter from a zero-initialised path (LoRA's B = 0 makes A's first
     # gradient exactly zero), so `dead` needs this many recorded steps with a gradient.
     dead_min_steps: int = 2

@@ -19,6 +19,7 @@ from st_files import bf16_bits, write_arrays
 
 from gradcheck.analysis.checks import SEVERITY, Finding
 from gradcheck.analysis.config import CHECK_IDS, Config, config_from_mapping
+from gradcheck.analysis.errors import ConfigError
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.analysis.metrics import derive, layer_gradients
 from gradcheck.analysis.runs import load_run
@@ -396,6 +397,29 @@ def test_growth_window_is_configurable(tmp_path) -> None:
     assert found(inspect_steps(tmp_path, simulate(grad_scale=growing(3.0, 400)), config), "growth")
 
 
+def test_shrink_fires_after_five_halvings_in_a_row(tmp_path) -> None:
+    # Recorded 0..700; shrinks to 1/3 at 200, 300, ..., 700: five in a row at 600, six at 700.
+    report = inspect_steps(tmp_path, simulate(grad_scale=growing(1 / 3, 200)))
+    shrink = found(report, "shrink")
+    assert set(shrink) == {"layers.1.proj.weight"}
+    f = shrink["layers.1.proj.weight"]
+    assert (f.severity, f.problem, f.steps) == ("warning", "vanishing", (600, 700))
+    assert "shrank <= 0.5x" in f.message and "since step 100" in f.message
+    assert not found(report, "growth")
+
+
+def test_shrink_does_not_fire_after_four_or_above_the_factor(tmp_path) -> None:
+    assert not found(inspect_steps(tmp_path / "a", simulate(grad_scale=growing(1 / 3, 400))), "shrink")
+    assert not found(inspect_steps(tmp_path / "b", simulate(grad_scale=growing(0.6, 100))), "shrink")
+
+
+def test_shrink_and_growth_factors_stay_on_their_side_of_one() -> None:
+    with pytest.raises(ConfigError, match="shrink-factor must be below 1"):
+        config_from_mapping({"thresholds": {"shrink-factor": 2}})
+    with pytest.raises(ConfigError, match="growth-factor must be above 1"):
+        config_from_mapping({"thresholds": {"growth-factor": 0.5}})
+
+
 # --- dead --------------------------------------------------------------------------------------------
 
 
@@ -586,7 +610,7 @@ def test_findings_are_errors_first_then_model_order(tmp_path) -> None:
 def test_every_check_has_a_severity_and_the_documented_levels() -> None:
     assert set(SEVERITY) == set(CHECK_IDS)
     warnings = {c for c, s in SEVERITY.items() if s == "warning"}
-    assert warnings == {"exploding-relative", "update-ratio-high", "update-ratio-low"}
+    assert warnings == {"exploding-relative", "shrink", "update-ratio-high", "update-ratio-low"}
 
 
 def test_thresholds_appear_in_findings(tmp_path) -> None:

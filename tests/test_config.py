@@ -68,6 +68,7 @@ def test_defaults() -> None:
         70.0,
     )
     assert (t.spike_factor, t.spike_history, t.growth_factor, t.growth_window) == (100.0, 3, 2.0, 5)
+    assert (t.shrink_factor, t.shrink_window) == (0.5, 5)
     assert (t.update_ratio_low, t.update_ratio_high) == (-4.0, -2.0)
 
 
@@ -84,6 +85,7 @@ def test_check_ids() -> None:
         "exploding-relative",
         "spike",
         "growth",
+        "shrink",
         "dead",
         "update-ratio-high",
         "update-ratio-low",
