@@ -23,6 +23,7 @@ from gradcheck.recording.torch import Recorder
 
 SEED = 0  # one seed for model init and data order; every run re-seeds, so `--only` gives the same files
 BATCH_SIZE = 64  # a common minibatch size; 28 batches per epoch of the 1797 digits
+LR_CHANGE = 30.0  # faster_layer_mlp: well past diff's default 10x, still a run that trains
 DEAD_BIAS = -10.0  # far below any pre-activation the standardized inputs can reach, so every unit is dead
 
 Tensors = dict[str, torch.Tensor]
@@ -117,6 +118,18 @@ def dead_first_layer_mlp() -> nn.Sequential:
 def adam(lr: float) -> OptimizerFactory:
     """An Adam factory with the given learning rate."""
     return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+def adam_one_layer_faster(lr: float, layer: int, factor: float) -> OptimizerFactory:
+    """Adam with one Linear's learning rate (its weight and bias, parameters 2*layer and 2*layer+1) scaled."""
+
+    def factory(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        ordered = list(params)
+        changed = ordered[2 * layer : 2 * layer + 2]
+        rest = ordered[: 2 * layer] + ordered[2 * layer + 2 :]
+        return torch.optim.Adam([{"params": rest}, {"params": changed, "lr": lr * factor}], lr=lr)
+
+    return factory
 
 
 def sgd(lr: float, momentum: float = 0.0) -> OptimizerFactory:
@@ -259,6 +272,15 @@ RUNS: tuple[RunSpec, ...] = (
         steps=361,
         every=60,
         dtype=torch.bfloat16,
+    ),
+    # healthy_mlp with one deliberate change: the middle Linear (`2`) trains at 30x the learning rate.
+    # Same seed, init, data order and recording, so `gradcheck diff` against healthy_mlp has one layer to find.
+    RunSpec(
+        "faster_layer_mlp",
+        lambda: mlp([64, 64, 32, 10], nn.ReLU),
+        adam_one_layer_faster(1e-3, layer=1, factor=LR_CHANGE),
+        steps=361,
+        every=60,
     ),
     # Hand-rolled dumps of a healthy run: three unprefixed files per step, no metadata.
     RunSpec(

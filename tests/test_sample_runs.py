@@ -20,6 +20,7 @@ EXPECTED = {
     "healthy_gru": (0, set(), set()),
     "bf16_mlp": (0, set(), set()),
     "plain_dumps": (0, set(), set()),
+    "faster_layer_mlp": (0, set(), set()),
     "vanishing_sigmoid": (1, {"vanishing"}, None),
     "exploding_nan": (1, {"exploding", "nonfinite"}, None),
     "dead_relu": (1, {"dead"}, {"0.weight", "0.bias", "2.weight"}),
