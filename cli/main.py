@@ -21,8 +21,8 @@ from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
+from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
 from .console import make_console, printable
-from .jsonout import dumps, report_document
 from .progress import ScanProgress, progress_wanted
 from .render import render_report
 
@@ -62,8 +62,12 @@ def cli() -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--step", type=int, help="Step to show in the table (default: the last recorded).")
 @click.option(
-    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="table for people, json for machines (docs/JSON.md).",
+    "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="table for people, json for machines (docs/JSON.md); github, markdown, junit for CI (docs/CI.md).",
+)  # fmt: skip
+@click.option(
+    "--output", type=click.Path(path_type=Path), metavar="FILE",
+    help="Write the --format output to FILE (replaced atomically); stdout shows the table.",
 )  # fmt: skip
 @click.option("--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config.")
@@ -87,6 +91,7 @@ def inspect(
     run_dir: Path,
     step: int | None,
     output_format: str,
+    output: Path | None,
     fail_on: str | None,
     config_file: Path | None,
     thresholds: tuple[str, ...],
@@ -100,7 +105,7 @@ def inspect(
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
     try:
         config = _settle_config(config_file, thresholds, ignore, fail_on)
-        progress = _progress_bar(color=color, quiet=quiet, output_format=output_format)
+        progress = _progress_bar(color=color, quiet=quiet, output_format="table" if output else output_format)
         try:
             report = inspect_run(run_dir, config, _scan_options(jobs, no_cache, progress))
         finally:
@@ -119,13 +124,24 @@ def inspect(
     elif strict and report.run.unreadable:
         problem = f"{run_dir}: {len(report.run.unreadable)} unreadable file(s) and --strict is set"
     code = EXIT_INPUT if problem else EXIT_FINDINGS if report.failed else EXIT_OK
-    if output_format == "json":
-        click.echo(dumps(report_document(report, shown, code)))
+    if output is not None:
+        _write_output(output, format_report(output_format, report, shown, code))
+    if output is None and output_format != "table":
+        click.echo(format_report(output_format, report, shown, code), nl=False)
     elif shown is not None:
         render_report(make_console(color=color), report, shown)
+    if output_format == "github":
+        append_step_summary(report, shown)
     if problem:
         raise InputError(problem)
     raise SystemExit(code)
+
+
+def _write_output(path: Path, text: str) -> None:
+    try:
+        write_atomically(path, text)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write --output file: {error.strerror or error}") from None
 
 
 def _settle_config(

@@ -1,0 +1,343 @@
+"""CI dialects of a report (GitHub Actions commands, Markdown, JUnit XML), the plain table, and writing them out.
+
+Every `*_text` function turns a Report into the exact text a format prints; `format_report` picks one by name.
+Names are passed through `printable` first, then escaped as the target format needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from gradcheck.analysis.checks import Finding
+from gradcheck.analysis.config import CHECK_IDS
+from gradcheck.analysis.formatting import sci
+from gradcheck.analysis.inspection import Report
+from gradcheck.analysis.metrics import ParamStep
+
+from .console import printable
+from .jsonout import dumps, report_document
+from .render import render_report, verdict
+
+FORMATS = ("table", "json", "github", "markdown", "junit")
+# The width of piped stdout (console.py), so a table written to a file reads like the CI log of the same run.
+_FILE_WIDTH = 140
+# How each check compares its value with its threshold; an unknown (newer) check reads "vs".
+_COMPARISON = {
+    "nonfinite": ">",
+    "vanishing": "<",
+    "exploding": ">",
+    "exploding-relative": ">",
+    "spike": "≥",
+    "growth": "≥",
+    "dead": "=",
+    "update-ratio-high": ">",
+    "update-ratio-low": "<",
+}
+_FACTOR_CHECKS = frozenset({"exploding-relative", "spike", "growth"})  # value and threshold are ratios
+_LOG_CHECKS = frozenset({"update-ratio-high", "update-ratio-low"})  # value and threshold are log10 ratios
+# CommonMark lets a backslash escape any ASCII punctuation; these are the ones a name could turn into markup.
+_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~&#!")
+_UNREADABLE_CLASS = "unreadable"
+_KIND_WORDS = {"param": "parameter", "update": "update"}
+
+
+def format_report(name: str, report: Report, shown: int | None, exit_code: int) -> str:
+    """The text format `name` prints for `report` (`shown`: the table's step, None if nothing was readable)."""
+    if name == "json":
+        return dumps(report_document(report, shown, exit_code)) + "\n"
+    if name == "junit":
+        return junit_text(report)
+    renderers: dict[str, Callable[[Report, int | None], str]] = {
+        "table": table_text,
+        "github": github_text,
+        "markdown": markdown_text,
+    }
+    return renderers[name](report, shown)
+
+
+def table_text(report: Report, shown: int | None) -> str:
+    """The table output as plain text, without ANSI codes (empty when nothing was readable)."""
+    if shown is None:
+        return ""
+    buffer = io.StringIO()
+    width = None if "COLUMNS" in os.environ else _FILE_WIDTH
+    console = Console(file=buffer, color_system=None, width=width, highlight=False, soft_wrap=False)
+    render_report(console, report, shown)
+    return buffer.getvalue()
+
+
+def verdict_line(report: Report) -> str:
+    """The one-line verdict of the table, or the reason there is none."""
+    if not report.readable:
+        return f"✗ no readable snapshot file in {printable(report.run.path)}"
+    return verdict(report).plain
+
+
+def count_steps(finding: Finding) -> str:
+    """Where a finding starts and how long it lasts: `first at step 6, 5 steps`."""
+    return f"first at step {finding.step}, {finding.count} step{'' if finding.count == 1 else 's'}"
+
+
+def problem_of(finding: Finding) -> str:
+    """The problem, naming the check when it differs and the tensor when NaN is not in the gradient."""
+    detail = [finding.check] if finding.check != finding.problem else []
+    if finding.check == "nonfinite" and finding.kind != "grad":
+        detail.append(_KIND_WORDS.get(finding.kind, finding.kind))
+    return f"{finding.problem} ({', '.join(detail)})" if detail else finding.problem
+
+
+def comparison(finding: Finding) -> str:
+    """The measured value against its bound, in the check's own units: `101x ≥ 100x`."""
+    if finding.check in _FACTOR_CHECKS:
+        value, bound = f"{_factor(finding.value)}x", f"{_factor(finding.threshold)}x"
+    elif finding.check in _LOG_CHECKS:
+        value, bound = f"{finding.value:.1f}", f"{finding.threshold:g}"
+    elif finding.check == "nonfinite":
+        value, bound = f"{finding.value:.0f}", "0"
+    else:
+        value, bound = sci(finding.value), sci(finding.threshold)
+    return f"{value} {_COMPARISON.get(finding.check, 'vs')} {bound}"
+
+
+def _factor(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else sci(value)
+
+
+# GitHub Actions ---------------------------------------------------------------------------------------------
+
+
+def github_text(report: Report, _shown: int | None = None) -> str:
+    """One `::error`/`::warning` workflow command per finding and unreadable file, then the verdict."""
+    lines = [
+        _workflow_command(
+            finding.severity,
+            f"gradcheck: {problem_of(finding)} in {printable(finding.param)}",
+            f"{printable(finding.message)} ({count_steps(finding)})",
+        )
+        for finding in report.findings
+    ]
+    lines += [
+        _workflow_command(
+            "warning", "gradcheck: unreadable file", f"{printable(note.file)}: {printable(note.reason)}"
+        )
+        for note in report.run.unreadable
+    ]
+    return "\n".join([*lines, verdict_line(report)]) + "\n"
+
+
+def escape_data(text: str) -> str:
+    """Escape a workflow command's message as actions/toolkit does (packages/core/src/command.ts)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Escape a workflow command's property value: the data escapes plus `:` and `,`."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _workflow_command(command: str, title: str, message: str) -> str:
+    return f"::{command} title={escape_property(title)}::{escape_data(message)}"
+
+
+def append_step_summary(report: Report, shown: int | None) -> None:
+    """Append the Markdown summary to the file GITHUB_STEP_SUMMARY names; failing to is a warning only."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    try:
+        with open(target, "a", encoding="utf-8") as summary:
+            summary.write(markdown_text(report, shown))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        click.echo(f"gradcheck: warning: {printable(target)}: step summary not written: {reason}", err=True)
+
+
+# Markdown ---------------------------------------------------------------------------------------------------
+
+
+def markdown_text(report: Report, shown: int | None) -> str:
+    """A PR-comment summary: verdict heading, findings table, hints, per-parameter table, unreadable files."""
+    counts = f"{report.errors} error(s), {report.warnings} warning(s), fail on {report.config.fail_on}"
+    blocks = [
+        f"## gradcheck: {escape_markdown(verdict_line(report))}",
+        f"Run {escape_markdown(printable(report.run.path))}: {counts}.",
+    ]
+    if report.findings:
+        blocks += [_findings_markdown(report.findings), _hints_markdown(report.findings)]
+    if shown is not None:
+        blocks.append(_params_markdown(report, shown))
+    if report.run.unreadable:
+        blocks.append(
+            "### Unreadable files\n\n"
+            + "\n".join(
+                f"- {escape_markdown(printable(n.file))}: {escape_markdown(printable(n.reason))}"
+                for n in report.run.unreadable
+            )
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def escape_markdown(text: str) -> str:
+    """Backslash-escape the characters that would become markup or split a table cell."""
+    return "".join(f"\\{char}" if char in _MARKDOWN_SPECIAL else char for char in text)
+
+
+def _table_markdown(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    head = list(header)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _findings_markdown(findings: list[Finding]) -> str:
+    header = ("severity", "parameter", "problem", "first step", "steps", "value vs threshold")
+    rows = (
+        (
+            f.severity,
+            escape_markdown(printable(f.param)),
+            escape_markdown(problem_of(f)),
+            str(f.step),
+            str(f.step) if f.count == 1 else f"{f.step}–{f.last_step} ({f.count})",
+            comparison(f),  # our own words and numbers: nothing to escape
+        )
+        for f in findings
+    )
+    return "### Findings\n\n" + _table_markdown(header, rows)
+
+
+def _hints_markdown(findings: list[Finding]) -> str:
+    hints = dict.fromkeys((f.problem, f.hint) for f in findings)
+    return "\n".join(f"- **{escape_markdown(problem)}**: {escape_markdown(hint)}" for problem, hint in hints)
+
+
+def _params_markdown(report: Report, step: int) -> str:
+    header = ("parameter", "shape", "dtype", r"mean\|g\|", r"max\|g\|", "‖g‖", "update ratio", "status")
+    rows = report.rows_at(step)
+    found: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        if step in finding.steps:
+            found.setdefault(finding.param, []).append(finding)
+    table = _table_markdown(header, (_param_cells(row, found.get(row.param, [])) for row in rows))
+    summary = f"Step {step}: {len(rows)} parameter(s)"
+    return f"<details><summary>{summary}</summary>\n\n{table}\n\n</details>"
+
+
+def _param_cells(row: ParamStep, found: list[Finding]) -> tuple[str, ...]:
+    tensor, grad = row.tensor, row.grad.stats if row.grad else None
+    ratio = "-" if row.update_ratio is None else f"{row.update_ratio:.1f}"
+    return (
+        escape_markdown(printable(row.param)),
+        "×".join(map(str, tensor.shape)) if tensor and tensor.shape else "scalar",
+        tensor.dtype if tensor else "-",
+        sci(grad.mean_abs if grad else None),
+        sci(grad.max_abs if grad else None),
+        sci(grad.norm if grad else None),
+        ratio,
+        _status(found),
+    )
+
+
+def _status(found: list[Finding]) -> str:
+    errors = [f for f in found if f.severity == "error"]
+    worst = errors or found
+    if not worst:
+        return "ok"
+    return f"{worst[0].severity}: {', '.join(dict.fromkeys(f.problem for f in worst))}"
+
+
+# JUnit XML --------------------------------------------------------------------------------------------------
+
+
+def junit_text(report: Report, _shown: int | None = None) -> str:
+    """JUnit XML: a testcase per (parameter, check) that ran, failed by error findings; one per unreadable file."""
+    cases = [case for param in report.run.params for case in _param_cases(report, param)]
+    cases += [_unreadable_case(note.file, note.reason) for note in report.run.unreadable]
+    counts = {
+        "tests": str(len(cases)),
+        "failures": str(sum(case.find("failure") is not None for case in cases)),
+        "errors": str(sum(case.find("error") is not None for case in cases)),
+        "skipped": "0",
+    }
+    root = ET.Element("testsuites", {"name": "gradcheck", **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": "gradcheck", **counts})
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("run", printable(report.run.path)),
+        ("status", report.status),
+        ("fail-on", report.config.fail_on),
+        ("recorded-steps", str(len(report.run.steps))),
+        ("verdict", verdict_line(report)),
+    ):
+        ET.SubElement(properties, "property", {"name": name, "value": value})
+    suite.extend(cases)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _param_cases(report: Report, param: str) -> list[ET.Element]:
+    ignored = report.config.for_param(param)[1]
+    found: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        if finding.param == param:
+            found.setdefault(finding.check, []).append(finding)
+    checks = dict.fromkeys([*(c for c in CHECK_IDS if c not in ignored), *found])
+    return [_check_case(param, check, found.get(check, [])) for check in checks]
+
+
+def _check_case(param: str, check: str, found: list[Finding]) -> ET.Element:
+    # classname is the parameter, not its layer: (classname, name) stays unique, and Jenkins, which splits
+    # classname at its last dot, still groups `0.weight` under package `0`, the layer.
+    case = ET.Element("testcase", {"classname": printable(param), "name": check})
+    details = "\n".join(
+        f"{f.severity} ({f.kind}): {printable(f.message)} [{comparison(f)}], {count_steps(f)}\nhint: {f.hint}"
+        for f in found
+    )
+    errors = [f for f in found if f.severity == "error"]
+    if errors:
+        first = min(errors, key=lambda f: f.step)
+        message = f"{printable(first.message)} ({count_steps(first)})"
+        failure = ET.SubElement(case, "failure", {"message": message, "type": check})
+        failure.text = details
+    elif found:
+        ET.SubElement(case, "system-out").text = details
+    return case
+
+
+def _unreadable_case(file: str, reason: str) -> ET.Element:
+    case = ET.Element("testcase", {"classname": _UNREADABLE_CLASS, "name": printable(file)})
+    error = ET.SubElement(case, "error", {"message": printable(reason), "type": "unreadable"})
+    error.text = f"{printable(file)}: {printable(reason)}"
+    return case
+
+
+# Files ------------------------------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write UTF-8 text under a temporary name beside `path`, then rename it into place (raises OSError)."""
+    target = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any new file
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
