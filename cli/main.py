@@ -23,6 +23,7 @@ from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
 from .console import make_console, printable
+from .heatmap import heatmap
 from .progress import ScanProgress, progress_wanted
 from .render import render_report
 
@@ -174,3 +175,6 @@ def _note_skipped(report: Report) -> None:
             f"in {printable(first.file)} ({first.reason})",
             err=True,
         )
+
+
+cli.add_command(heatmap)
