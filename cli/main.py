@@ -23,9 +23,11 @@ from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
 from .console import make_console, printable
+from .diff import diff
 from .heatmap import heatmap
 from .progress import ScanProgress, progress_wanted
 from .render import render_report
+from .watch import watch
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 EXIT_CODES_HELP = """\b
@@ -178,3 +180,5 @@ def _note_skipped(report: Report) -> None:
 
 
 cli.add_command(heatmap)
+cli.add_command(diff)
+cli.add_command(watch)

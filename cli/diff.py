@@ -1,0 +1,178 @@
+"""`gradcheck diff RUN_A RUN_B`: which layers' gradient norms or update ratios moved between two runs."""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gradcheck.analysis.cache import StatsCache, default_cache_dir
+from gradcheck.analysis.diff import DEFAULT_FACTOR, DEFAULT_UPDATE_FACTOR, Change, RunDiff, diff_runs
+from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.scanning import ScanOptions, available_cores
+
+from .console import make_console, printable
+from .jsonout import SCHEMA_VERSION, dumps
+
+DIFF_HELP = """\b
+Exit codes:
+  0  no layer moved more than the factors allow
+  1  some layer moved more (flagged)
+  2  usage error, unreadable run, or no recorded step in common
+
+\b
+Per layer, at the steps both runs recorded: log10 of the gradient
+norm ratio B/A and the change of log10 update ratio, each as the
+median over those steps and the worst step. A layer is flagged when
+a median moves more than its factor. Layers only in one run are
+listed as added or removed and do not change the exit code.
+See docs/DIFF_WATCH.md.
+"""
+_FACTOR = click.FloatRange(min=1.0, min_open=True)
+_STATUS_STYLE = {"changed": "bold red", "ok": "green", "added": "yellow", "removed": "yellow"}
+
+
+@click.command(epilog=DIFF_HELP)
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option(
+    "--factor", type=_FACTOR, default=DEFAULT_FACTOR, show_default=True,
+    help="Flag a layer whose gradient norm moved more than this many times, up or down.",
+)  # fmt: skip
+@click.option(
+    "--update-factor", type=_FACTOR, default=DEFAULT_UPDATE_FACTOR, show_default=True,
+    help="Flag a layer whose update ratio moved more than this many times.",
+)  # fmt: skip
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes that read files.")
+@click.option("--no-cache", is_flag=True, help="Neither use nor fill the stats cache.")
+def diff(
+    run_a: Path,
+    run_b: Path,
+    factor: float,
+    update_factor: float,
+    output_format: str,
+    color: bool | None,
+    jobs: int | None,
+    no_cache: bool,
+) -> None:
+    """Compare RUN_A with RUN_B layer by layer: gradient norms and update ratios at matching steps."""
+    from .main import EXIT_FINDINGS, EXIT_OK, InputError  # main imports this module to register the command
+
+    cache = None if no_cache else StatsCache(default_cache_dir())
+    scan = ScanOptions(jobs=jobs or available_cores(), cache=cache)
+    try:
+        result = diff_runs(run_a, run_b, factor=factor, update_factor=update_factor, scan=scan)
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
+    for run in (result.run_a, result.run_b):
+        for note in run.unreadable:
+            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+    code = EXIT_FINDINGS if result.changed else EXIT_OK
+    if output_format == "json":
+        click.echo(dumps(diff_document(result, code)))
+    else:
+        render_diff(make_console(color=color), result)
+    raise SystemExit(code)
+
+
+def render_diff(console: Console, result: RunDiff) -> None:
+    """Print the per-layer table and a verdict line."""
+    steps = result.steps
+    title = (
+        f"{printable(result.run_a.path)} → {printable(result.run_b.path)}: "
+        f"{len(steps)} matching step(s) {steps[0]}-{steps[-1]}"
+    )
+    table = Table(title=Text(title), title_justify="left", header_style="bold")
+    table.add_column("layer", overflow="fold")
+    for name in ("‖g‖ B/A", "worst (step)", "upd ratio Δlog10", "worst (step)"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for layer in result.layers:
+        status = layer.status if not layer.flags else f"changed {', '.join(layer.flags)}"
+        table.add_row(
+            Text(printable(layer.layer)),
+            _times(layer.grad_norm.median if layer.grad_norm else None),
+            _worst(layer.grad_norm, _times),
+            _log(layer.update_ratio.median if layer.update_ratio else None),
+            _worst(layer.update_ratio, _log),
+            Text(status, style=_STATUS_STYLE[layer.status]),
+        )
+    console.print(table)
+    console.print()
+    console.print(diff_verdict(result))
+
+
+def diff_verdict(result: RunDiff) -> Text:
+    """One line: which layers moved more than the factors allow, or none."""
+    limits = f"gradient norm {result.factor:g}×, update ratio {result.update_factor:g}×"
+    scope = f"{len(result.layers)} layers, {len(result.steps)} matching steps"
+    changed = result.changed
+    if not changed:
+        return Text(f"✓ no layer moved more than {limits} ({scope})", style="bold green")
+    names = ", ".join(printable(layer.layer) for layer in changed)
+    return Text(f"✗ {len(changed)} layer(s) moved more than {limits}: {names} ({scope})", style="bold red")
+
+
+def _times(log_ratio: float | None) -> str:
+    """A log10 ratio as a factor: ×31.6, ×0.055; - when missing."""
+    if log_ratio is None or math.isnan(log_ratio):
+        return "-"
+    if math.isinf(log_ratio):
+        return "×inf" if log_ratio > 0 else "×0"
+    return f"×{10**log_ratio:.2g}"
+
+
+def _log(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.2f}"
+
+
+def _worst(change: Change | None, show: Any) -> str:
+    return "-" if change is None else f"{show(change.worst)} ({change.worst_step})"
+
+
+def diff_document(result: RunDiff, exit_code: int) -> dict[str, Any]:
+    """The JSON-ready dict of a comparison (docs/DIFF_WATCH.md); infinities become null through `dumps`."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "gradcheck_version": version("gradcheck"),
+        "run_a": result.run_a.path,
+        "run_b": result.run_b.path,
+        "steps": list(result.steps),
+        "factor": result.factor,
+        "update_factor": result.update_factor,
+        "changed": [layer.layer for layer in result.changed],
+        "exit_code": exit_code,
+        "layers": [
+            {
+                "layer": layer.layer,
+                "status": layer.status,
+                "flags": list(layer.flags),
+                "grad_norm_log10_ratio": _change_document(layer.grad_norm),
+                "update_ratio_log10_diff": _change_document(layer.update_ratio),
+            }
+            for layer in result.layers
+        ],
+    }
+
+
+def _change_document(change: Change | None) -> dict[str, Any] | None:
+    if change is None:
+        return None
+    return {
+        "median": change.median,
+        "worst": change.worst,
+        "worst_step": change.worst_step,
+        "steps": change.steps,
+    }

@@ -1,0 +1,238 @@
+"""`gradcheck watch RUN_DIR`: follow a run being written, re-inspecting it whenever its snapshot files change."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from gradcheck.analysis.cache import StatsCache, default_cache_dir
+from gradcheck.analysis.config import CHECK_IDS, FAIL_LEVELS, Config
+from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.inspection import Report, inspect_run
+from gradcheck.analysis.runs import Note, is_snapshot_name
+from gradcheck.analysis.scanning import ScanOptions
+
+from .console import make_console, printable
+from .render import render_report, verdict
+
+_RANK_FOLDER = re.compile(r"rank[0-9]+")  # as analysis.runs reads multi-rank runs
+DEFAULT_INTERVAL = 1.0  # seconds between polls: a recorder writes every few seconds at most, stat is cheap
+WATCH_HELP = """\b
+Exit codes (on --timeout, Ctrl-C, or with --fail-fast):
+  0  no finding at the --fail-on level so far
+  1  findings at the --fail-on level (--fail-fast: at the first
+     error finding, right away)
+  2  usage error, bad config, or no readable snapshot by the end
+
+\b
+Polls RUN_DIR every --interval seconds. A file whose size or mtime
+changed since the last poll is still being written: if it reads as
+cut short it is retried, and reported unreadable only once it stops
+changing. On a terminal the table refreshes in place; otherwise one
+line per new step with the verdict so far. See docs/DIFF_WATCH.md.
+"""
+
+Signature = tuple[int, int, int]  # size, mtime in ns, inode: any change means the file is still being written
+
+
+@dataclass
+class WatchState:
+    """What a watch has seen so far."""
+
+    report: Report | None = None
+    inspected: dict[str, Signature] = field(
+        default_factory=dict
+    )  # the files as listed when `report` was made
+    listed: dict[str, Signature] = field(default_factory=dict)  # the files at the last poll
+    steps: tuple[int, ...] = ()
+    warned: set[tuple[str, Signature]] = field(default_factory=set)
+
+
+Update = Callable[
+    [Report, list[int], list[Note]], None
+]  # (report, steps new since the last one, new warnings)
+
+
+def list_snapshots(run_dir: Path) -> dict[str, Signature]:
+    """Snapshot files directly in `run_dir` or in its rank folders, with their signatures."""
+    found: dict[str, Signature] = {}
+    with os.scandir(run_dir) as entries:
+        for entry in entries:
+            if entry.is_dir() and _RANK_FOLDER.fullmatch(entry.name):
+                found.update(list_snapshots(Path(entry.path)))
+            elif is_snapshot_name(entry.name) and entry.is_file():
+                info = entry.stat()
+                found[entry.path] = (info.st_size, info.st_mtime_ns, info.st_ino)
+    return found
+
+
+def poll(
+    run_dir: Path, state: WatchState, inspect: Callable[[], Report]
+) -> tuple[Report, list[int], list[Note]] | None:
+    """One poll: re-inspect if any file changed; return (report, new steps, new warnings) when there is news."""
+    files = list_snapshots(run_dir)
+    previous, state.listed = state.listed, files
+    changed = bool(files) and files != state.inspected
+    if changed:
+        state.report, state.inspected = inspect(), files
+    if state.report is None:
+        return None
+    warnings = [note for note in state.report.run.unreadable if _settled(note.file, previous, state)]
+    state.warned.update((note.file, files[note.file]) for note in warnings)
+    new_steps = [step for step in state.report.run.steps if step not in state.steps]
+    state.steps = state.report.run.steps
+    return (state.report, new_steps, warnings) if changed or warnings else None
+
+
+def _settled(path: str, previous: dict[str, Signature], state: WatchState) -> bool:
+    """Unchanged since the last poll and since the inspection, and not warned about in this version yet."""
+    signature = state.listed.get(path)
+    return (
+        signature is not None
+        and previous.get(path) == signature == state.inspected.get(path)
+        and (path, signature) not in state.warned
+    )
+
+
+def follow(
+    run_dir: Path,
+    *,
+    inspect: Callable[[], Report],
+    on_update: Update,
+    interval: float = DEFAULT_INTERVAL,
+    timeout: float | None = None,
+    fail_fast: bool = False,
+) -> WatchState:
+    """Poll until the timeout (Ctrl-C is the caller's to catch), calling `on_update` on every change."""
+    state = WatchState()
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    while True:
+        news = poll(run_dir, state, inspect)
+        if news is not None:
+            on_update(*news)
+            if fail_fast and news[0].errors:
+                return state
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return state
+        time.sleep(min(interval, remaining))
+
+
+@click.command(epilog=WATCH_HELP)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--interval", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL, show_default=True,
+    help="Seconds between polls of the run directory.",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), help="Stop after this many seconds with the verdict so far."
+)
+@click.option(
+    "--fail-fast", is_flag=True, help="Exit 1 at the first error finding (a sidecar next to training)."
+)
+@click.option("--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config.")
+@click.option(
+    "-t", "--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold."
+)
+@click.option("--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable).")
+@click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
+def watch(
+    run_dir: Path,
+    interval: float,
+    timeout: float | None,
+    fail_fast: bool,
+    fail_on: str | None,
+    config_file: Path | None,
+    thresholds: tuple[str, ...],
+    ignore: tuple[str, ...],
+    color: bool | None,
+) -> None:
+    """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
+    from .main import (
+        EXIT_FINDINGS,
+        EXIT_INPUT,
+        EXIT_OK,
+        InputError,
+        _settle_config,
+    )  # main imports this module
+
+    console = make_console(color=color)
+    scan = ScanOptions(cache=StatsCache(default_cache_dir()))  # each refresh reads only new or changed files
+    try:
+        config = _settle_config(config_file, thresholds, ignore, fail_on)
+        state = _run(run_dir, config, scan, console, interval=interval, timeout=timeout, fail_fast=fail_fast)
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
+    except OSError as error:
+        raise InputError(f"{run_dir}: cannot list the directory ({error.strerror or error})") from None
+    report = state.report
+    if report is None or not report.readable:
+        click.echo(f"gradcheck: error: {printable(str(run_dir))}: no readable snapshot file", err=True)
+        raise SystemExit(EXIT_INPUT)
+    raise SystemExit(EXIT_FINDINGS if report.failed or (fail_fast and report.errors) else EXIT_OK)
+
+
+def _run(
+    run_dir: Path, config: Config, scan: ScanOptions, console: Console, **options: float | bool | None
+) -> WatchState:
+    """Follow the run with a live table on a terminal, or a line per new step elsewhere; Ctrl-C stops it."""
+    inspect = functools.partial(inspect_run, run_dir, config, scan)
+    state = WatchState()
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+
+    def on_update(report: Report, new_steps: list[int], warnings: list[Note]) -> None:
+        for note in warnings:
+            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+        if live is not None and report.readable:
+            live.update(_view(console, report), refresh=True)
+        elif live is None and new_steps:
+            console.print(step_line(report, new_steps), soft_wrap=True)
+        state.report = report
+
+    try:
+        if live is not None:
+            live.start()
+        follow(run_dir, inspect=inspect, on_update=on_update, **options)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        click.echo("gradcheck: watch interrupted", err=True)
+    finally:
+        if live is not None:
+            live.stop()
+    return state
+
+
+def step_line(report: Report, new_steps: list[int]) -> Text:
+    """`step 60: <verdict>`, or `steps 0-360 (7): <verdict>` when several steps arrived at once."""
+    if len(new_steps) == 1:
+        where = f"step {new_steps[0]}"
+    else:
+        where = f"steps {new_steps[0]}-{new_steps[-1]} ({len(new_steps)})"
+    line = verdict(report)
+    return Text(f"{where}: ") + line
+
+
+def _view(console: Console, report: Report) -> Text:
+    """The inspect view of the last recorded step, as one renderable with its colours."""
+    buffer = io.StringIO()
+    scratch = Console(
+        file=buffer,
+        width=console.width,
+        color_system=console.color_system,
+        force_terminal=True,
+        highlight=False,
+    )
+    render_report(scratch, report, report.run.steps[-1])
+    return Text.from_ansi(buffer.getvalue())
