@@ -4,8 +4,9 @@ Writes a run of 1,000 step files x 500 parameters (grad/param/update of 50 small
 16, F32: 1,500 tensors and ~2 MB per file) to a temp directory, warms the page cache, then times
 `gradcheck inspect RUN --format json --no-cache` with --jobs 1 and with the default jobs, and twice with the
 stats cache on (a fresh GRADCHECK_CACHE_DIR: first and second run), printing wall seconds, CPU seconds, peak
-RSS (largest process), files/s and the size of the JSON document. Then, in a subprocess, it times `gradcheck.analysis.reader.read_header`
-on one file whose header lists 100,000 tensors (target < 0.5 s) against `json.loads` of the same header bytes.
+RSS (largest process), files/s and the size of the JSON document. Then, in a subprocess, it times
+`gradcheck.analysis.reader.read_header` on one file whose header lists 100,000 tensors (target < 0.5 s)
+against `json.loads` of the same header bytes.
 
     python benchmarks/many_files.py [--files 1000] [--params 500] [--header-tensors 100000]
 """
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 # The same lock, launcher, figures and file writer as read_throughput.py, which lies beside this script.
-from read_throughput import bench_lock, make_pools, measure, print_setup, write_file
+from read_throughput import bench_lock, gradcheck_python, make_pools, measure, print_setup, write_file
 
 BLOCK = (  # (name, shape as multiples of the width): one pre-norm transformer block
     ("ln_1.weight", (1,)),
@@ -122,9 +123,9 @@ def header_run(folder: Path, args: argparse.Namespace) -> None:
     path = folder / "huge_header.safetensors"
     header = write_file(path, tensors, "F32", make_pools("F32"), 0)
     with bench_lock():
-        python = Path(args.gradcheck).with_name("python")  # the interpreter gradcheck is installed in
-        python = str(python) if python.exists() else sys.executable
-        sample = measure([python, "-c", HEADER_TIMING, str(path), str(args.repeats)], folder / "hout")
+        sample = measure(
+            [gradcheck_python(args), "-c", HEADER_TIMING, str(path), str(args.repeats)], folder / "hout"
+        )
     if sample.code:
         sys.exit(f"header timing failed: {sample.error}")
     times = json.loads((folder / "hout").read_text())
