@@ -343,10 +343,11 @@ def _plain_entries(
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector, which would otherwise rescan the growing header again and again.
+    """Pause the cyclic garbage collector, which would otherwise rescan the growing results again and again.
 
-    A header allocates about ten containers per tensor and frees none of them; with the collector on, a
-    100,000-tensor header took 630 ms instead of 360. It is switched back on only if it was on.
+    A header allocates about ten containers per tensor and frees none of them, and a scan a few more; with
+    the collector on, a 100,000-tensor header took 630 ms instead of 360 and its scan_file 940 ms instead of
+    730. It is switched back on only if it was on. Used as a decorator too.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -525,6 +526,7 @@ def _cut(name: str, begin: int, end: int, itemsize: int, segment_bytes: int) -> 
     return [Segment(name, start, min(start + step, end)) for start in range(begin, end, step)]
 
 
+@_collector_paused()
 def plan_segments(header: FileHeader, segment_bytes: int = SEGMENT_BYTES) -> tuple[Segment, ...]:
     """Every decodable tensor of the header in file order, cut into pieces of at most segment_bytes."""
     if segment_bytes < 1:
@@ -632,6 +634,7 @@ def _check_size(header: FileHeader, size: int, path: str) -> None:
         )
 
 
+@_collector_paused()
 def scan_segments(
     path: str | os.PathLike[str],
     header: FileHeader,
@@ -649,6 +652,7 @@ def scan_segments(
         os.close(fd)
 
 
+@_collector_paused()
 def combine(
     path: str | os.PathLike[str],
     header: FileHeader,
@@ -675,6 +679,7 @@ def combine(
     return FileScan(path=os.fspath(path), header=header, stats=stats, skipped=skipped)
 
 
+@_collector_paused()
 def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES) -> FileScan:
     """Validate a safetensors file and summarize every float tensor, reading it in bounded chunks.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import socket
@@ -762,3 +763,20 @@ def test_edited_headers_get_the_strict_verdict(position: int, insert: str, delet
     raw = header_bytes(text[:position] + insert + text[position + delete :])
     verdicts = both_verdicts(struct.pack("<Q", len(raw)) + raw + Z * size)
     assert verdicts is not None and verdicts[0] == verdicts[1]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_left_as_it_was(tmp_path: Path, enabled: bool) -> None:
+    good = tmp_path / "good.safetensors"
+    save_file({"w": np.ones(3, dtype=np.float32)}, str(good))
+    bad = write(tmp_path / "bad.safetensors", "[1]")
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        scan_file(good)
+        assert gc.isenabled() == enabled
+        with pytest.raises(UnreadableFileError):
+            scan_file(bad)
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
