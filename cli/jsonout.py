@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
+from gradcheck.analysis.history import Point, grad_series, trend
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.runs import Tensor
@@ -20,9 +22,16 @@ _FINDING_FIELDS = (
 )  # fmt: skip
 
 
-def report_document(report: Report, step: int | None, exit_code: int) -> dict[str, Any]:
-    """The JSON-ready dict of a report; `step` is the step the table would show (None: nothing readable)."""
+def report_document(
+    report: Report, step: int | None, exit_code: int, selection: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The JSON-ready dict of a report; `step` is the step the table would show (None: nothing readable).
+
+    `selection` is the steps the history covers (`--steps`); by default every recorded step up to `step`.
+    """
     run = report.run
+    if selection is None:
+        selection = [s for s in run.steps if step is not None and s <= step]
     return {
         "schema": SCHEMA_VERSION,
         "gradcheck_version": version("gradcheck"),
@@ -34,8 +43,9 @@ def report_document(report: Report, step: int | None, exit_code: int) -> dict[st
         "summary": {"errors": report.errors, "warnings": report.warnings},
         "steps": list(run.steps),
         "shown_step": step,
+        "selected_steps": list(selection),
         "findings": [{key: asdict(f)[key] for key in _FINDING_FIELDS} for f in report.findings],
-        "params": [_param_document(report, param) for param in run.params],
+        "params": [_param_document(report, param, selection) for param in run.params],
         "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
         "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
@@ -63,7 +73,7 @@ def _u_escape(char: str) -> str:
     return f"\\u{code:04x}"
 
 
-def _param_document(report: Report, param: str) -> dict[str, Any]:
+def _param_document(report: Report, param: str, selection: Sequence[int]) -> dict[str, Any]:
     rows = [report.rows[(s, param)] for s in report.run.steps if (s, param) in report.rows]
     first = rows[0].tensor if rows else None
     return {
@@ -72,6 +82,17 @@ def _param_document(report: Report, param: str) -> dict[str, Any]:
         "shape": list(first.shape) if first else None,
         "dtype": first.dtype if first else None,
         "steps": [_row_document(row) for row in rows],
+        "history": _history_document(grad_series(report.rows, param, selection)),
+    }
+
+
+def _history_document(series: Sequence[Point]) -> dict[str, Any]:
+    fitted = trend(series)
+    return {
+        "log10_grad_norm": [point.log_norm for point in series],
+        "state": [point.state for point in series],
+        "trend": fitted.direction,
+        "trend_decades": fitted.decades,
     }
 
 

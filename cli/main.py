@@ -18,13 +18,16 @@ from gradcheck.analysis.config import (
     with_thresholds,
 )
 from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.history import StepRange, parse_step_range, select_steps
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
 from .console import make_console, printable
+from .depth import render_depth
 from .diff import diff
 from .heatmap import heatmap
+from .jsonout import dumps, report_document
 from .progress import ScanProgress, progress_wanted
 from .render import render_report
 from .watch import watch
@@ -65,6 +68,14 @@ def cli() -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--step", type=int, help="Step to show in the table (default: the last recorded).")
 @click.option(
+    "--steps", "steps_range", metavar="A:B|all",
+    help="Recorded steps A to B (inclusive, either side may be empty) for the history; the table shows the last.",
+)  # fmt: skip
+@click.option(
+    "--view", type=click.Choice(["table", "depth"]), default="table", show_default=True,
+    help="table: per parameter with history; depth: mean and max |g| per layer as bars.",
+)  # fmt: skip
+@click.option(
     "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
     help="table for people, json for machines (docs/JSON.md); github, markdown, junit for CI (docs/CI.md).",
 )  # fmt: skip
@@ -93,6 +104,8 @@ def cli() -> None:
 def inspect(
     run_dir: Path,
     step: int | None,
+    steps_range: str | None,
+    view: str,
     output_format: str,
     output: Path | None,
     fail_on: str | None,
@@ -106,7 +119,10 @@ def inspect(
     quiet: bool,
 ) -> None:
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
+    if step is not None and steps_range is not None:
+        raise InputError("--step and --steps cannot be used together")
     try:
+        bounds = parse_step_range(steps_range) if steps_range is not None else None
         config = _settle_config(config_file, thresholds, ignore, fail_on)
         progress = _progress_bar(color=color, quiet=quiet, output_format="table" if output else output_format)
         try:
@@ -118,7 +134,8 @@ def inspect(
             click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
         if not quiet:
             _note_skipped(report)
-        shown = resolve_step(report, step) if report.readable else None
+        selection = _selection(report, step, bounds) if report.readable else ()
+        shown = selection[-1] if selection else None
     except GradcheckError as error:
         raise InputError(str(error)) from None
     problem = None
@@ -128,16 +145,34 @@ def inspect(
         problem = f"{run_dir}: {len(report.run.unreadable)} unreadable file(s) and --strict is set"
     code = EXIT_INPUT if problem else EXIT_FINDINGS if report.failed else EXIT_OK
     if output is not None:
-        _write_output(output, format_report(output_format, report, shown, code))
+        _write_output(output, _formatted(output_format, report, selection, code))
     if output is None and output_format != "table":
-        click.echo(format_report(output_format, report, shown, code), nl=False)
+        click.echo(_formatted(output_format, report, selection, code), nl=False)
+    elif shown is not None and view == "depth":
+        render_depth(make_console(color=color), report, shown)
     elif shown is not None:
-        render_report(make_console(color=color), report, shown)
+        render_report(make_console(color=color), report, shown, selection)
     if output_format == "github":
         append_step_summary(report, shown)
     if problem:
         raise InputError(problem)
     raise SystemExit(code)
+
+
+def _selection(report: Report, step: int | None, bounds: StepRange | None) -> tuple[int, ...]:
+    """The steps the history covers: --steps, else every recorded step up to --step (default: the last)."""
+    if bounds is not None:
+        return select_steps(report.run.steps, bounds)
+    last = resolve_step(report, step)
+    return tuple(s for s in report.run.steps if s <= last)
+
+
+def _formatted(output_format: str, report: Report, selection: tuple[int, ...], code: int) -> str:
+    """The --format text; JSON gets the --steps selection (format_report does not take one yet)."""
+    shown = selection[-1] if selection else None
+    if output_format == "json":
+        return dumps(report_document(report, shown, code, selection)) + "\n"
+    return format_report(output_format, report, shown, code)
 
 
 def _write_output(path: Path, text: str) -> None:

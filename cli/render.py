@@ -3,29 +3,46 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.formatting import sci
+from gradcheck.analysis.history import grad_series
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 
 from .console import printable
+from .sparkline import NONFINITE_MARK, ZERO_MARK, history_cell
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 _LABEL = {"error": "ERROR", "warning": "warn"}
 _MAGNITUDE_PROBLEMS = frozenset({"vanishing", "exploding", "nonfinite", "dead"})
 
 
-def render_report(console: Console, report: Report, step: int) -> None:
-    """Print table, findings and verdict for `step`."""
-    console.print(_table(report, step))
+_COLUMNS = (
+    "parameter", "shape", "dtype", "min|g|", "mean|g|", "max|g|", "‖g‖", "log10", "upd ratio", "depth",
+    "‖g‖ history", "status",
+)  # fmt: skip
+# On a narrow terminal these go first, in this order, until the table fits; the rest always stay.
+_DROP_ORDER = ("shape", "dtype", "min|g|", "max|g|", "‖g‖", "upd ratio", "depth", "log10")
+_LEFT = frozenset({"parameter", "shape", "dtype", "‖g‖ history", "status"})
+
+
+def render_report(
+    console: Console, report: Report, step: int, selection: Sequence[int] | None = None
+) -> None:
+    """Print table, findings and verdict for `step`; history over `selection` (default: every step up to it)."""
+    chosen = tuple(selection) if selection else tuple(s for s in report.run.steps if s <= step)
+    console.print(_table(console, report, step, chosen))
     if report.findings:
         console.print()
-        console.print(_findings_table(report.findings))
+        outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)
+        console.print(_findings_table(report.findings, outside))
         console.print()
         for problem, hint in dict.fromkeys((f.problem, f.hint) for f in report.findings):
             console.print(Text(f"hint ({problem}): {hint}", style="dim"))
@@ -33,43 +50,72 @@ def render_report(console: Console, report: Report, step: int) -> None:
     console.print(verdict(report))
 
 
-def _table(report: Report, step: int) -> Table:
-    t = report.config.thresholds
+def _table(console: Console, report: Report, step: int, chosen: tuple[int, ...]) -> Table:
+    """The widest table that fits the console: columns of _DROP_ORDER go first when it does not."""
+    rows = report.rows_at(step)
+    by_param = _findings_at(report.findings, step)
+    cells = [_row_cells(report, row, by_param.get(row.param, []), chosen) for row in rows]
+    names = list(_COLUMNS)
+    for dropped in (None, *_DROP_ORDER):
+        if dropped:
+            names.remove(dropped)
+        table = _build_table(report, step, chosen, names)
+        for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
+            last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
+            table.add_row(*(row_cells[name] for name in names), end_section=last_of_layer)
+        if Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum <= console.width:
+            break
+    return table
+
+
+_UNBOUNDED = 100_000
+
+
+def _build_table(report: Report, step: int, chosen: tuple[int, ...], names: list[str]) -> Table:
+    span = f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
     table = Table(
         title=Text(f"{printable(report.run.path)} - step {step} of {len(report.run.steps)} recorded"),
         title_justify="left",
         header_style="bold",
+        caption=Text(
+            f"‖g‖ history: log10 ‖g‖ at steps {span} ({len(chosen)}), each row on its own scale; "
+            f"{NONFINITE_MARK} NaN/Inf, {ZERO_MARK} zero",
+            style="dim",
+        ),
+        caption_justify="left",
     )
     longest = max((len(printable(p)) for p in report.run.params), default=9)
-    table.add_column("parameter", overflow="fold", min_width=min(longest, 40))
-    for name in ("shape", "dtype", "min|g|", "mean|g|", "max|g|", "‖g‖", "log10", "upd ratio", "depth"):
-        table.add_column(name, justify="left" if name in ("shape", "dtype") else "right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    by_param = _findings_at(report.findings, step)
-    rows = report.rows_at(step)
-    for i, row in enumerate(rows):
-        found = by_param.get(row.param, [])
-        worst = _worst(found)
-        magnitude_style = (
-            _SEVERITY_STYLE[worst.severity] if worst and worst.problem in _MAGNITUDE_PROBLEMS else ""
-        )
-        grad = row.grad.stats if row.grad else None
-        last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
-        table.add_row(
-            Text(printable(row.param)),
-            _shape(row),
-            _dtype(row),
-            sci(grad.min_abs if grad else None),
-            Text(sci(grad.mean_abs if grad else None), style=magnitude_style),
-            sci(grad.max_abs if grad else None),
-            sci(grad.norm if grad else None),
-            Text(_log10(grad.mean_abs if grad else None), style=magnitude_style),
-            _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
-            "-" if row.depth is None else f"{row.depth:.1f}",
-            _status_cell(found),
-            end_section=last_of_layer,
-        )
+    for name in names:
+        if name == "parameter":
+            table.add_column(name, overflow="fold", min_width=min(longest, 40))
+        else:
+            table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
     return table
+
+
+def _row_cells(
+    report: Report, row: ParamStep, found: list[Finding], chosen: tuple[int, ...]
+) -> dict[str, Text | str]:
+    t = report.config.thresholds
+    worst = _worst(found)
+    magnitude_style = (
+        _SEVERITY_STYLE[worst.severity] if worst and worst.problem in _MAGNITUDE_PROBLEMS else ""
+    )
+    grad = row.grad.stats if row.grad else None
+    return {
+        "parameter": Text(printable(row.param)),
+        "shape": _shape(row),
+        "dtype": _dtype(row),
+        "min|g|": sci(grad.min_abs if grad else None),
+        "mean|g|": Text(sci(grad.mean_abs if grad else None), style=magnitude_style),
+        "max|g|": sci(grad.max_abs if grad else None),
+        "‖g‖": sci(grad.norm if grad else None),
+        "log10": Text(_log10(grad.mean_abs if grad else None), style=magnitude_style),
+        "upd ratio": _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
+        "depth": "-" if row.depth is None else f"{row.depth:.1f}",
+        "‖g‖ history": history_cell(grad_series(report.rows, row.param, chosen)),
+        "status": _status_cell(found),
+    }
 
 
 def _findings_at(findings: list[Finding], step: int) -> dict[str, list[Finding]]:
@@ -115,8 +161,11 @@ def _dtype(row: ParamStep) -> str:
     return tensor.dtype if tensor else "-"
 
 
-def _findings_table(findings: list[Finding]) -> Table:
-    """One line per (parameter, problem): the checks that found it, all their steps, the earliest detail."""
+def _findings_table(findings: list[Finding], selected: frozenset[int] | None) -> Table:
+    """One line per (parameter, problem): the checks that found it, all their steps, the earliest detail.
+
+    With a step selection, the findings with no step inside it are dimmed and their steps marked `outside`.
+    """
     table = Table(box=None, title="Findings", title_justify="left", title_style="bold", header_style="bold")
     for name in ("", "problem", "parameter", "steps", "detail"):
         table.add_column(name, no_wrap=name != "detail", overflow="fold")
@@ -128,12 +177,14 @@ def _findings_table(findings: list[Finding]) -> Table:
         earliest = min(group, key=lambda f: f.step)
         where = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]} ({len(steps)})"
         checks = list(dict.fromkeys(f.check for f in group))
+        outside = selected is not None and selected.isdisjoint(steps)
         table.add_row(
             Text(_LABEL[group[0].severity], style=_SEVERITY_STYLE[group[0].severity]),
             problem if checks == [problem] else f"{problem} ({', '.join(checks)})",
             Text(printable(param)),
-            where,
+            f"{where}, outside" if outside else where,
             Text(printable(earliest.message)),  # may quote a layer name: never rich markup
+            style="dim" if outside else None,
         )
     return table
 

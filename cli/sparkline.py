@@ -1,0 +1,61 @@
+"""One-line pictures of a parameter's gradient history: a sparkline of log10 ‖g‖ and a trend arrow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+
+from gradcheck.analysis.history import (
+    DOWN,
+    NONFINITE,
+    SPARK_WIDTH,
+    UP,
+    ZERO,
+    Point,
+    Trend,
+    bin_series,
+    trend,
+)
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+NONFINITE_MARK, ZERO_MARK, MISSING_MARK = "!", "·", " "
+ARROWS = {UP: "↑", DOWN: "↓"}
+FLAT_ARROW, NO_TREND = "→", "-"
+# Each row is scaled between its own min and max, but never to less than a decade: noise of a few percent
+# between steps would otherwise fill the whole block range and look like a trend.
+MIN_SPAN_DECADES = 1.0
+_TREND_STYLE = {UP: "yellow", DOWN: "cyan"}
+
+
+def sparkline(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
+    """At most `width` cells: a block per (binned) step, `!` NaN/Inf in red, `·` for ‖g‖ = 0, space if missing."""
+    points = bin_series(series, width)
+    finite = [p.log_norm for p in points if p.log_norm is not None]
+    text = Text()
+    if not points:
+        return text
+    low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    span = max(high - low, MIN_SPAN_DECADES)
+    base = (low + high - span) / 2
+    for point in points:
+        if point.log_norm is not None:
+            level = min(len(BLOCKS) - 1, int((point.log_norm - base) / span * len(BLOCKS)))
+            text.append(BLOCKS[level])
+        elif point.state == NONFINITE:
+            text.append(NONFINITE_MARK, style="bold red")
+        else:
+            text.append(ZERO_MARK if point.state == ZERO else MISSING_MARK)
+    return text
+
+
+def trend_mark(fitted: Trend) -> Text:
+    """↑ growing, ↓ shrinking, → flat (analysis.history.TREND_DECADES), - when too few points."""
+    if fitted.direction is None:
+        return Text(NO_TREND, style="dim")
+    return Text(ARROWS.get(fitted.direction, FLAT_ARROW), style=_TREND_STYLE.get(fitted.direction, ""))
+
+
+def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
+    """The table's history cell: the sparkline, a space, and the trend arrow."""
+    return sparkline(series, width) + Text(" ") + trend_mark(trend(series))
