@@ -49,7 +49,7 @@ class _Axis:
 
 def render_depth(console: Console, report: Report, step: int) -> None:
     """Print one bar line per layer at `step`, the axis with the thresholds, and a legend."""
-    glyphs = _ASCII if console.color_system is None else _UNICODE
+    glyphs = _ASCII if console.no_color or console.color_system is None else _UNICODE
     layers = depth_profile(report.rows, report.run.params, step)
     console.print(Text(f"{printable(report.run.path)} - step {step}: mean and max |g| per layer, log10 axis"))
     if not layers:

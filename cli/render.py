@@ -38,7 +38,7 @@ def render_report(
 ) -> None:
     """Print table, findings and verdict for `step`; history over `selection` (default: every step up to it)."""
     chosen = tuple(selection) if selection else tuple(s for s in report.run.steps if s <= step)
-    console.print(_table(console, report, step, chosen))
+    console.print(parameter_table(console, report, step, chosen))
     if report.findings:
         console.print()
         outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)
@@ -50,8 +50,8 @@ def render_report(
     console.print(verdict(report))
 
 
-def _table(console: Console, report: Report, step: int, chosen: tuple[int, ...]) -> Table:
-    """The widest table that fits the console: columns of _DROP_ORDER go first when it does not."""
+def parameter_table(console: Console, report: Report, step: int, chosen: tuple[int, ...]) -> Table:
+    """The table of `step` with history over `chosen`, as wide as fits: columns of _DROP_ORDER go first."""
     rows = report.rows_at(step)
     by_param = _findings_at(report.findings, step)
     cells = [_row_cells(report, row, by_param.get(row.param, []), chosen) for row in rows]
