@@ -7,11 +7,12 @@ Names are passed through `printable` first, then escaped as the target format ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import click
@@ -38,7 +39,6 @@ _COMPARISON = {
     "exploding-relative": ">",
     "spike": "≥",
     "growth": "≥",
-    "dead": "=",
     "update-ratio-high": ">",
     "update-ratio-low": "<",
 }
@@ -50,28 +50,36 @@ _UNREADABLE_CLASS = "unreadable"
 _KIND_WORDS = {"param": "parameter", "update": "update"}
 
 
-def format_report(name: str, report: Report, shown: int | None, exit_code: int) -> str:
-    """The text format `name` prints for `report` (`shown`: the table's step, None if nothing was readable)."""
+def format_report(
+    name: str, report: Report, shown: int | None, exit_code: int, *, selection: Sequence[int] | None = None
+) -> str:
+    """The text format `name` prints for `report` (`shown`: the table's step, None if nothing was readable).
+
+    `selection` is the --steps history of the table and the JSON document (default: every step up to `shown`).
+    """
     if name == "json":
-        return dumps(report_document(report, shown, exit_code)) + "\n"
+        # passed on only when given, like render_report below: the default is the same and older code runs
+        history = () if selection is None else (selection,)
+        return dumps(report_document(report, shown, exit_code, *history)) + "\n"
+    if name == "table":
+        return table_text(report, shown, selection)
     if name == "junit":
         return junit_text(report)
     renderers: dict[str, Callable[[Report, int | None], str]] = {
-        "table": table_text,
         "github": github_text,
         "markdown": markdown_text,
     }
     return renderers[name](report, shown)
 
 
-def table_text(report: Report, shown: int | None) -> str:
+def table_text(report: Report, shown: int | None, selection: Sequence[int] | None = None) -> str:
     """The table output as plain text, without ANSI codes (empty when nothing was readable)."""
     if shown is None:
         return ""
     buffer = io.StringIO()
     width = None if "COLUMNS" in os.environ else _FILE_WIDTH
     console = Console(file=buffer, color_system=None, width=width, highlight=False, soft_wrap=False)
-    render_report(console, report, shown)
+    render_report(console, report, shown, *(() if selection is None else (selection,)))
     return buffer.getvalue()
 
 
@@ -101,6 +109,8 @@ def comparison(finding: Finding) -> str:
         value, bound = f"{_factor(finding.value)}x", f"{_factor(finding.threshold)}x"
     elif finding.check in _LOG_CHECKS:
         value, bound = f"{finding.value:.1f}", f"{finding.threshold:g}"
+    elif finding.check == "dead":
+        return "all zero"
     elif finding.check == "nonfinite":
         value, bound = f"{finding.value:.0f}", "0"
     else:
@@ -325,6 +335,8 @@ def _unreadable_case(file: str, reason: str) -> ET.Element:
 def write_atomically(path: Path, text: str) -> None:
     """Write UTF-8 text under a temporary name beside `path`, then rename it into place (raises OSError)."""
     target = Path(path)
+    if target.is_dir():  # os.replace would fail with a less helpful "resource busy" for "."
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
