@@ -126,14 +126,18 @@ def _factor(value: float) -> str:
 
 
 def github_text(report: Report, _shown: int | None = None) -> str:
-    """One `::error`/`::warning` workflow command per finding and unreadable file, then the verdict."""
+    """One `::error`/`::warning` workflow command per finding and unreadable file, then the verdict.
+
+    Errors come first, earliest first step first: GitHub shows only 10 annotations of each kind per step,
+    and the earliest finding is the one nearest the cause (a spike before the NaN it leads to).
+    """
     lines = [
         _workflow_command(
             finding.severity,
             f"gradcheck: {problem_of(finding)} in {printable(finding.param)}",
             f"{printable(finding.message)} ({count_steps(finding)})",
         )
-        for finding in report.findings
+        for finding in annotation_order(report.findings)
     ]
     lines += [
         _workflow_command(
@@ -142,6 +146,11 @@ def github_text(report: Report, _shown: int | None = None) -> str:
         for note in report.run.unreadable
     ]
     return "\n".join([*lines, verdict_line(report)]) + "\n"
+
+
+def annotation_order(findings: list[Finding]) -> list[Finding]:
+    """Errors before warnings, then by first step; the report's model order within a step."""
+    return sorted(findings, key=lambda f: (f.severity != "error", f.step))
 
 
 def escape_data(text: str) -> str:
