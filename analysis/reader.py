@@ -1,4 +1,9 @@
-"""Read safetensors files: a strict header parser and a streaming, constant-memory tensor scanner."""
+"""Read safetensors files: a strict header parser and a streaming, constant-memory tensor scanner.
+
+A scan is four steps, which a parallel scanner runs apart: read the header, plan_segments (a tensor over
+SEGMENT_BYTES is cut), scan_segments (in any grouping: a segment's result depends on its bytes only), and
+combine.
+"""
 
 from __future__ import annotations
 
@@ -500,9 +505,9 @@ class Segment:
     end: int
 
 
-# Pieces of this many elements (fewer at a tensor's end) are summarized apart and merged in order, counted
-# from each segment's start: float sums depend on this grouping, which depends on nothing else. 64K float32
-# magnitudes and their float64 copy stay within this machine's 1 MiB L2 cache when summarized one at a time.
+# Pieces of this many elements (fewer at a segment's end), counted from each segment's start, are summarized
+# apart and merged in order: float sums depend on this grouping, which depends on nothing else. Four F32
+# pieces fill a 1 MiB read; larger reads (2 MiB: +3%) or smaller ones (256 KiB: -20%) bought nothing.
 PIECE_ELEMENTS = 1 << 16
 _BEGIN = operator.attrgetter("begin")
 
@@ -557,13 +562,16 @@ def _plan_reads(segments: Sequence[Segment], infos: Sequence[DtypeInfo], buffer_
         for capacity in [buffer_bytes // max(info.itemsize, 4)]
     }
     reads: list[_Read] = []
-    read = _Read(DTYPES["F32"], -1, -1)
+    read = _Read(DTYPES["F32"], -1, -1)  # no piece continues this one
     for index, (segment, info) in enumerate(zip(segments, infos, strict=True)):
         size, capacity, piece = layouts[info.name]
         begin, total = segment.begin, (segment.end - segment.begin) // size
-        for count in [total] if total <= piece else [min(piece, total - s) for s in range(0, total, piece)]:
-            if count == 0:
-                break
+        if total == 0:
+            continue  # an empty tensor has no piece: its result stays the empty summary
+        counts = (
+            [total] if total <= piece else [min(piece, total - start) for start in range(0, total, piece)]
+        )
+        for count in counts:
             if read.info is not info or read.end != begin or read.elements + count > capacity:
                 read = _Read(info, begin, begin)
                 reads.append(read)
@@ -622,16 +630,11 @@ def _scan_fd(
 
 def _check_size(header: FileHeader, size: int, path: str) -> None:
     """Refuse a file whose size changed since its header was read: it is no longer that file."""
+    sizes = f"{size} bytes now, {header.file_size} when its header was read"
     if size < header.file_size:
-        raise UnreadableFileError(
-            path,
-            f"file was truncated while being read (now {size} bytes, its header was read at {header.file_size})",
-        )
+        raise UnreadableFileError(path, f"file was truncated while being read ({sizes})")
     if size > header.file_size:
-        raise UnreadableFileError(
-            path,
-            f"file changed while being read (now {size} bytes, its header was read at {header.file_size})",
-        )
+        raise UnreadableFileError(path, f"file changed while being read ({sizes})")
 
 
 @_collector_paused()
