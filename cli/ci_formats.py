@@ -278,7 +278,14 @@ def _status(found: list[Finding]) -> str:
 
 def junit_text(report: Report, _shown: int | None = None) -> str:
     """JUnit XML: a testcase per (parameter, check) that ran, failed by error findings; one per unreadable file."""
-    cases = [case for param in report.run.params for case in _param_cases(report, param)]
+    by_param: dict[str, dict[str, list[Finding]]] = {}  # grouped once: a pass per parameter is P x F
+    for finding in report.findings:
+        by_param.setdefault(finding.param, {}).setdefault(finding.check, []).append(finding)
+    cases = [
+        case
+        for param in report.run.params
+        for case in _param_cases(param, report.config.for_param(param)[1], by_param.get(param, {}))
+    ]
     cases += [_unreadable_case(note.file, note.reason) for note in report.run.unreadable]
     counts = {
         "tests": str(len(cases)),
@@ -302,12 +309,7 @@ def junit_text(report: Report, _shown: int | None = None) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _param_cases(report: Report, param: str) -> list[ET.Element]:
-    ignored = report.config.for_param(param)[1]
-    found: dict[str, list[Finding]] = {}
-    for finding in report.findings:
-        if finding.param == param:
-            found.setdefault(finding.check, []).append(finding)
+def _param_cases(param: str, ignored: frozenset[str], found: dict[str, list[Finding]]) -> list[ET.Element]:
     checks = dict.fromkeys([*(c for c in CHECK_IDS if c not in ignored), *found])
     return [_check_case(param, check, found.get(check, [])) for check in checks]
 
