@@ -19,6 +19,7 @@ RUNS = (
     "dead_relu",
     "bf16_mlp",
     "plain_dumps",
+    "faster_layer_mlp",
 )
 
 
