@@ -80,7 +80,8 @@ def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
 
 def layer_values(report: Report, metric: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """Layers in model order and, per layer and recorded step, the cell value and the missing mask."""
-    layers = tuple(dict.fromkeys(row.layer for step in report.run.steps for row in report.rows_at(step)))
+    # rows are keyed step by step in model order, so first appearances give the model order of the layers
+    layers = tuple(dict.fromkeys(row.layer for row in report.rows.values()))
     index = {layer: i for i, layer in enumerate(layers)}
     values = np.full((len(layers), len(report.run.steps)), np.nan)
     missing = np.ones(values.shape, dtype=bool)

@@ -38,7 +38,8 @@ PALETTE = (
 MARKERS = {NONFINITE: "!", ZERO: "0", MISSING: "?"}
 MARKER_STYLES = {NONFINITE: "bold bright_white on blue", ZERO: "grey50", MISSING: "grey50"}
 MARKER_NAMES = {NONFINITE: "NaN/Inf", ZERO: "exactly zero", MISSING: "not recorded"}
-MAX_CELL_WIDTH = 4  # few steps get wider cells, but the picture stays compact
+MAX_CELL_WIDTH = 12  # few steps get wider cells (the picture fills the width), but one step is no banner
+_TICK_GAP = 2  # spaces at least between two step labels
 MIN_NAME_WIDTH, NAME_SHARE = 6, 4  # layer names get at most a quarter of the width (never under 6)
 GUTTER = " │ "
 _LEGEND_NAME = 40  # names in the min/max lines are cut, so each line fits in 80 columns
@@ -127,7 +128,8 @@ def render_heatmap(console: Console, drawn: Heatmap, *, title: str) -> None:
         console.print(line, no_wrap=True, overflow="crop")
     span = cell * len(drawn.columns)
     console.print(" " * names + " └" + "─" * span, no_wrap=True, overflow="crop")
-    console.print(" " * (names + len(GUTTER)) + _axis(drawn, span), no_wrap=True, overflow="crop")
+    axis = _axis(drawn.columns, cell, _grid_width(drawn.layers, console.width))
+    console.print(" " * (names + len(GUTTER)) + axis, no_wrap=True, overflow="crop")
     for line in _legend(drawn, lo, hi, colour):
         console.print(line)
 
@@ -158,12 +160,20 @@ def _cell(code: int, width: int, colour: bool) -> Text:
     return Text(RAMP[code] * width)
 
 
-def _axis(drawn: Heatmap, span: int) -> str:
-    first, last = _steps(drawn.columns[0]), _steps(drawn.columns[-1])
-    if len(drawn.columns) == 1:
-        return first
-    gap = span - len(first) - len(last)
-    return first + " " * gap + last if gap >= 1 else f"{first} … {last}"
+def _axis(columns: tuple[tuple[int, int], ...], cell: int, room: int) -> str:
+    """Step labels under the grid: the first step of a column at its left edge, as many as fit, the last always."""
+    ticks = [(i * cell, str(first)) for i, (first, _) in enumerate(columns)]
+    last_at, last = ticks[-1]
+    last_at = max(0, min(last_at, room - len(last)))
+    chosen, free = [], 0
+    for at, label in ticks[:-1]:
+        if at >= free and at + len(label) + _TICK_GAP <= last_at:
+            chosen.append((at, label))
+            free = at + len(label) + _TICK_GAP
+    line = ""
+    for at, label in [*chosen, (last_at, last)]:
+        line += " " * (at - len(line)) + label
+    return line
 
 
 def _steps(column: tuple[int, int]) -> str:
