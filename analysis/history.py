@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import GradcheckError
 from .metrics import ParamStep
@@ -39,13 +40,15 @@ class StepRange:
         return f"{'' if self.first is None else self.first}:{'' if self.last is None else self.last}"
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One step of a parameter's gradient history: log10 ‖g‖ when `state` is ok, else None."""
+class Point(NamedTuple):
+    """One step of a parameter's gradient history: log10 ‖g‖ when `state` is ok, else None.
+
+    A named tuple, not a dataclass: a long run makes one per parameter and step, and tuples build 3x faster.
+    """
 
     step: int
     log_norm: float | None
-    state: str  # ok, zero (‖g‖ = 0), nonfinite (a NaN or Inf element), missing (no gradient recorded)
+    state: str  # ok, zero (‖g‖ = 0), nonfinite (a NaN or Inf element), missing (no gradient recorded, or an empty one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +112,13 @@ def grad_series(
 
 
 def _point(row: ParamStep | None, step: int) -> Point:
-    if row is None or row.grad is None:
+    if row is None or row.grad is None or not row.grad.stats.count:
         return Point(step, None, MISSING)
     stats = row.grad.stats
-    if stats.nan or stats.inf:
+    squares = stats.sq_sum  # ‖g‖² over the finite elements: log10 ‖g‖ = log10(‖g‖²) / 2, no square root
+    if stats.nan or stats.inf or not math.isfinite(squares):  # a NaN/Inf element, or the norm overflowed
         return Point(step, None, NONFINITE)
-    norm = stats.norm
-    if not math.isfinite(norm):  # the finite elements' norm overflowed
-        return Point(step, None, NONFINITE)
-    return Point(step, math.log10(norm), OK) if norm > 0 else Point(step, None, ZERO)
+    return Point(step, math.log10(squares) / 2, OK) if squares > 0 else Point(step, None, ZERO)
 
 
 def trend(series: Sequence[Point]) -> Trend:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -55,20 +55,22 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     rows = report.rows_at(step)
     by_param = _findings_at(report.findings, step)
     cells = [_row_cells(report, row, by_param.get(row.param, []), chosen) for row in rows]
+    widths = {name: max([cell_len(name), *(_cell_len(row[name]) for row in cells)]) for name in _COLUMNS}
     names = list(_COLUMNS)
-    for dropped in (None, *_DROP_ORDER):
-        if dropped:
-            names.remove(dropped)
-        table = _build_table(report, step, chosen, names)
-        for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
-            last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
-            table.add_row(*(row_cells[name] for name in names), end_section=last_of_layer)
-        if Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum <= console.width:
+    for dropped in _DROP_ORDER:
+        # rich's default box: one border before each column and one after the last, one space of padding a side
+        if sum(widths[name] + 3 for name in names) + 1 <= console.width:
             break
+        names.remove(dropped)
+    table = _build_table(report, step, chosen, names)
+    for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
+        last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
+        table.add_row(*(row_cells[name] for name in names), end_section=last_of_layer)
     return table
 
 
-_UNBOUNDED = 100_000
+def _cell_len(cell: Text | str) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
 def _build_table(report: Report, step: int, chosen: tuple[int, ...], names: list[str]) -> Table:
