@@ -36,6 +36,7 @@ BLOCK = (  # (name, shape as multiples of the width): one pre-norm transformer b
     ("mlp.proj.weight", (1, 4)),
     ("mlp.proj.bias", (1,)),
 )
+SHM = "/dev/shm"
 WIDTH = 16  # small layers: the point is the per-file and per-tensor cost, not the bytes
 HEADER_TIMING = """
 import json, sys, time
@@ -81,7 +82,7 @@ def warm(folder: Path) -> None:
         path.read_bytes()
 
 
-def inspect_runs(run: Path, folder: Path, args: argparse.Namespace) -> None:
+def inspect_runs(run: Path, folder: Path, out: Path, args: argparse.Namespace) -> None:
     """Time gradcheck inspect on the run: no cache with jobs 1 and default, then a fresh cache twice."""
     command = [args.gradcheck, "inspect", str(run), "--format", "json"]
     cache_env = {"GRADCHECK_CACHE_DIR": str(folder / "fresh-cache")}
@@ -97,8 +98,9 @@ def inspect_runs(run: Path, folder: Path, args: argparse.Namespace) -> None:
         with bench_lock():  # one lock per run: each stays under a few minutes
             if label == next(iter(runs)):
                 warm(run)
-            sample = measure(line, folder / "out", {**_base_env(folder), **env})
-        output = (folder / "out").stat().st_size
+            sample = measure(line, out / "out", {**_base_env(folder), **env})
+        output = (out / "out").stat().st_size
+        (out / "out").unlink()
         # exit 1 means findings; a crash exits 1 too but prints no JSON (too big to parse here)
         if sample.code not in (0, 1) or output == 0:
             sys.exit(f"gradcheck failed (exit {sample.code}): {sample.error}")
@@ -174,13 +176,16 @@ def main() -> None:
     args = parse_args()
     print_setup(args)
     folder = Path(tempfile.mkdtemp(prefix="gradcheck-many-files-", dir=args.dir))
+    # The JSON document runs to hundreds of MB: on tmpfs its writing is not slowed by disk writeback.
+    out = Path(tempfile.mkdtemp(prefix="gradcheck-many-files-", dir=SHM if os.path.isdir(SHM) else None))
     try:
         size = write_run(folder / "run", args.files, args.params)
         print(f"run: {args.files} files x {args.params} parameters x 3 kinds, {size / 1e9:.2f} GB")
-        inspect_runs(folder / "run", folder, args)
+        inspect_runs(folder / "run", folder, out, args)
         header_run(folder, args)
     finally:
         shutil.rmtree(folder)
+        shutil.rmtree(out)
 
 
 if __name__ == "__main__":
