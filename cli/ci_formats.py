@@ -58,9 +58,7 @@ def format_report(
     `selection` is the --steps history of the table and the JSON document (default: every step up to `shown`).
     """
     if name == "json":
-        # passed on only when given, like render_report below: the default is the same and older code runs
-        history = () if selection is None else (selection,)
-        return dumps(report_document(report, shown, exit_code, *history)) + "\n"
+        return dumps(report_document(report, shown, exit_code, selection)) + "\n"
     if name == "table":
         return table_text(report, shown, selection)
     if name == "junit":
@@ -79,7 +77,7 @@ def table_text(report: Report, shown: int | None, selection: Sequence[int] | Non
     buffer = io.StringIO()
     width = None if "COLUMNS" in os.environ else _FILE_WIDTH
     console = Console(file=buffer, color_system=None, width=width, highlight=False, soft_wrap=False)
-    render_report(console, report, shown, *(() if selection is None else (selection,)))
+    render_report(console, report, shown, selection)
     return buffer.getvalue()
 
 

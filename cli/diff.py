@@ -12,11 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradcheck.analysis.cache import StatsCache, default_cache_dir
 from gradcheck.analysis.diff import DEFAULT_FACTOR, DEFAULT_UPDATE_FACTOR, Change, RunDiff, diff_runs
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.scanning import ScanOptions, available_cores
 
+from .common import EXIT_FINDINGS, EXIT_OK, InputError, scan_options, warn_unreadable
 from .console import make_console, printable
 from .jsonout import SCHEMA_VERSION, dumps
 
@@ -66,17 +65,13 @@ def diff(
     no_cache: bool,
 ) -> None:
     """Compare RUN_A with RUN_B layer by layer: gradient norms and update ratios at matching steps."""
-    from .main import EXIT_FINDINGS, EXIT_OK, InputError  # main imports this module to register the command
-
-    cache = None if no_cache else StatsCache(default_cache_dir())
-    scan = ScanOptions(jobs=jobs or available_cores(), cache=cache)
+    scan = scan_options(jobs, no_cache)
     try:
         result = diff_runs(run_a, run_b, factor=factor, update_factor=update_factor, scan=scan)
     except GradcheckError as error:
         raise InputError(str(error)) from None
     for run in (result.run_a, result.run_b):
-        for note in run.unreadable:
-            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+        warn_unreadable(run)
     code = EXIT_FINDINGS if result.changed else EXIT_OK
     if output_format == "json":
         click.echo(dumps(diff_document(result, code)))

@@ -9,7 +9,6 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from gradcheck.analysis.cache import StatsCache, default_cache_dir
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.heatmap import (
     METRIC_LABELS,
@@ -23,10 +22,9 @@ from gradcheck.analysis.heatmap import (
     scale_levels,
 )
 from gradcheck.analysis.inspection import inspect_run
-from gradcheck.analysis.scanning import ScanOptions, available_cores
 
+from .common import InputError, progress_bar, scan_options, warn_unreadable
 from .console import make_console, printable
-from .progress import ScanProgress, progress_wanted
 
 RAMP = " .:-=+*#%@"  # one character per level, dim to bright, for terminals without colour
 # matplotlib's "inferno" sampled at 0.1, 0.2, ..., 1.0: dark (vanishing) to bright (exploding), and its
@@ -50,16 +48,6 @@ Exit codes:
   2  usage error, missing run directory, no readable snapshot,
      or nothing recorded for the metric
 """
-
-
-class HeatmapInputError(click.ClickException):
-    """Bad input or usage: one line on stderr, exit 2 (the same line as `inspect` prints)."""
-
-    exit_code = 2
-
-    def show(self, file: object = None) -> None:
-        """Print the one-line message."""
-        click.echo(f"gradcheck: error: {printable(self.message)}", err=True)
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -88,25 +76,20 @@ def heatmap(
     console = make_console(color=color)
     if width:
         console.width = width
-    stderr = make_console(color=color, stderr=True)
-    progress = ScanProgress(stderr) if progress_wanted(stderr, quiet=quiet, output_format="table") else None
-    cache = None if no_cache else StatsCache(default_cache_dir())
+    progress = progress_bar(color=color, quiet=quiet, output_format="table")
     try:
         try:
-            report = inspect_run(
-                run_dir, scan=ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
-            )
+            report = inspect_run(run_dir, scan=scan_options(jobs, no_cache, progress))
         finally:
             if progress is not None:
                 progress.close()
-        for note in report.run.unreadable:
-            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+        warn_unreadable(report.run)
         if not report.readable:
-            raise HeatmapInputError(f"{run_dir}: no readable snapshot file")
+            raise InputError(f"{run_dir}: no readable snapshot file")
         layers = tuple({row.layer for row in report.rows.values()})
         drawn = build_heatmap(report, metric, max_columns=_grid_width(layers, console.width))
     except GradcheckError as error:
-        raise HeatmapInputError(str(error)) from None
+        raise InputError(str(error)) from None
     shape = f"{len(drawn.layers)} layer(s) × {len(report.run.steps)} recorded step(s)"
     render_heatmap(console, drawn, title=f"{printable(report.run.path)} ({shape})")
 

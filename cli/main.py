@@ -2,37 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
 import click
 
-from gradcheck.analysis.cache import StatsCache, default_cache_dir
-from gradcheck.analysis.config import (
-    CHECK_IDS,
-    FAIL_LEVELS,
-    Config,
-    load_config,
-    parse_threshold_option,
-    with_thresholds,
-)
+from gradcheck.analysis.config import CHECK_IDS, FAIL_LEVELS
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.history import StepRange, parse_step_range, select_steps
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
-from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_OK,
+    InputError,
+    progress_bar,
+    scan_options,
+    settle_config,
+    warn_unreadable,
+)
 from .console import make_console, printable
 from .depth import render_depth
 from .diff import diff
 from .heatmap import heatmap
-from .jsonout import dumps, report_document
-from .progress import ScanProgress, progress_wanted
 from .render import render_report
 from .watch import watch
 
-EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  no finding at the --fail-on level (default: error)
@@ -46,16 +43,6 @@ from the current directory upwards) or --config FILE; command-line
 options override it. Keys: fail-on, ignore, [thresholds], and
 [[overrides]] with params globs. See docs/CONFIG.md.
 """
-
-
-class InputError(click.ClickException):
-    """Bad input or usage: one line on stderr, exit 2."""
-
-    exit_code = EXIT_INPUT
-
-    def show(self, file: object = None) -> None:
-        """Print the one-line message."""
-        click.echo(f"gradcheck: error: {printable(self.message)}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,15 +110,14 @@ def inspect(
         raise InputError("--step and --steps cannot be used together")
     try:
         bounds = parse_step_range(steps_range) if steps_range is not None else None
-        config = _settle_config(config_file, thresholds, ignore, fail_on)
-        progress = _progress_bar(color=color, quiet=quiet, output_format="table" if output else output_format)
+        config = settle_config(config_file, thresholds, ignore, fail_on)
+        progress = progress_bar(color=color, quiet=quiet, output_format="table" if output else output_format)
         try:
-            report = inspect_run(run_dir, config, _scan_options(jobs, no_cache, progress))
+            report = inspect_run(run_dir, config, scan_options(jobs, no_cache, progress))
         finally:
             if progress is not None:
                 progress.close()
-        for note in report.run.unreadable:
-            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+        warn_unreadable(report.run)
         if not quiet:
             _note_skipped(report)
         selection = _selection(report, step, bounds) if report.readable else ()
@@ -168,11 +154,9 @@ def _selection(report: Report, step: int | None, bounds: StepRange | None) -> tu
 
 
 def _formatted(output_format: str, report: Report, selection: tuple[int, ...], code: int) -> str:
-    """The --format text; JSON gets the --steps selection (format_report does not take one yet)."""
+    """The --format text of the report, over the --steps selection."""
     shown = selection[-1] if selection else None
-    if output_format == "json":
-        return dumps(report_document(report, shown, code, selection)) + "\n"
-    return format_report(output_format, report, shown, code)
+    return format_report(output_format, report, shown, code, selection=selection or None)
 
 
 def _write_output(path: Path, text: str) -> None:
@@ -180,27 +164,6 @@ def _write_output(path: Path, text: str) -> None:
         write_atomically(path, text)
     except OSError as error:
         raise InputError(f"{path}: cannot write --output file: {error.strerror or error}") from None
-
-
-def _settle_config(
-    config_file: Path | None, thresholds: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
-) -> Config:
-    config = load_config(config_file)
-    config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
-    config = replace(config, ignore=config.ignore | frozenset(ignore))
-    return replace(config, fail_on=fail_on) if fail_on else config
-
-
-def _progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> ScanProgress | None:
-    console = make_console(color=color, stderr=True)
-    return (
-        ScanProgress(console) if progress_wanted(console, quiet=quiet, output_format=output_format) else None
-    )
-
-
-def _scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None) -> ScanOptions:
-    cache = None if no_cache else StatsCache(default_cache_dir())
-    return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
 
 
 def _note_skipped(report: Report) -> None:

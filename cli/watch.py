@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from gradcheck.analysis.cache import StatsCache, default_cache_dir
 from gradcheck.analysis.config import CHECK_IDS, FAIL_LEVELS, Config
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.analysis.runs import Note, is_snapshot_name
 from gradcheck.analysis.scanning import ScanOptions
 
+from .common import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, InputError, scan_options, settle_config
 from .console import make_console, printable
 from .render import render_report, verdict
 
@@ -161,18 +161,10 @@ def watch(
     color: bool | None,
 ) -> None:
     """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
-    from .main import (
-        EXIT_FINDINGS,
-        EXIT_INPUT,
-        EXIT_OK,
-        InputError,
-        _settle_config,
-    )  # main imports this module
-
     console = make_console(color=color)
-    scan = ScanOptions(cache=StatsCache(default_cache_dir()))  # each refresh reads only new or changed files
+    scan = scan_options(1, no_cache=False)  # with the cache, each refresh reads only new or changed files
     try:
-        config = _settle_config(config_file, thresholds, ignore, fail_on)
+        config = settle_config(config_file, thresholds, ignore, fail_on)
         state = _run(run_dir, config, scan, console, interval=interval, timeout=timeout, fail_fast=fail_fast)
     except GradcheckError as error:
         raise InputError(str(error)) from None

@@ -129,7 +129,7 @@ def test_readme_example_is_real_output(
     readme = (sample_runs.parent / "README.md").read_text()
     start = readme.index("```text\nsample_runs/dead_relu") + len("```text\n")
     shown = readme[start : readme.index("```", start)].rstrip("\n")
-    monkeypatch.setenv("COLUMNS", "110")
+    monkeypatch.setenv("COLUMNS", "130")
     monkeypatch.chdir(sample_runs.parent)
     result = runner.invoke(cli, ["inspect", "sample_runs/dead_relu", "--no-color"])
     assert "\n".join(line.rstrip() for line in result.stdout.rstrip("\n").splitlines()) == shown

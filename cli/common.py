@@ -1,0 +1,57 @@
+"""What every command shares: exit codes, the one-line input error, config and reading options."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from gradcheck.analysis.cache import StatsCache, default_cache_dir
+from gradcheck.analysis.config import Config, load_config, parse_threshold_option, with_thresholds
+from gradcheck.analysis.runs import Run
+from gradcheck.analysis.scanning import ScanOptions, available_cores
+
+from .console import make_console, printable
+from .progress import ScanProgress, progress_wanted
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+
+
+class InputError(click.ClickException):
+    """Bad input or usage: one line on stderr, exit 2."""
+
+    exit_code = EXIT_INPUT
+
+    def show(self, file: object = None) -> None:
+        """Print the one-line message."""
+        click.echo(f"gradcheck: error: {printable(self.message)}", err=True)
+
+
+def settle_config(
+    config_file: Path | None, thresholds: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
+) -> Config:
+    """The config file (or the nearest pyproject.toml) with the command-line options on top."""
+    config = load_config(config_file)
+    config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
+    config = replace(config, ignore=config.ignore | frozenset(ignore))
+    return replace(config, fail_on=fail_on) if fail_on else config
+
+
+def progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> ScanProgress | None:
+    """A progress bar on stderr where one is wanted (terminal, not quiet, table output, not CI)."""
+    console = make_console(color=color, stderr=True)
+    wanted = progress_wanted(console, quiet=quiet, output_format=output_format)
+    return ScanProgress(console) if wanted else None
+
+
+def scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None = None) -> ScanOptions:
+    """How to read: --jobs (default: available cores), the stats cache unless --no-cache, the progress bar."""
+    cache = None if no_cache else StatsCache(default_cache_dir())
+    return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
+
+
+def warn_unreadable(run: Run) -> None:
+    """One warning line on stderr per unreadable file."""
+    for note in run.unreadable:
+        click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
