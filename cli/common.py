@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from gradcheck.analysis.cache import StatsCache, default_cache_dir
-from gradcheck.analysis.config import Config, load_config, parse_threshold_option, with_thresholds
+from gradcheck.analysis.config import (
+    CHECK_IDS,
+    FAIL_LEVELS,
+    Config,
+    load_config,
+    parse_threshold_option,
+    with_thresholds,
+)
 from gradcheck.analysis.runs import Run
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
@@ -16,6 +25,51 @@ from .console import make_console, printable
 from .progress import ScanProgress, progress_wanted
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+Command = TypeVar("Command", bound=Callable[..., object])
+
+
+def config_options(command: Command) -> Command:
+    """--fail-on, --config, -t/--threshold and --ignore: what `settle_config` takes."""
+    options = (
+        click.option(
+            "--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1."
+        ),
+        click.option(
+            "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config."
+        ),
+        click.option(
+            "-t",
+            "--threshold",
+            "thresholds",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Override a threshold.",
+        ),
+        click.option(
+            "--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable)."
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def reading_options(command: Command) -> Command:
+    """-j/--jobs and --no-cache: what `scan_options` takes."""
+    options = (
+        click.option(
+            "-j",
+            "--jobs",
+            type=click.IntRange(min=1),
+            help="Worker processes that read files (default: the cores).",
+        ),
+        click.option(
+            "--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache."
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 class InputError(click.ClickException):

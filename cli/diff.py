@@ -15,7 +15,7 @@ from rich.text import Text
 from gradcheck.analysis.diff import DEFAULT_FACTOR, DEFAULT_UPDATE_FACTOR, Change, RunDiff, diff_runs
 from gradcheck.analysis.errors import GradcheckError
 
-from .common import EXIT_FINDINGS, EXIT_OK, InputError, scan_options, warn_unreadable
+from .common import EXIT_FINDINGS, EXIT_OK, InputError, reading_options, scan_options, warn_unreadable
 from .console import make_console, printable
 from .jsonout import SCHEMA_VERSION, dumps
 
@@ -52,8 +52,7 @@ _STATUS_STYLE = {"changed": "bold red", "ok": "green", "added": "yellow", "remov
     "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes that read files.")
-@click.option("--no-cache", is_flag=True, help="Neither use nor fill the stats cache.")
+@reading_options
 def diff(
     run_a: Path,
     run_b: Path,

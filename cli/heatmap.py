@@ -23,7 +23,7 @@ from gradcheck.analysis.heatmap import (
 )
 from gradcheck.analysis.inspection import inspect_run
 
-from .common import InputError, progress_bar, scan_options, warn_unreadable
+from .common import InputError, progress_bar, reading_options, scan_options, warn_unreadable
 from .console import make_console, printable
 
 RAMP = " .:-=+*#%@"  # one character per level, dim to bright, for terminals without colour
@@ -60,8 +60,7 @@ Exit codes:
 @click.option(
     "--color/--no-color", default=None, help="Force colour on or off (default: auto, honours NO_COLOR)."
 )
-@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes that read files.")
-@click.option("--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache.")
+@reading_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr (warnings stay).")
 def heatmap(
     run_dir: Path,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from gradcheck.analysis.config import CHECK_IDS, FAIL_LEVELS
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.history import StepRange, parse_step_range, select_steps
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
@@ -18,7 +17,9 @@ from .common import (
     EXIT_INPUT,
     EXIT_OK,
     InputError,
+    config_options,
     progress_bar,
+    reading_options,
     scan_options,
     settle_config,
     warn_unreadable,
@@ -70,23 +71,12 @@ def cli() -> None:
     "--output", type=click.Path(path_type=Path), metavar="FILE",
     help="Write the --format output to FILE (replaced atomically); stdout shows the table.",
 )  # fmt: skip
-@click.option("--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config.")
-@click.option(
-    "-t", "--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold."
-)
-@click.option("--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable).")
+@config_options
 @click.option("--strict", is_flag=True, help="Exit 2 if any snapshot file is unreadable.")
 @click.option(
     "--color/--no-color", default=None, help="Force colour on or off (default: auto, honours NO_COLOR)."
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    help="Worker processes that read files (default: available cores).",
-)
-@click.option("--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache.")
+@reading_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings stay).")
 def inspect(
     run_dir: Path,

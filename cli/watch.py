@@ -17,13 +17,21 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from gradcheck.analysis.config import CHECK_IDS, FAIL_LEVELS, Config
+from gradcheck.analysis.config import Config
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.analysis.runs import Note, is_snapshot_name
 from gradcheck.analysis.scanning import ScanOptions
 
-from .common import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, InputError, scan_options, settle_config
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_OK,
+    InputError,
+    config_options,
+    scan_options,
+    settle_config,
+)
 from .console import make_console, printable
 from .render import render_report, verdict
 
@@ -142,12 +150,7 @@ def follow(
 @click.option(
     "--fail-fast", is_flag=True, help="Exit 1 at the first error finding (a sidecar next to training)."
 )
-@click.option("--fail-on", type=click.Choice(FAIL_LEVELS), help="Severity that makes the exit code 1.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config.")
-@click.option(
-    "-t", "--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold."
-)
-@click.option("--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable).")
+@config_options
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
 def watch(
     run_dir: Path,
