@@ -603,9 +603,9 @@ def _summarize_reads(
     with np.errstate(invalid="ignore", over="ignore"):
         for read in reads:
             magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
-            starts = list(itertools.accumulate((count for _, count in read.pieces[:-1]), initial=0))
+            counts = [count for _, count in read.pieces]
             for (index, _), stats in zip(
-                read.pieces, summarize_pieces(magnitudes, starts, wide), strict=True
+                read.pieces, summarize_pieces(magnitudes, counts, wide), strict=True
             ):
                 earlier = results[index]
                 results[index] = stats if earlier is None else earlier.merge(stats)

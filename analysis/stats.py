@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -74,41 +75,41 @@ def summarize_array(values: np.ndarray, scratch: np.ndarray | None = None) -> Te
         scratch = np.empty(n, dtype=np.float64)
     magnitudes = np.abs(flat, out=scratch[:n], casting="same_kind")
     with np.errstate(invalid="ignore", over="ignore"):
-        return summarize_pieces(magnitudes, [0], magnitudes)[0]
+        return summarize_pieces(magnitudes, [n], magnitudes)[0]
 
 
-def summarize_pieces(magnitudes: np.ndarray, starts: Sequence[int], wide: np.ndarray) -> list[TensorStats]:
-    """Summarize consecutive non-empty pieces of an array of |x|, each independently of the others.
+def summarize_pieces(magnitudes: np.ndarray, counts: Sequence[int], wide: np.ndarray) -> list[TensorStats]:
+    """Summarize pieces of an array of |x| laid back to back, counts[i] >= 1 elements each, independently.
 
-    Piece i starts at starts[i] (ascending, the first 0) and ends where the next starts. `magnitudes` is
-    float32 or float64 and is overwritten; `wide` is a float64 buffer at least as long (it may be
-    `magnitudes`). numpy's reduceat sums each piece on its own, so a piece's result depends on its values
-    only, never on its neighbours: many small tensors can be summarized in one call. No BLAS call: a
-    threaded dot product takes other cores and sums in an order that depends on their number.
+    `magnitudes` is float32 or float64 and is overwritten; `wide` is a float64 buffer at least as long (it
+    may be `magnitudes`). numpy's reduceat sums each piece on its own, so a piece's result depends on its
+    values only, never on its neighbours: many small tensors can be summarized in one call. No BLAS call:
+    a threaded dot product takes other cores and sums in an order that depends on their number.
     """
-    n = magnitudes.size
-    index = np.asarray(starts, dtype=np.intp)
+    starts = list(itertools.accumulate(counts[:-1], initial=0))
+    index = np.array(starts, dtype=np.intp)
     highest = np.maximum.reduceat(magnitudes, index)  # NaN and Inf propagate to the maximum
     lowest = np.minimum.reduceat(magnitudes, index)
-    special = {  # the rare pieces holding NaN or Inf, before `magnitudes` is overwritten
-        i: _summarize_non_finite(magnitudes[index[i] : index[i + 1] if i + 1 < index.size else n])
-        for i in np.flatnonzero(~np.isfinite(highest)).tolist()
-    }
-    zeros = np.add.reduceat(magnitudes == 0, index, dtype=np.intp) if (lowest == 0).any() else index * 0
-    values = magnitudes if magnitudes.dtype == np.float64 else wide[:n]
+    special = {}  # the rare pieces holding NaN or Inf, summarized before `magnitudes` is overwritten
+    if not np.isfinite(highest).all():
+        for i in np.flatnonzero(~np.isfinite(highest)).tolist():
+            special[i] = _summarize_non_finite(magnitudes[starts[i] : starts[i] + counts[i]])
+    lows, highs = lowest.tolist(), highest.tolist()
+    zeros = (
+        np.add.reduceat(magnitudes == 0, index, dtype=np.intp).tolist() if 0.0 in lows else [0] * len(lows)
+    )
+    values = magnitudes if magnitudes.dtype == np.float64 else wide[: magnitudes.size]
     if values is not magnitudes:
         np.copyto(values, magnitudes)
-    sums = np.add.reduceat(values, index)
+    sums = np.add.reduceat(values, index).tolist()
     np.multiply(values, values, out=values)
-    squares = np.add.reduceat(values, index)
-    counts = np.diff(index, append=n)
+    squares = np.add.reduceat(values, index).tolist()
     results = [
         TensorStats(count, 0, 0, zero, low, high, total, square)
         for count, zero, low, high, total, square in zip(
-            counts.tolist(), zeros.tolist(), lowest.tolist(), highest.tolist(), sums.tolist(), squares.tolist(),
-            strict=True,
+            counts, zeros, lows, highs, sums, squares, strict=True
         )
-    ]  # fmt: skip
+    ]
     for i, stats in special.items():
         results[i] = stats
     return results
@@ -121,5 +122,5 @@ def _summarize_non_finite(magnitudes: np.ndarray) -> TensorStats:
     inf = magnitudes.size - nan - finite.size
     if finite.size == 0:
         return TensorStats(count=magnitudes.size, nan=nan, inf=inf)
-    stats = summarize_pieces(finite, [0], finite)[0]
+    stats = summarize_pieces(finite, [finite.size], finite)[0]
     return replace(stats, count=magnitudes.size, nan=nan, inf=inf)
