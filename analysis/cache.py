@@ -26,7 +26,7 @@ from .reader import FileHeader, FileScan, TensorEntry
 from .stats import TensorStats
 
 # Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _DIGEST_CHARS = 64  # a sha256 in hex
 _SUFFIX = ".scan"
 _COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
