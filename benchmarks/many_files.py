@@ -2,9 +2,9 @@
 
 Writes a run of 1,000 step files x 500 parameters (grad/param/update of 50 small transformer blocks of width
 16, F32: 1,500 tensors and ~2 MB per file) to a temp directory, warms the page cache, then times
-`gradcheck inspect RUN --format json --no-cache` with --jobs 1 and with the default jobs, and twice with the
+`gradcheck inspect RUN --no-cache` (table, or `--format json`) with --jobs 1 and with the default jobs, and twice with the
 stats cache on (a fresh GRADCHECK_CACHE_DIR: first and second run), printing wall seconds, CPU seconds, peak
-RSS (largest process), files/s and the size of the JSON document. Then, in a subprocess, it times
+RSS (largest process), files/s and the size of the output. Then, in a subprocess, it times
 `gradcheck.analysis.reader.read_header` on one file whose header lists 100,000 tensors (target < 0.5 s)
 against `json.loads` of the same header bytes.
 
@@ -84,7 +84,7 @@ def warm(folder: Path) -> None:
 
 def inspect_runs(run: Path, folder: Path, out: Path, args: argparse.Namespace) -> None:
     """Time gradcheck inspect on the run: no cache with jobs 1 and default, then a fresh cache twice."""
-    command = [args.gradcheck, "inspect", str(run), "--format", "json"]
+    command = [args.gradcheck, "inspect", str(run), "--format", args.format]
     cache_env = {"GRADCHECK_CACHE_DIR": str(folder / "fresh-cache")}
     flags = args.new_flags
     runs = {
@@ -101,13 +101,13 @@ def inspect_runs(run: Path, folder: Path, out: Path, args: argparse.Namespace) -
             sample = measure(line, out / "out", {**_base_env(folder), **env})
         output = (out / "out").stat().st_size
         (out / "out").unlink()
-        # exit 1 means findings; a crash exits 1 too but prints no JSON (too big to parse here)
+        # exit 1 means findings; a crash exits 1 too but prints nothing (the output is too big to parse here)
         if sample.code not in (0, 1) or output == 0:
             sys.exit(f"gradcheck failed (exit {sample.code}): {sample.error}")
         found[label] = sample
         print(
             f"  {label:26} {sample.seconds:7.2f} s  {args.files / sample.seconds:7.1f} files/s"
-            f"  cpu {sample.cpu:7.2f} s  peak RSS {sample.rss_mib:7.1f} MiB  JSON {output / 1e6:.0f} MB",
+            f"  cpu {sample.cpu:7.2f} s  peak RSS {sample.rss_mib:7.1f} MiB  output {output / 1e6:.1f} MB",
             flush=True,
         )
     first, second = found["cache, first run"].seconds, found["cache, second run"].seconds
@@ -158,6 +158,12 @@ def parse_args() -> argparse.Namespace:
         help="the gradcheck executable to measure (default: the one on PATH)",
     )
     parser.add_argument("--dir", default=None, help="where to make the temporary directory")
+    parser.add_argument(
+        "--format",
+        default="table",
+        choices=("table", "json"),
+        help="inspect's output: the table people read (default) or the JSON document of every step",
+    )
     parser.add_argument(
         "--no-new-flags",
         dest="new_flags",
