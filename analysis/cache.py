@@ -22,7 +22,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .reader import FileHeader, FileScan, TensorEntry
+from .header import FileHeader, TensorEntry
+from .reader import FileScan
 from .stats import TensorStats
 
 # Bump whenever the stats computation or this layout changes: a dev install keeps its version number.

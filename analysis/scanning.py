@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from .cache import FileIdentity, StatsCache, file_identity
 from .errors import UnreadableFileError
+from .header import FileHeader
 from .reader import (
     SEGMENT_BYTES,
-    FileHeader,
     FileScan,
     Segment,
     combine,
@@ -31,6 +31,9 @@ Progress = Callable[[int, int], None]  # (bytes scanned so far, bytes to scan), 
 Result = FileScan | UnreadableFileError
 
 PARALLEL_MIN_BYTES = 64 << 20  # less data than this is read faster than worker processes start
+# Small files go to workers only when they average this much: a worker's results come back pickled, and for
+# files of many small tensors (1,500 tensors in 2 MB) that costs the parent more than scanning them itself.
+POOL_MIN_FILE_BYTES = 8 << 20
 _BATCH_BYTES = 16 << 20  # small files go to a worker in batches of about this many bytes...
 _BATCH_FILES = 64  # ...or this many files, whichever comes first
 
@@ -72,6 +75,11 @@ class _Part:
 
 
 Unit = _Whole | _Part
+
+
+def _pooled(unit: Unit) -> bool:
+    """Whether a unit is worth sending to a worker process."""
+    return isinstance(unit, _Part) or unit.nbytes >= POOL_MIN_FILE_BYTES * len(unit.paths)
 
 
 def _scan_or_error(path: str) -> Result:
@@ -182,9 +190,9 @@ class _Runner:
         self._done: dict[int, object] = {}
         self._futures: dict[int, Future[object]] = {}
         self._submitted = 0
-        total = sum(unit.nbytes for unit in units)
-        workers = min(jobs, len(units))
-        parallel = workers > 1 and total >= PARALLEL_MIN_BYTES
+        pooled = [unit for unit in units if _pooled(unit)]
+        workers = min(jobs, len(pooled))
+        parallel = workers > 1 and sum(unit.nbytes for unit in pooled) >= PARALLEL_MIN_BYTES
         self._pool = ProcessPoolExecutor(max_workers=workers) if parallel else None
         self._window = 2 * workers
 
@@ -192,11 +200,12 @@ class _Runner:
         """The outcome of unit `index`, computing or waiting as needed."""
         if index in self._done:
             return self._done[index]
-        if self._pool is None:
+        if self._pool is None or not _pooled(self._units[index]):
             outcome: object = _work(self._units[index])
         else:
             while self._submitted < min(len(self._units), index + self._window + 1):
-                self._futures[self._submitted] = self._pool.submit(_work, self._units[self._submitted])
+                if _pooled(self._units[self._submitted]):
+                    self._futures[self._submitted] = self._pool.submit(_work, self._units[self._submitted])
                 self._submitted += 1
             outcome = self._futures.pop(index).result()
         self._done[index] = outcome

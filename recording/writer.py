@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gradcheck.analysis.dtypes import DTYPES
-from gradcheck.analysis.reader import MAX_HEADER_BYTES
+from gradcheck.analysis.header import MAX_HEADER_BYTES
 from gradcheck.analysis.runs import FORMAT_VERSION
 from gradcheck.analysis.summaries import STATS_KEY
 

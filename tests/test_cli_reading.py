@@ -67,6 +67,7 @@ def test_jobs_gives_the_same_document(
     runner: CliRunner, sample_runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scanning, "PARALLEL_MIN_BYTES", 0)  # worker processes even for a small run
+    monkeypatch.setattr(scanning, "POOL_MIN_FILE_BYTES", 0)
     run = sample_runs / "exploding_nan"
     parallel = inspect_json(runner, run, "--jobs", "2", "--no-cache", code=1)
     assert parallel == inspect_json(runner, run, "--jobs", "1", "--no-cache", code=1)

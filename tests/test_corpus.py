@@ -28,7 +28,8 @@ from st_files import entry, file_bytes
 
 from gradcheck.analysis import reader
 from gradcheck.analysis.errors import UnreadableFileError
-from gradcheck.analysis.reader import MAX_HEADER_BYTES, read_header, scan_file
+from gradcheck.analysis.header import MAX_HEADER_BYTES
+from gradcheck.analysis.reader import read_header, scan_file
 from gradcheck.cli.main import cli
 
 CASE_FILE = "grads_2.safetensors"  # names a kind and a step, so unprefixed keys are read as gradients

@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from st_files import entry, file_bytes, header_bytes, library_accepts, packed_header, write, write_arrays
 
+from gradcheck.analysis import header as header_parser
 from gradcheck.analysis import reader
 from gradcheck.analysis.errors import UnreadableFileError
-from gradcheck.analysis.reader import MAX_HEADER_BYTES, TensorEntry, parse_header, read_header, scan_file
+from gradcheck.analysis.header import MAX_HEADER_BYTES, TensorEntry, parse_header
+from gradcheck.analysis.reader import read_header, scan_file
 from gradcheck.analysis.stats import TensorStats, summarize_array
 
 Z = b"\0"
@@ -685,7 +687,7 @@ def both_verdicts(content: bytes) -> tuple[object, object] | None:
     if len(raw) != length:
         return None
     verdicts = []
-    for parse in (parse_header, reader._parse_strict):
+    for parse in (parse_header, header_parser._parse_strict):
         try:
             verdicts.append(parse(raw, len(content), "x.safetensors"))
         except UnreadableFileError as e:
@@ -729,10 +731,10 @@ def test_fast_path_takes_only_what_it_can_vouch_for(name: str, header: object, f
     for data in (used, 0, used + 4):  # the right size, and wrong ones for the strict path to report
         verdicts = both_verdicts(struct.pack("<Q", len(raw)) + raw + Z * data)
         assert verdicts is not None and verdicts[0] == verdicts[1]
-    plain = reader._parse_plain(raw, 8 + len(raw) + used)
+    plain = header_parser._parse_plain(raw, 8 + len(raw) + used)
     assert (plain is not None) == fast
     if plain is not None:
-        assert plain == reader._parse_strict(raw, 8 + len(raw) + used, "x")
+        assert plain == header_parser._parse_strict(raw, 8 + len(raw) + used, "x")
 
 
 def test_fast_path_reads_what_the_library_writes(tmp_path: Path) -> None:
@@ -742,7 +744,7 @@ def test_fast_path_reads_what_the_library_writes(tmp_path: Path) -> None:
     )
     content = path.read_bytes()
     (length,) = struct.unpack("<Q", content[:8])
-    plain = reader._parse_plain(content[8 : 8 + length], len(content))
+    plain = header_parser._parse_plain(content[8 : 8 + length], len(content))
     assert plain is not None and plain == read_header(path)
 
 

@@ -62,6 +62,7 @@ def run_paths(tmp_path: Path) -> list[str]:
 def always_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Use worker processes even for the few kilobytes of a test run."""
     monkeypatch.setattr(scanning, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(scanning, "POOL_MIN_FILE_BYTES", 0)
 
 
 def as_comparable(results: list[tuple[str, FileScan | UnreadableFileError]]) -> list[object]:
@@ -158,3 +159,17 @@ def test_a_file_that_vanished_is_reported_not_raised(run_paths: list[str], tmp_p
     (_, result), *_ = scan_all([gone, *run_paths[:1]], cache=StatsCache(tmp_path / "cache"))
     assert isinstance(result, UnreadableFileError)
     assert "no such file" in result.problem
+
+
+def test_runs_of_small_files_are_read_without_workers(
+    run_paths: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pickling the scans of many small tensors back from a worker costs more than scanning them here.
+    monkeypatch.setattr(scanning, "PARALLEL_MIN_BYTES", 0)
+
+    def no_pool(*args: object, **kwargs: object) -> object:
+        raise AssertionError("started worker processes for small files")
+
+    monkeypatch.setattr(scanning, "ProcessPoolExecutor", no_pool)
+    small = run_paths[:5]
+    assert as_comparable(scan_all(small, jobs=2)) == as_comparable(scan_all(small))

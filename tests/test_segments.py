@@ -15,8 +15,8 @@ from st_files import bf16_bits, write_arrays
 from gradcheck.analysis import reader
 from gradcheck.analysis.dtypes import DTYPES
 from gradcheck.analysis.errors import UnreadableFileError
+from gradcheck.analysis.header import FileHeader
 from gradcheck.analysis.reader import (
-    FileHeader,
     Segment,
     combine,
     plan_segments,
