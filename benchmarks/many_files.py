@@ -22,7 +22,16 @@ import tempfile
 from pathlib import Path
 
 # The same lock, launcher, figures and file writer as read_throughput.py, which lies beside this script.
-from read_throughput import bench_lock, gradcheck_python, make_pools, measure, print_setup, write_file
+from read_throughput import (
+    add_measured_arguments,
+    bench_lock,
+    find_gradcheck,
+    gradcheck_python,
+    make_pools,
+    measure,
+    print_setup,
+    write_file,
+)
 
 BLOCK = (  # (name, shape as multiples of the width): one pre-norm transformer block
     ("ln_1.weight", (1,)),
@@ -153,27 +162,14 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=5, help="repetitions of the header timing (best is shown)"
     )
     parser.add_argument(
-        "--gradcheck",
-        default="gradcheck",
-        help="the gradcheck executable to measure (default: the one on PATH)",
-    )
-    parser.add_argument("--dir", default=None, help="where to make the temporary directory")
-    parser.add_argument(
         "--format",
         default="table",
         choices=("table", "json"),
         help="inspect's output: the table people read (default) or the JSON document of every step",
     )
-    parser.add_argument(
-        "--no-new-flags",
-        dest="new_flags",
-        action="store_false",
-        help="leave out --jobs and --no-cache (for a gradcheck without them)",
-    )
+    add_measured_arguments(parser)
     args = parser.parse_args()
-    args.gradcheck = shutil.which(args.gradcheck) or parser.error(
-        f"{args.gradcheck} not found (pip install -e .)"
-    )
+    args.gradcheck = find_gradcheck(parser, args.gradcheck)
     return args
 
 

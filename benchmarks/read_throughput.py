@@ -585,6 +585,18 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--big", action="store_true", help="only the ~4 GB run with a 1 GiB tensor")
     parser.add_argument("--cache", action="store_true", help="only the cache timing on a ~2 GB run")
+    add_measured_arguments(parser, "; skips the parallel runs")
+    args = parser.parse_args()
+    args.dtypes = [d.strip() for d in args.dtypes.split(",")]
+    unknown = [d for d in args.dtypes if d not in ITEMSIZE]
+    if unknown:
+        parser.error(f"unknown dtype(s) {unknown}: choose from {', '.join(ITEMSIZE)}")
+    args.gradcheck = find_gradcheck(parser, args.gradcheck)
+    return args
+
+
+def add_measured_arguments(parser: argparse.ArgumentParser, no_new_flags_note: str = "") -> None:
+    """--gradcheck, --dir and --no-new-flags: what to measure and where, shared with many_files.py."""
     parser.add_argument(
         "--gradcheck",
         default="gradcheck",
@@ -595,17 +607,13 @@ def parse_args() -> argparse.Namespace:
         "--no-new-flags",
         dest="new_flags",
         action="store_false",
-        help="leave out --jobs and --no-cache (for a gradcheck without them); skips the parallel runs",
+        help=f"leave out --jobs and --no-cache (for a gradcheck without them){no_new_flags_note}",
     )
-    args = parser.parse_args()
-    args.dtypes = [d.strip() for d in args.dtypes.split(",")]
-    unknown = [d for d in args.dtypes if d not in ITEMSIZE]
-    if unknown:
-        parser.error(f"unknown dtype(s) {unknown}: choose from {', '.join(ITEMSIZE)}")
-    args.gradcheck = shutil.which(args.gradcheck) or parser.error(
-        f"{args.gradcheck} not found (pip install -e .)"
-    )
-    return args
+
+
+def find_gradcheck(parser: argparse.ArgumentParser, name: str) -> str:
+    """The full path of the gradcheck executable, or a usage error."""
+    return shutil.which(name) or parser.error(f"{name} not found (pip install -e .)")
 
 
 def main() -> None:
