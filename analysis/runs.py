@@ -76,6 +76,11 @@ def is_snapshot_name(name: str) -> bool:
 _RANK_FOLDER = re.compile(r"rank[0-9]+")
 
 
+def is_rank_folder(name: str) -> bool:
+    """Whether a directory name is one rank's folder of a multi-rank run (`rank00001`)."""
+    return _RANK_FOLDER.fullmatch(name) is not None
+
+
 def find_snapshot_files(run_dir: Path) -> list[Path]:
     """The snapshot files of a run, in natural order: directly inside `run_dir`, or in its rank folders."""
     entries = _list(run_dir)
@@ -83,7 +88,7 @@ def find_snapshot_files(run_dir: Path) -> list[Path]:
     if files:
         return files
     nested = [name for name in entries if (run_dir / name).is_dir() and _holds_snapshots(run_dir / name)]
-    ranks = [name for name in nested if _RANK_FOLDER.fullmatch(name)]
+    ranks = [name for name in nested if is_rank_folder(name)]
     if ranks:
         return [
             run_dir / rank / name

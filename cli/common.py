@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +18,7 @@ from gradcheck.analysis.config import (
     parse_threshold_option,
     with_thresholds,
 )
-from gradcheck.analysis.runs import Run
+from gradcheck.analysis.runs import Note
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
 from .console import make_console, printable
@@ -105,7 +105,7 @@ def scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None
     return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
 
 
-def warn_unreadable(run: Run) -> None:
+def warn_unreadable(notes: Iterable[Note]) -> None:
     """One warning line on stderr per unreadable file."""
-    for note in run.unreadable:
+    for note in notes:
         click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)

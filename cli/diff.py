@@ -70,7 +70,7 @@ def diff(
     except GradcheckError as error:
         raise InputError(str(error)) from None
     for run in (result.run_a, result.run_b):
-        warn_unreadable(run)
+        warn_unreadable(run.unreadable)
     code = EXIT_FINDINGS if result.changed else EXIT_OK
     if output_format == "json":
         click.echo(dumps(diff_document(result, code)))

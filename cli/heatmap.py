@@ -82,7 +82,7 @@ def heatmap(
         finally:
             if progress is not None:
                 progress.close()
-        warn_unreadable(report.run)
+        warn_unreadable(report.run.unreadable)
         if not report.readable:
             raise InputError(f"{run_dir}: no readable snapshot file")
         layers = tuple({row.layer for row in report.rows.values()})

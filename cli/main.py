@@ -107,7 +107,7 @@ def inspect(
         finally:
             if progress is not None:
                 progress.close()
-        warn_unreadable(report.run)
+        warn_unreadable(report.run.unreadable)
         if not quiet:
             _note_skipped(report)
         selection = _selection(report, step, bounds) if report.readable else ()

@@ -6,7 +6,6 @@ import functools
 import io
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,22 +19,21 @@ from rich.text import Text
 from gradcheck.analysis.config import Config
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.inspection import Report, inspect_run
-from gradcheck.analysis.runs import Note, is_snapshot_name
+from gradcheck.analysis.runs import Note, is_rank_folder, is_snapshot_name
 from gradcheck.analysis.scanning import ScanOptions
 
 from .common import (
     EXIT_FINDINGS,
-    EXIT_INPUT,
     EXIT_OK,
     InputError,
     config_options,
     scan_options,
     settle_config,
+    warn_unreadable,
 )
-from .console import make_console, printable
+from .console import make_console
 from .render import render_report, verdict
 
-_RANK_FOLDER = re.compile(r"rank[0-9]+")  # as analysis.runs reads multi-rank runs
 DEFAULT_INTERVAL = 1.0  # seconds between polls: a recorder writes every few seconds at most, stat is cheap
 WATCH_HELP = """\b
 Exit codes (on --timeout, Ctrl-C, or with --fail-fast):
@@ -78,7 +76,7 @@ def list_snapshots(run_dir: Path) -> dict[str, Signature]:
     found: dict[str, Signature] = {}
     with os.scandir(run_dir) as entries:
         for entry in entries:
-            if entry.is_dir() and _RANK_FOLDER.fullmatch(entry.name):
+            if entry.is_dir() and is_rank_folder(entry.name):
                 found.update(list_snapshots(Path(entry.path)))
             elif is_snapshot_name(entry.name) and entry.is_file():
                 info = entry.stat()
@@ -175,8 +173,7 @@ def watch(
         raise InputError(f"{run_dir}: cannot list the directory ({error.strerror or error})") from None
     report = state.report
     if report is None or not report.readable:
-        click.echo(f"gradcheck: error: {printable(str(run_dir))}: no readable snapshot file", err=True)
-        raise SystemExit(EXIT_INPUT)
+        raise InputError(f"{run_dir}: no readable snapshot file")
     raise SystemExit(EXIT_FINDINGS if report.failed or (fail_fast and report.errors) else EXIT_OK)
 
 
@@ -189,8 +186,7 @@ def _run(
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
 
     def on_update(report: Report, new_steps: list[int], warnings: list[Note]) -> None:
-        for note in warnings:
-            click.echo(f"gradcheck: warning: {printable(note.file)}: {printable(note.reason)}", err=True)
+        warn_unreadable(warnings)
         if live is not None and report.readable:
             live.update(_view(console, report), refresh=True)
         elif live is None and new_steps:
