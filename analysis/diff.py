@@ -13,6 +13,7 @@ from .metrics import layer_gradients
 from .naming import layer_of
 from .runs import Run, load_run
 from .scanning import ScanOptions
+from .stats import TensorStats, merge_all
 
 # One order of magnitude: layers a change does not touch drift less (about 2x in healthy_mlp against
 # faster_layer_mlp), and the DL4J update ratio is read in decades too.
@@ -125,20 +126,16 @@ def _layer_norms(run: Run, step: int) -> dict[str, float]:
 
 def _update_ratios(run: Run, step: int) -> dict[str, float]:
     """log10(mean|update| / mean|param|) over all elements of each layer that has both."""
-    sums: dict[str, list[float]] = {}
+    pairs: dict[str, list[tuple[TensorStats, TensorStats]]] = {}
     for param in run.params:
         update, value = run.get(step, param, "update"), run.get(step, param, "param")
-        if update is None or value is None:
-            continue
-        total = sums.setdefault(layer_of(param), [0.0, 0.0, 0.0, 0.0])
-        total[0] += update.stats.abs_sum
-        total[1] += update.stats.finite
-        total[2] += value.stats.abs_sum
-        total[3] += value.stats.finite
+        if update is not None and value is not None:
+            pairs.setdefault(layer_of(param), []).append((update.stats, value.stats))
     ratios = {}
-    for layer, (up_sum, up_count, value_sum, value_count) in sums.items():
-        if up_count and value_count and value_sum > 0 and up_sum > 0:
-            ratios[layer] = math.log10((up_sum / up_count) / (value_sum / value_count))
+    for layer, both in pairs.items():
+        updates, values = merge_all(u for u, _ in both), merge_all(v for _, v in both)
+        if updates.finite and values.finite and values.abs_sum > 0 and updates.abs_sum > 0:
+            ratios[layer] = math.log10(updates.mean_abs / values.mean_abs)
     return ratios
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import RunError
 from .inspection import Report
 from .metrics import ParamStep
-from .stats import TensorStats
+from .stats import TensorStats, merge_all
 
 METRICS = ("grad-norm", "grad-mean", "update-ratio", "param-norm")
 METRIC_LABELS = {
@@ -153,8 +153,8 @@ def _any_nonfinite(stats: Sequence[TensorStats]) -> bool:
 
 
 def _mean_abs(stats: Sequence[TensorStats]) -> float | None:
-    finite = sum(s.finite for s in stats)
-    return sum(s.abs_sum for s in stats) / finite if finite else None
+    merged = merge_all(stats)
+    return merged.mean_abs if merged.finite else None
 
 
 def _grad_norm(rows: list[ParamStep]) -> float | None:

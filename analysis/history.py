@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from .errors import GradcheckError
 from .metrics import ParamStep
+from .stats import merge_all
 
 # A trend is a fitted change of at least a tenfold in ‖g‖ over the selected steps. The healthy sample runs drift
 # by 0.3 to 1 decade over 360 steps as the loss falls (sample_runs/README.md); exploding_nan climbs 25 decades.
@@ -167,13 +168,12 @@ def depth_profile(
 
 
 def _layer_depth(layer: str, members: list[ParamStep]) -> LayerDepth:
-    stats = [row.grad.stats for row in members if row.grad is not None]
-    finite = sum(s.finite for s in stats)
+    stats = merge_all(row.grad.stats for row in members if row.grad is not None)
     return LayerDepth(
         layer=layer,
         params=tuple(row.param for row in members),
-        mean_abs=sum(s.abs_sum for s in stats) / finite if finite else None,
-        max_abs=max(s.abs_max for s in stats if s.finite) if finite else None,
-        nonfinite=sum(s.nan + s.inf for s in stats),
-        count=sum(s.count for s in stats),
+        mean_abs=stats.mean_abs if stats.finite else None,
+        max_abs=stats.max_abs if stats.finite else None,
+        nonfinite=stats.nan + stats.inf,
+        count=stats.count,
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from .errors import RunError
-from .stats import TensorStats
+from .stats import TensorStats, merge_all
 
 SHARDS_KEY = "gradcheck.shards"
 MAX_SHARDS = 1 << 20  # far above any world size; bounds the bookkeeping a corrupt count could demand
@@ -119,9 +119,7 @@ def _merge_shards(key: tuple[int, str, str], group: list[Piece]) -> Piece | tupl
             f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         return first.file, f"{_what(key)}: shard(s) {shown} of {first.shard.count} missing"
-    stats = TensorStats()
-    for index in sorted(by_index):
-        stats = stats.merge(by_index[index].stats)
+    stats = merge_all(by_index[index].stats for index in sorted(by_index))
     expected = math.prod(first.shard.shape)
     if stats.count != expected:
         return (

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +64,11 @@ class TensorStats:
             abs_sum=self.abs_sum + other.abs_sum,
             sq_sum=self.sq_sum + other.sq_sum,
         )
+
+
+def merge_all(parts: Iterable[TensorStats]) -> TensorStats:
+    """One summary of disjoint parts (chunks, shards, the parameters of a layer), merged in the order given."""
+    return functools.reduce(TensorStats.merge, parts, TensorStats())
 
 
 def summarize_array(values: np.ndarray, scratch: np.ndarray | None = None) -> TensorStats:

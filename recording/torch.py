@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradcheck.analysis.runs import KINDS
-from gradcheck.analysis.stats import TensorStats
+from gradcheck.analysis.stats import TensorStats, merge_all
 
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .writer import MODES, write_snapshot
@@ -380,10 +380,7 @@ def _unscale(grad: Any, scale: Any) -> Any:
 
 def _host_stats(torch: Any, tensor: Any) -> TensorStats:
     """TensorStats of a CPU tensor, chunk by chunk so the float64 scratch stays bounded."""
-    stats = TensorStats()
-    for chunk in tensor.reshape(-1).split(STATS_CHUNK):
-        stats = stats.merge(_host_chunk_stats(torch, chunk))
-    return stats
+    return merge_all(_host_chunk_stats(torch, chunk) for chunk in tensor.reshape(-1).split(STATS_CHUNK))
 
 
 def _host_chunk_stats(torch: Any, chunk: Any) -> TensorStats:
