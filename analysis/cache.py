@@ -9,12 +9,10 @@ uint64/float64 arrays, exact to the bit and fast to load. No pickle: an entry is
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 from array import array
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -22,6 +20,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .atomic import replace_atomically
 from .header import FileHeader, TensorEntry
 from .reader import FileScan
 from .stats import TensorStats
@@ -222,19 +221,6 @@ class StatsCache:
         data = hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
         try:
             self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_atomically(self.entry_path(path), data)
+            replace_atomically(self.entry_path(path), data)
         except OSError:
             return
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write a file under a temporary name in its directory (mode 0600), then rename it into place."""
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

@@ -6,11 +6,9 @@ Names are passed through `printable` first, then escaped as the target format ne
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from gradcheck.analysis.atomic import replace_atomically
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.config import CHECK_IDS
 from gradcheck.analysis.formatting import sci
@@ -346,16 +345,8 @@ def write_atomically(path: Path, text: str) -> None:
     target = Path(path)
     if target.is_dir():  # os.replace would fail with a less helpful "resource busy" for "."
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any new file
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    # mkstemp makes 0600; a report is as readable as any new file
+    replace_atomically(target, text.encode("utf-8"), mode=0o666 & ~_umask())
 
 
 def _umask() -> int:
