@@ -105,6 +105,11 @@ def select_steps(steps: Sequence[int], bounds: StepRange) -> tuple[int, ...]:
     return chosen
 
 
+def steps_until(steps: Sequence[int], last: int | None) -> tuple[int, ...]:
+    """The recorded steps up to `last`, inclusive: the history shown by default (none when `last` is None)."""
+    return () if last is None else tuple(step for step in steps if step <= last)
+
+
 def grad_series(
     rows: Mapping[tuple[int, str], ParamStep], param: str, steps: Sequence[int]
 ) -> tuple[Point, ...]:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
-from gradcheck.analysis.history import Point, grad_series, trend
+from gradcheck.analysis.history import Point, grad_series, steps_until, trend
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.runs import Tensor
@@ -31,7 +31,7 @@ def report_document(
     """
     run = report.run
     if selection is None:
-        selection = [s for s in run.steps if step is not None and s <= step]
+        selection = steps_until(run.steps, step)
     return {
         "schema": SCHEMA_VERSION,
         "gradcheck_version": version("gradcheck"),

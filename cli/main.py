@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.history import StepRange, parse_step_range, select_steps
+from gradcheck.analysis.history import StepRange, parse_step_range, select_steps, steps_until
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
@@ -139,8 +139,7 @@ def _selection(report: Report, step: int | None, bounds: StepRange | None) -> tu
     """The steps the history covers: --steps, else every recorded step up to --step (default: the last)."""
     if bounds is not None:
         return select_steps(report.run.steps, bounds)
-    last = resolve_step(report, step)
-    return tuple(s for s in report.run.steps if s <= last)
+    return steps_until(report.run.steps, resolve_step(report, step))
 
 
 def _formatted(output_format: str, report: Report, selection: tuple[int, ...], code: int) -> str:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import grad_series
+from gradcheck.analysis.history import grad_series, steps_until
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 
@@ -37,7 +37,7 @@ def render_report(
     console: Console, report: Report, step: int, selection: Sequence[int] | None = None
 ) -> None:
     """Print table, findings and verdict for `step`; history over `selection` (default: every step up to it)."""
-    chosen = tuple(selection) if selection else tuple(s for s in report.run.steps if s <= step)
+    chosen = tuple(selection) if selection else steps_until(report.run.steps, step)
     console.print(parameter_table(console, report, step, chosen))
     if report.findings:
         console.print()
