@@ -28,6 +28,7 @@ from .console import make_console, printable
 from .depth import render_depth
 from .diff import diff
 from .heatmap import heatmap
+from .pictures.commands import plot, report
 from .render import render_report
 from .watch import watch
 
@@ -169,3 +170,5 @@ def _note_skipped(report: Report) -> None:
 cli.add_command(heatmap)
 cli.add_command(diff)
 cli.add_command(watch)
+cli.add_command(report)
+cli.add_command(plot)
