@@ -14,7 +14,7 @@ from gradcheck.cli.main import cli
 from gradcheck.cli.pictures.charts import LAYER_COLOURS, chart_data
 
 matplotlib = pytest.importorskip("matplotlib")
-from gradcheck.cli.pictures.static import CHARTS, DPI, SIZE, figure  # noqa: E402 - after the importorskip
+from gradcheck.cli.pictures.static import CHARTS, DPI, SIZE, figure
 
 WIDTH, HEIGHT = int(SIZE[0] * DPI), int(SIZE[1] * DPI)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runs_builder import write_run
 
 from gradcheck.analysis.context import StepContext
 from gradcheck.analysis.heatmap import build_heatmap
@@ -19,8 +20,6 @@ from gradcheck.cli.main import cli
 from gradcheck.cli.pictures.charts import MAX_HEATMAP_COLUMNS, chart_data, context_series, grouped_findings
 from gradcheck.cli.pictures.page import report_html
 from gradcheck.cli.pictures.specs import datasets, specs
-
-from runs_builder import write_run
 
 SAMPLES = ("healthy_mlp", "exploding_nan", "dead_relu", "vanishing_sigmoid", "bf16_mlp", "plain_dumps")
 BUDGET = 2_000_000  # bytes, issue #15
