@@ -18,7 +18,7 @@ from gradcheck.analysis.heatmap import build_heatmap
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.cli.main import cli
 from gradcheck.cli.pictures.charts import MAX_HEATMAP_COLUMNS, chart_data, context_series, grouped_findings
-from gradcheck.cli.pictures.page import report_html
+from gradcheck.cli.pictures.page import read_zipped, report_html
 from gradcheck.cli.pictures.specs import datasets, specs
 
 SAMPLES = ("healthy_mlp", "exploding_nan", "dead_relu", "vanishing_sigmoid", "bf16_mlp", "plain_dumps")
@@ -132,7 +132,11 @@ def test_a_parameter_name_cannot_close_the_data_script(tmp_path: Path) -> None:
     write_run(tmp_path, {s: {"grad": {name: rng.normal(size=4).astype(np.float32)}} for s in range(3)})
     page = report_html(inspect_run(tmp_path), chart_data(inspect_run(tmp_path)))
     assert page.count("</script>") == page.count("<script")  # one closing tag per script element
-    assert "alert(1)" in json.loads(_page_text_script(page, "gradcheck-data"))["series"][0]["p"]
+    assert read_zipped(_page_text_script(page, "gradcheck-data"))["series"][0]["p"] == name
+    assert (
+        name
+        in json.loads(_page_text_script(page, "gradcheck-specs"))["norms"]["params"][0]["bind"]["options"]
+    )
 
 
 def _page_text_script(page: str, element_id: str) -> str:
