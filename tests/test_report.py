@@ -212,3 +212,40 @@ def test_log_values_are_rounded_but_finite(sample_runs: Path) -> None:
         assert all(
             v is None or (math.isfinite(v) and round(v, 3) == v) for v in row["g"] + row["r"] + row["m"]
         )
+
+
+def test_step_summary_says_where_the_report_artifact_is(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.example")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "org/repo")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    args = [
+        "report",
+        str(sample_runs / "dead_relu"),
+        "-o",
+        "out/gradcheck.html",
+        "--artifact",
+        "gradcheck-report",
+    ]
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        Path("out").mkdir()
+        assert runner.invoke(cli, [*args, "-q"]).exit_code == 1
+    text = summary.read_text()
+    assert (
+        "artifact `gradcheck-report`" in text
+        and "https://github.example/org/repo/actions/runs/42#artifacts" in text
+    )
+    assert "`out/gradcheck.html`" in text and "unhealthy" in text
+
+
+def test_without_github_no_summary_is_written(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    result = runner.invoke(
+        cli, ["report", str(sample_runs / "healthy_mlp"), "-o", str(tmp_path / "r.html"), "-q"]
+    )
+    assert result.exit_code == 0 and result.stderr == ""

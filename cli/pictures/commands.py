@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.heatmap import METRICS
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 
-from ..ci_formats import write_atomically
+from ..ci_formats import escape_markdown, verdict_line, write_atomically
 from ..common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -22,6 +23,7 @@ from ..common import (
     settle_config,
     warn_unreadable,
 )
+from ..console import printable
 from .charts import chart_data
 from .page import report_html
 from .static import CHARTS
@@ -46,6 +48,7 @@ Exit codes:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, metavar="FILE.html", help="Where to write the report (replaced atomically).")  # fmt: skip
 @click.option("-m", "--metric", type=click.Choice(METRICS), default="grad-norm", show_default=True, help="The heatmap's first metric (the page can switch).")  # fmt: skip
+@click.option("--artifact", metavar="NAME", help="The CI artifact the report is uploaded as, for the step summary's link.")  # fmt: skip
 @config_options
 @reading_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr (warnings stay).")
@@ -53,6 +56,7 @@ def report(
     run_dir: Path,
     output: Path,
     metric: str,
+    artifact: str | None,
     fail_on: str | None,
     config_file: Path | None,
     thresholds: tuple[str, ...],
@@ -71,6 +75,7 @@ def report(
         raise InputError(f"{output}: cannot write the report: {error.strerror or error}") from None
     if not quiet:
         click.echo(f"gradcheck: report written to {output} ({len(page.encode()) / 1e6:.2f} MB)", err=True)
+    _note_in_step_summary(result, output, artifact)
     raise SystemExit(EXIT_FINDINGS if result.failed else EXIT_OK)
 
 
@@ -113,6 +118,35 @@ def plot(
         save(drawn, output)
     except OSError as error:
         raise InputError(f"{output}: cannot write the image: {error.strerror or error}") from None
+
+
+def _note_in_step_summary(result: Report, output: Path, artifact: str | None) -> None:
+    """On GitHub Actions, tell the job summary where the report is: the file, its artifact, the run's page."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    where = f"artifact `{escape_markdown(printable(artifact))}`" if artifact else "the artifacts"
+    run_page = _run_page()
+    link = f" of [this run]({run_page}#artifacts)" if run_page else " of this run"
+    text = (
+        f"### gradcheck report\n\n{escape_markdown(verdict_line(result))}\n\n"
+        f"Charts of every layer: `{escape_markdown(printable(str(output)))}`, in {where}{link} "
+        "(one HTML file, opens offline).\n\n"
+    )
+    try:
+        with open(target, "a", encoding="utf-8") as summary:
+            summary.write(text)
+    except OSError as error:
+        click.echo(
+            f"gradcheck: warning: {printable(target)}: step summary not written: {error.strerror or error}",
+            err=True,
+        )
+
+
+def _run_page() -> str | None:
+    """The Actions run's page (its artifacts are listed there), from the variables GitHub sets in every step."""
+    parts = [os.environ.get(name, "") for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    return "{}/{}/actions/runs/{}".format(*parts) if all(parts) else None
 
 
 def _read(run_dir: Path, config, jobs: int | None, no_cache: bool, quiet: bool) -> Report:  # type: ignore[no-untyped-def]
