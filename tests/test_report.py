@@ -230,9 +230,9 @@ def test_step_summary_says_where_the_report_artifact_is(
         "--artifact",
         "gradcheck-report",
     ]
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        Path("out").mkdir()
-        assert runner.invoke(cli, [*args, "-q"]).exit_code == 1
+    monkeypatch.chdir(tmp_path)
+    Path("out").mkdir()
+    assert runner.invoke(cli, [*args, "-q"]).exit_code == 1
     text = summary.read_text()
     assert (
         "artifact `gradcheck-report`" in text
