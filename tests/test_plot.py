@@ -113,3 +113,9 @@ def test_bad_suffix_unknown_step_and_missing_metric_exit_2(
     )
     assert result.exit_code in (0, 2)
     assert result.exit_code == 0 or "update-ratio" in result.stderr
+
+
+def test_step_charts_span_every_recorded_step(sample_runs: Path) -> None:
+    data = chart_data(inspect_run(sample_runs / "exploding_nan"))
+    low, high = figure(data, "ratio").axes[0].get_xlim()
+    assert low < data.steps[0] and high > data.steps[-1]  # the NaN steps after the last finite ratio too

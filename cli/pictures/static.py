@@ -94,6 +94,10 @@ def _over_steps(ax: Axes, data: ChartData, chart: str) -> None:
         )
     if chart == "norms":
         _markers(ax, data)
+    pad = max(1.0, (data.steps[-1] - data.steps[0]) * 0.02)
+    ax.set_xlim(
+        data.steps[0] - pad, data.steps[-1] + pad
+    )  # every recorded step, even after the last finite value
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("step")
