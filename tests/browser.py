@@ -67,7 +67,8 @@ class Chromium:
     """One headless Chromium with a fresh profile, ended on exit."""
 
     def __init__(self, binary: str, width: int = 1100, height: int = 900) -> None:
-        self.profile = tempfile.TemporaryDirectory(prefix="gradcheck-chromium-")
+        # Chromium's helper processes may still write to the profile for a moment after the browser exits.
+        self.profile = tempfile.TemporaryDirectory(prefix="gradcheck-chromium-", ignore_cleanup_errors=True)
         port, dead = _free_port(), _free_port()
         args = [
             binary, *FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={self.profile.name}",

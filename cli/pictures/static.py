@@ -17,7 +17,7 @@ from .charts import (
     heatmap_cells,
     marked_steps,
 )
-from .specs import HEAT_MARKERS
+from .layer_specs import HEAT_MARKERS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
