@@ -94,3 +94,40 @@ def test_a_console_error_is_caught(chromium, tmp_path: Path) -> None:  # type: i
         page.as_uri(), {}, ready="document.body && document.body.getAttribute('data-rendered')"
     )
     assert any("boom" in error for error in result.errors)
+
+
+def test_context_section_renders_when_recorded(chromium, sample_runs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from gradcheck.analysis.inspection import inspect_run
+    from gradcheck.cli.pictures.charts import chart_data
+    from gradcheck.cli.pictures.page import report_html
+
+    report = inspect_run(sample_runs / "healthy_mlp")
+    context = {"learning rate": ((0, 1e-3), (60, 5e-4)), "loss": ((0, 2.3), (60, 0.4), (120, float("nan")))}
+    target = tmp_path / "context.html"
+    target.write_text(report_html(report, replace(chart_data(report), context=context)), encoding="utf-8")
+    page = chromium.load(
+        target.as_uri(), QUERIES, ready="document.body && document.body.getAttribute('data-rendered')"
+    )
+    assert page.errors == []
+    assert page.values["empty"] == [] and page.values["rendered"] == page.values["charts"]
+    assert "chart-context" in target.read_text() and "context-note" not in target.read_text()
+
+
+def test_a_finding_link_selects_its_layer(chromium, sample_runs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "dead.html"
+    CliRunner().invoke(cli, ["report", str(sample_runs / "dead_relu"), "-o", str(target), "-q"])
+    click = (
+        "(() => { const a = document.querySelector('#findings li a[data-layer]'); a.click();"
+        " return new Promise(r => setTimeout(() => r([a.dataset.layer, gradcheckViews[a.dataset.chart].signal('layer'),"
+        " location.hash]), 200)); })()"
+    )
+    page = chromium.load(
+        target.as_uri(),
+        {"clicked": click},
+        ready="document.body && document.body.getAttribute('data-rendered')",
+    )
+    layer, selected, anchor = page.values["clicked"]
+    assert selected == layer == "0" and anchor == "#norms"
+    assert page.errors == []

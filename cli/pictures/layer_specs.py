@@ -52,7 +52,32 @@ def flow_spec(data: ChartData) -> dict[str, Any]:
         "title": "layer (model order)",
         "axis": {"labelAngle": -40, "labelLimit": 140},
     }
-    bars = [
+    return {
+        "$schema": SCHEMA,
+        "width": {"step": max(8, min(80, WIDTH // max(1, len(data.layers))))},
+        "height": HEIGHT,
+        "params": [
+            {"name": "steps", "value": list(data.steps)},
+            {
+                "name": "at",
+                "value": last,
+                "bind": {"input": "range", "min": 0, "max": last, "step": 1, "name": "recorded step # "},
+            },
+        ],
+        "title": {
+            "text": {"expr": "'mean and max |g| per layer at step ' + steps[at]"},
+            "anchor": "start",
+            "fontSize": 12,
+        },
+        "data": {"name": "flow"},
+        "transform": [{"flatten": ["s", "mean", "max", "bad"]}, {"filter": "datum.s == steps[at]"}],
+        "layer": [*_flow_bars(x, floor), _flow_labels(x, floor), *_threshold_rules(data)],
+    }
+
+
+def _flow_bars(x: dict[str, Any], floor: float) -> list[dict[str, Any]]:
+    """Max |g| (light) behind mean |g| (dark), from `floor` up (a log axis has no zero)."""
+    return [
         {
             "transform": [
                 {"filter": f"isValid(datum.{name})"},
@@ -78,7 +103,10 @@ def flow_spec(data: ChartData) -> dict[str, Any]:
         }
         for name, colour in (("max", "#9ecae1"), ("mean", "#08519c"))
     ]
-    rules = [
+
+
+def _threshold_rules(data: ChartData) -> list[dict[str, Any]]:
+    return [
         {
             "data": {"values": [{"y": value, "t": label}]},
             "mark": {"type": "rule", "strokeDash": [4, 3], "color": colour},
@@ -89,7 +117,11 @@ def flow_spec(data: ChartData) -> dict[str, Any]:
             (data.exploding_mean, f"exploding-mean {data.exploding_mean:g}", NONFINITE_COLOUR),
         )
     ]
-    bad = {
+
+
+def _flow_labels(x: dict[str, Any], floor: float) -> dict[str, Any]:
+    """`NaN/Inf` or `all zero` written up the bar of a layer that has no magnitude to draw."""
+    return {
         "transform": [
             {"filter": "datum.bad > 0"},
             {"calculate": "datum.bad == 1 ? 'NaN/Inf' : 'all zero'", "as": "word"},
@@ -106,27 +138,6 @@ def flow_spec(data: ChartData) -> dict[str, Any]:
                 "scale": {"domain": ["NaN/Inf", "all zero"], "range": [NONFINITE_COLOUR, ZERO_COLOUR]},
             },
         },
-    }
-    return {
-        "$schema": SCHEMA,
-        "width": {"step": max(8, min(80, WIDTH // max(1, len(data.layers))))},
-        "height": HEIGHT,
-        "params": [
-            {"name": "steps", "value": list(data.steps)},
-            {
-                "name": "at",
-                "value": last,
-                "bind": {"input": "range", "min": 0, "max": last, "step": 1, "name": "recorded step # "},
-            },
-        ],
-        "title": {
-            "text": {"expr": "'mean and max |g| per layer at step ' + steps[at]"},
-            "anchor": "start",
-            "fontSize": 12,
-        },
-        "data": {"name": "flow"},
-        "transform": [{"flatten": ["s", "mean", "max", "bad"]}, {"filter": "datum.s == steps[at]"}],
-        "layer": [*bars, bad, *rules],
     }
 
 
@@ -205,34 +216,39 @@ def heat_spec(data: ChartData) -> dict[str, Any]:
             {"calculate": "datum.state == 'value' ? format(datum.v, '.2f') : datum.state", "as": "show"},
         ],
         "encoding": {"x": x, "y": base_y, "tooltip": tooltip},
-        "layer": [
-            {
-                "transform": [{"filter": "datum.state == 'value'"}],
-                "mark": "rect",
-                "encoding": {
-                    "color": {
-                        "field": "v",
-                        "type": "quantitative",
-                        "scale": {"scheme": HEATMAP_SCHEME},
-                        "title": "log10",
-                    }
-                },
-            },
-            {
-                "transform": [{"filter": "datum.state != 'value'"}],
-                "mark": {"type": "rect", "stroke": "#eeeeee", "strokeWidth": 0.5},
-                "encoding": {
-                    "fill": {
-                        "field": "state",
-                        "type": "nominal",
-                        "title": "marker",
-                        "scale": {"domain": list(HEAT_MARKERS), "range": list(HEAT_MARKERS.values())},
-                    }
-                },
-            },
-        ],
+        "layer": _heat_layers(),
         "resolve": {"scale": {"color": "independent"}},
     }
+
+
+def _heat_layers() -> list[dict[str, Any]]:
+    """Magnitudes on the inferno scale, marker cells (NaN/Inf, zero, not recorded) in fixed colours."""
+    return [
+        {
+            "transform": [{"filter": "datum.state == 'value'"}],
+            "mark": "rect",
+            "encoding": {
+                "color": {
+                    "field": "v",
+                    "type": "quantitative",
+                    "scale": {"scheme": HEATMAP_SCHEME},
+                    "title": "log10",
+                }
+            },
+        },
+        {
+            "transform": [{"filter": "datum.state != 'value'"}],
+            "mark": {"type": "rect", "stroke": "#eeeeee", "strokeWidth": 0.5},
+            "encoding": {
+                "fill": {
+                    "field": "state",
+                    "type": "nominal",
+                    "title": "marker",
+                    "scale": {"domain": list(HEAT_MARKERS), "range": list(HEAT_MARKERS.values())},
+                }
+            },
+        },
+    ]
 
 
 def context_spec() -> dict[str, Any]:
