@@ -118,7 +118,7 @@ def main() -> None:
         f"size: {size / 1e6:.2f} MB ({size / BUDGET_BYTES:.2f} of the 2 MB budget; libraries {floor / 1e6:.2f} MB)"
     )
     print(
-        f"write: {build * 1e3:.0f} ms ({build / as_json:.2f}x inspect --format json, {as_json * 1e3:.0f} ms)"
+        f"gradcheck report: {build:.2f} s ({build / as_json:.2f}x gradcheck inspect --format json, {as_json:.2f} s)"
     )
     print(
         f"render in chromium: {render:.2f} s ({render / BUDGET_SECONDS:.2f} of the 2 s budget; "
