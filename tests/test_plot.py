@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,25 @@ def test_step_charts_span_every_recorded_step(sample_runs: Path) -> None:
     data = chart_data(inspect_run(sample_runs / "exploding_nan"))
     low, high = figure(data, "ratio").axes[0].get_xlim()
     assert low < data.steps[0] and high > data.steps[-1]  # the NaN steps after the last finite ratio too
+
+
+def test_without_matplotlib_plot_exits_2_with_the_extra_to_install(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    args = ["plot", str(sample_runs / "healthy_mlp"), "--chart", "flow", "-o", str(tmp_path / "f.png")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2
+    assert (
+        "needs matplotlib: pip install 'gradcheck[report]'" in result.stderr
+        and not (tmp_path / "f.png").exists()
+    )
+
+
+def test_analysis_and_the_cli_start_without_plotting_libraries() -> None:
+    code = (
+        "import sys, gradcheck.cli.main, gradcheck.analysis.heatmap, gradcheck.analysis.history;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'PIL')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

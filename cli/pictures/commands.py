@@ -111,7 +111,9 @@ def plot(
     except GradcheckError as error:
         raise InputError(str(error)) from None
     except ModuleNotFoundError as error:
-        raise InputError(f"gradcheck plot needs {error.name}: pip install 'gradcheck[report]'") from None
+        raise InputError(
+            f"gradcheck plot needs {(error.name or 'matplotlib').split('.')[0]}: pip install 'gradcheck[report]'"
+        ) from None
     except ValueError as error:
         raise InputError(f"{run_dir}: {error}") from None
     try:
