@@ -26,7 +26,7 @@ from ..common import (
 from ..console import printable
 from .charts import chart_data
 from .page import report_html
-from .static import CHARTS
+from .static import CHARTS, figure, save
 
 REPORT_EXIT_HELP = """\b
 Exit codes:
@@ -100,10 +100,6 @@ def plot(
     """Draw one chart of RUN_DIR as a PNG or SVG (for papers, READMEs and PR comments)."""
     if output.suffix.lower() not in (".png", ".svg"):
         raise InputError(f"{output}: --output must end in .png or .svg")
-    try:
-        from .static import figure, save
-    except ImportError:  # pragma: no cover - the import of matplotlib is inside figure()
-        raise InputError("gradcheck plot needs matplotlib: pip install 'gradcheck[report]'") from None
     result = _read(run_dir, None, jobs, no_cache, quiet)
     try:
         shown = resolve_step(result, step)
@@ -114,8 +110,6 @@ def plot(
         raise InputError(
             f"gradcheck plot needs {(error.name or 'matplotlib').split('.')[0]}: pip install 'gradcheck[report]'"
         ) from None
-    except ValueError as error:
-        raise InputError(f"{run_dir}: {error}") from None
     try:
         save(drawn, output)
     except OSError as error:

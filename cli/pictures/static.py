@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradcheck.analysis.errors import GradcheckError
+
 from .charts import (
     BAND_COLOUR,
     HEATMAP_SCHEME,
@@ -27,6 +29,10 @@ CHARTS = ("flow", "norms", "ratio", "param", "heatmap")
 SIZE = (9.0, 4.5)  # inches; at 100 dpi a 900 x 450 PNG, wide enough for a README or a PR comment
 DPI = 100
 LEGEND_MAX = 12  # more layers than this: no legend (it would cover the lines)
+
+
+class ChartError(GradcheckError):
+    """A chart asked for what the run does not have (a step not recorded, a metric with no value)."""
 
 
 def figure(data: ChartData, chart: str, *, step: int | None = None, metric: str = "grad-norm") -> Figure:
@@ -131,7 +137,7 @@ def _markers(ax: Axes, data: ChartData) -> None:
 def _flow(ax: Axes, data: ChartData, step: int) -> None:
     """plot_grad_flow: max |g| (light) behind mean |g| (dark) per layer in model order, thresholds dashed."""
     if step not in data.flow:
-        raise ValueError(f"step {step} was not recorded")
+        raise ChartError(f"{data.run}: step {step} was not recorded")
     layers = data.flow[step]
     x = np.arange(len(layers))
     means = np.array([np.nan if d.mean_abs is None or d.mean_abs <= 0 else d.mean_abs for d in layers])
@@ -177,7 +183,7 @@ def _heatmap(fig: Figure, ax: Axes, data: ChartData, metric: str) -> None:
     from matplotlib.colors import ListedColormap
 
     if metric not in data.heatmaps:
-        raise ValueError(f"no layer has a value for the metric {metric}")
+        raise ChartError(f"{data.run}: no layer has a value for --metric {metric}")
     drawn = data.heatmaps[metric]
     bad, zero, missing = heatmap_cells(drawn)
     values = np.where(drawn.finite, drawn.values, np.nan)
