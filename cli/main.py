@@ -78,6 +78,7 @@ def cli() -> None:
 )
 @reading_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings stay).")
+@click.option("-v", "--verbose", is_flag=True, help="Findings in full: every parameter, no line cut short.")
 def inspect(
     run_dir: Path,
     step: int | None,
@@ -94,6 +95,7 @@ def inspect(
     jobs: int | None,
     no_cache: bool,
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
     if step is not None and steps_range is not None:
@@ -127,7 +129,7 @@ def inspect(
     elif shown is not None and view == "depth":
         render_depth(make_console(color=color), report, shown)
     elif shown is not None:
-        render_report(make_console(color=color), report, shown, selection)
+        render_report(make_console(color=color), report, shown, selection, verbose=verbose)
     if output_format == "github":
         append_step_summary(report, shown)
     if problem:
