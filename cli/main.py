@@ -26,7 +26,7 @@ from .common import (
 )
 from .console import make_console, printable
 from .depth import render_depth
-from .diff import diff
+from .diff import baseline, diff
 from .heatmap import heatmap
 from .render import render_report
 from .watch import watch
@@ -170,4 +170,5 @@ def _note_skipped(report: Report) -> None:
 
 cli.add_command(heatmap)
 cli.add_command(diff)
+cli.add_command(baseline)
 cli.add_command(watch)

@@ -226,7 +226,7 @@ def findings_lines(
     story = tell(report.findings, report.run.params)
     lines = [Text("Findings, by first step (--verbose: every parameter in full)", style="bold")]
     lines += [Text(f"likely cause: {cause.text}", style="bold") for cause in story.causes]
-    problem_width = max(len(group.problem) for group in story.groups)
+    problem_width = max((len(group.problem) for group in story.groups), default=0)
     for group in story.groups:
         steps = {step for f in group.findings for step in f.steps}
         outside = selected is not None and selected.isdisjoint(steps)
