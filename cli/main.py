@@ -24,6 +24,7 @@ from .common import (
     settle_config,
     warn_unreadable,
 )
+from .config_cmd import config, warn_config
 from .console import make_console, printable
 from .depth import render_depth
 from .diff import baseline, diff
@@ -110,6 +111,7 @@ def inspect(
             if progress is not None:
                 progress.close()
         warn_unreadable(report.run.unreadable)
+        warn_config(config, report.run.params)
         if not quiet:
             _note_skipped(report)
         selection = _selection(report, step, bounds) if report.readable else ()
@@ -171,4 +173,5 @@ def _note_skipped(report: Report) -> None:
 cli.add_command(heatmap)
 cli.add_command(diff)
 cli.add_command(baseline)
+cli.add_command(config)
 cli.add_command(watch)
