@@ -61,7 +61,8 @@ def render_depth(console: Console, report: Report, step: int) -> None:
     marks = {"V": math.log10(t.vanishing_mean), "E": math.log10(t.exploding_mean)}
     statuses = {layer.layer: _status(report.findings, layer, step) for layer in layers}
     status_width = max((len(text) for text, _ in statuses.values()), default=0)
-    rows = fit([layer.layer for layer in layers], max(12, console.width // _NAME_SHARE))
+    spare = console.width - 2 * 9 - 2 - _MIN_BAR - (status_width + 1 if status_width else 0) - 1
+    rows = fit([layer.layer for layer in layers], max(20, min(console.width // _NAME_SHARE, spare)))
     name_width = max(len("layer"), *(len(shown) for _, shown in rows))
     fixed = name_width + 2 * 9 + 2 + (status_width + 1 if status_width else 0)
     axis = _axis(layers, marks, max(_MIN_BAR, console.width - fixed))
@@ -72,7 +73,8 @@ def render_depth(console: Console, report: Report, step: int) -> None:
         if name is None:
             console.print(Text(shown, style="bold"))
         else:
-            console.print(_line(by_name[name], shown, statuses, name_width, axis, marks, glyphs))
+            line = _line(by_name[name], shown, statuses, name_width, axis, marks, glyphs)
+            console.print(line, no_wrap=True, overflow="ellipsis")  # below 60 columns the status is cut
     pad = " " * len(header)
     console.print(Text(pad) + _axis_line(axis, marks, glyphs))
     console.print(pad + _labels(axis))
