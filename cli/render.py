@@ -12,7 +12,7 @@ from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import grad_series, steps_until
+from gradcheck.analysis.history import SPARK_WIDTH, grad_series, steps_until
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.naming import layer_of
@@ -27,12 +27,25 @@ _LABEL = {"error": "ERROR", "warning": "warn"}
 _MAGNITUDE_PROBLEMS = frozenset({"vanishing", "exploding", "nonfinite", "dead"})
 
 
+_NARROW = "narrow history"  # not a column: the step of _DROP_ORDER that halves the sparkline before `upd ratio` goes
+_NARROW_SPARK = 8
 _COLUMNS = (
     "parameter", "shape", "dtype", "min|g|", "mean|g|", "max|g|", "‖g‖", "log10", "upd ratio", "depth",
     "‖g‖ history", "status",
 )  # fmt: skip
 # On a narrow terminal these go first, in this order, until the table fits; the rest always stay.
-_DROP_ORDER = ("shape", "dtype", "min|g|", "max|g|", "‖g‖", "depth", "log10", "upd ratio", "‖g‖ history")
+_DROP_ORDER = (
+    "shape",
+    "dtype",
+    "min|g|",
+    "max|g|",
+    "‖g‖",
+    "depth",
+    "log10",
+    _NARROW,
+    "upd ratio",
+    "‖g‖ history",
+)
 _MIN_NAME = 12  # a narrower name column first drops a number column
 _LEFT = frozenset({"parameter", "shape", "dtype", "‖g‖ history", "status"})
 
@@ -86,15 +99,21 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     params = [row.param for row in rows]
     longest = max((len(printable(p)) for p in params), default=9)
     enough = min(longest, max(structural_width(params), _MIN_NAME))
-    names = list(_COLUMNS)
+    names, spark = list(_COLUMNS), SPARK_WIDTH
     for dropped in (None, *_DROP_ORDER):
-        if dropped is not None:
+        if dropped == _NARROW:
+            spark = _NARROW_SPARK
+            widths["‖g‖ history"] = _NARROW_SPARK + 2
+        elif dropped is not None:
             names.remove(dropped)
         room = _room(console.width, names, widths)
         if room >= enough:
             break
+    if spark != SPARK_WIDTH:
+        for row, row_cells in zip(rows, cells, strict=True):
+            row_cells["‖g‖ history"] = history_cell(grad_series(report.rows, row.param, chosen), spark)
     name_width = max(len("parameter"), min(longest, room))
-    table = _build_table(chosen, names)
+    table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
     fitted = fit(params, name_width)
     by_param = dict(zip(params, cells, strict=True))
     grouped = len(fitted) > len(params)
@@ -104,8 +123,8 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
             table.add_row(*(Text(shown, style="bold") if n == "parameter" else "" for n in names))
             continue
         row_cells = {**by_param[param], "parameter": Text(shown)}
-        if grouped:
-            end = i + 1 == len(fitted) or following is None
+        if grouped:  # a line above each block header, none above a sub-header (indented)
+            end = i + 1 == len(fitted) or (following is None and not fitted[i + 1][1].startswith(" "))
         else:
             end = following is None or layer_of(following) != layer_of(param)
         table.add_row(*(row_cells[name] for name in names), end_section=end)
@@ -122,7 +141,7 @@ def _cell_len(cell: Text | str) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def _build_table(chosen: tuple[int, ...], names: list[str]) -> Table:
+def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = False) -> Table:
     span = f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
     table = Table(
         header_style="bold",
@@ -134,6 +153,9 @@ def _build_table(chosen: tuple[int, ...], names: list[str]) -> Table:
         caption_justify="left",
     )
     for name in names:
+        if narrow and name == "‖g‖ history":  # the header wraps to two lines, the sparkline fits its width
+            table.add_column(name, width=_NARROW_SPARK + 2, no_wrap=False)
+            continue
         table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
     return table
 

@@ -214,7 +214,7 @@ def test_depth_view_on_the_command_line(runner: CliRunner, monkeypatch: pytest.M
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = _inspect(runner, "--view", "depth", "--step", "9")
     assert 1 == code
-    assert "step 9: mean and max |g| per layer" in out.splitlines()[0]
+    assert "step 9: mean, max |g| per layer" in out.splitlines()[0]
     assert sum("ERROR exploding" in line for line in out.splitlines()) == 3
     assert max(len(line) for line in out.splitlines()) <= 80
 
