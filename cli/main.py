@@ -29,6 +29,7 @@ from .console import make_console, printable
 from .depth import render_depth
 from .diff import baseline, diff
 from .heatmap import heatmap
+from .help_cmd import help_command
 from .render import render_report
 from .watch import watch
 
@@ -43,7 +44,8 @@ Exit codes:
 Config: [tool.gradcheck] in the nearest pyproject.toml (searched
 from the current directory upwards) or --config FILE; command-line
 options override it. Keys: fail-on, ignore, [thresholds], and
-[[overrides]] with params globs. See docs/CONFIG.md.
+[[overrides]] with params globs. `gradcheck config` shows the
+settings in force; more: gradcheck help config.
 """
 
 
@@ -66,7 +68,7 @@ def cli() -> None:
 )  # fmt: skip
 @click.option(
     "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="table for people, json for machines (docs/JSON.md); github, markdown, junit for CI (docs/CI.md).",
+    help="table for people, json for machines (gradcheck help json); github, markdown, junit for CI (gradcheck help ci).",
 )  # fmt: skip
 @click.option(
     "--output", type=click.Path(path_type=Path), metavar="FILE",
@@ -174,4 +176,5 @@ cli.add_command(heatmap)
 cli.add_command(diff)
 cli.add_command(baseline)
 cli.add_command(config)
+cli.add_command(help_command)
 cli.add_command(watch)
