@@ -207,7 +207,7 @@ def _wide_run(run: Path, steps: range, params: int = 100, nan_at: int | None = N
 
 def test_dashboard_fits_80x24_with_verdict_findings_and_a_cut_table(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _wide_run(run, range(0, 4), nan_at=3)
+    _wide_run(run, range(4), nan_at=3)
     report = inspect_run(run)
     lines = watch_module.dashboard(report, 80, 24)
     plain = [line.plain for line in lines]
