@@ -248,22 +248,25 @@ def findings_lines(
     story = tell(report.findings, report.run.params)
     lines = [Text("Findings, by first step (--verbose: every parameter in full)", style="bold")]
     lines += [Text(f"likely cause: {cause.text}", style="bold") for cause in story.causes]
-    problem_width = max((len(group.problem) for group in story.groups), default=0)
-    for group in story.groups:
+    # a group found by one check shows that check (`exploding-relative`, `shrink`), else its problem
+    labels = [g.checks[0] if len(g.checks) == 1 else g.problem for g in story.groups]
+    problem_width = max(map(len, labels), default=0)
+    for group, label in zip(story.groups, labels, strict=True):
         steps = {step for f in group.findings for step in f.steps}
         outside = selected is not None and selected.isdisjoint(steps)
         line = Text(f" {_LABEL[group.severity]:<5} ", style=_SEVERITY_STYLE[group.severity])
         where = group.when + (", outside" if outside else "")
-        line.append(
-            f"{group.problem:<{problem_width}}  {printable(group.who)}, {where}: {printable(group.message)}"
-        )
+        line.append(f"{label:<{problem_width}}  {printable(group.who)}, {where}: {printable(group.message)}")
         if outside:
             line.stylize("dim")
         if not verbose:
             line.no_wrap, line.overflow = True, "ellipsis"
         lines.append(line)
         if verbose:
-            lines += [Text(f"         {printable(f.param)}: {printable(f.message)}") for f in group.findings]
+            lines += [
+                Text(f"         {printable(f.param)} [{f.check}]: {printable(f.message)}")
+                for f in group.findings
+            ]
     lines.append(Text())
     hints = [("likely cause", cause.hint) for cause in story.causes] + list(story.hints)
     lines += [Text(f"hint ({problem}): {hint}", style="dim") for problem, hint in hints]
@@ -272,7 +275,7 @@ def findings_lines(
 
 def verdict(report: Report) -> Text:
     """One line that says whether the run is healthy and, if not, what and since when."""
-    scope = f"{len(report.run.params)} parameters, {len(report.run.steps)} recorded steps"
+    scope = f"{_count(len(report.run.params), 'parameter')}, {_count(len(report.run.steps), 'recorded step')}"
     errors = [f for f in report.findings if f.severity == "error"]
     warnings = [f for f in report.findings if f.severity == "warning"]
     if not report.findings:
