@@ -130,12 +130,11 @@ def follow(
     fail_fast: bool = False,
     idle: float | None = None,
 ) -> WatchState:
-    """Poll until the timeout, or `idle` seconds without a new or changed snapshot file (Ctrl-C is the
-    caller's to catch), calling `on_update` on every change."""
+    """Poll until the timeout, or `idle` seconds without a new or changed snapshot file once there is one
+    (Ctrl-C is the caller's to catch), calling `on_update` on every change."""
     state = WatchState()
-    start = time.monotonic()
-    deadline = math.inf if timeout is None else start + timeout
-    last_change = start
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    last_change = math.inf  # --idle counts from the first snapshot file: before it, training is starting up
     while True:
         files = state.listed
         news = poll(run_dir, state, inspect)
@@ -149,9 +148,9 @@ def follow(
         if idle is not None and now - last_change >= idle:
             state.idled = True
             return state
-        remaining = min(deadline, math.inf if idle is None else last_change + idle) - now
         if deadline - now <= 0:
             return state
+        remaining = min(deadline, math.inf if idle is None else last_change + idle) - now
         time.sleep(max(0.0, min(interval, remaining)))
 
 

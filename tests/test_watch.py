@@ -250,8 +250,11 @@ def test_waits_for_the_run_folder_then_idle_ends_it_with_the_full_report(
     assert lines[-1].startswith("✓ healthy")
 
 
-def test_idle_counts_from_the_start_when_nothing_arrives(runner: CliRunner, tmp_path: Path) -> None:
+def test_idle_counts_from_the_first_snapshot_timeout_bounds_the_wait(
+    runner: CliRunner, tmp_path: Path
+) -> None:
     started = time.monotonic()
-    result = runner.invoke(cli, ["watch", str(tmp_path / "never"), "--interval", "0.05", "--idle", "0.3"])
-    assert 2 == result.exit_code and time.monotonic() - started < 5
+    args = ["watch", str(tmp_path / "never"), "--interval", "0.05", "--idle", "0.2", "--timeout", "1"]
+    result = runner.invoke(cli, args)
+    assert 2 == result.exit_code and 1 <= time.monotonic() - started < 5  # --timeout ended it, not --idle
     assert "no readable snapshot file" in result.stderr
