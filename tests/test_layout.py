@@ -23,6 +23,7 @@ from gradcheck.recording.writer import save_snapshot
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "layout"
 WIDTHS = (60, 80, 120, 200)
+DEEP = Path("a_very_long_folder_name_" * 4, "gpt2_nan")  # a run path longer than the terminal
 _BLOCK = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
           "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
           "mlp.c_proj.bias")  # fmt: skip
@@ -60,6 +61,7 @@ def _write(run: Path, names: tuple[str, ...], *, lr: float, blow_up: int | None,
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("layout")
     _write(root / "gpt2_nan", GPT2, lr=1.0, blow_up=4, seed=0)
+    _write(root / DEEP, GPT2, lr=1.0, blow_up=4, seed=0)
     _write(root / "gpt2_ok", GPT2, lr=1e-3, blow_up=None, seed=1)
     _write(root / "lora_ok", LORA, lr=1e-3, blow_up=None, seed=2)
     _write(
@@ -159,3 +161,23 @@ def test_diff_of_disjoint_runs_is_exit_2(
     assert 2 == result.exit_code and "share no layer" in result.stderr and result.stdout == ""
     allowed = runner.invoke(cli, ["diff", "lora_ok", "lora_disjoint", "--allow-disjoint"])
     assert 0 == allowed.exit_code and "removed" in allowed.stdout and "added" in allowed.stdout
+
+
+@pytest.mark.parametrize("command", ["inspect", "depth", "heatmap", "diff"])
+def test_a_run_path_longer_than_the_terminal_is_shortened(
+    runner: CliRunner, runs: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    deep = runs / ("a_very_long_folder_name_" * 4) / "gpt2_nan"
+    if not deep.exists():
+        deep.parent.mkdir(parents=True, exist_ok=True)
+        (runs / "gpt2_nan").rename(deep)
+        deep.parent.joinpath("..", "gpt2_nan").resolve().symlink_to(
+            deep
+        )  # keep the other tests' path working
+    monkeypatch.setenv("COLUMNS", "60")
+    args = COMMANDS[command](str(deep), 60)
+    if command == "diff":
+        args = ["diff", str(runs / "gpt2_ok"), str(deep)]
+    out = runner.invoke(cli, args).stdout
+    assert len(str(deep)) > 100 and "…" in out.splitlines()[0]
+    assert max(len(line) for line in out.splitlines()) <= 60
