@@ -88,7 +88,7 @@ def diff(
     """Compare RUN_A with RUN_B layer by layer: gradient norms and update ratios at matching steps."""
     scan = scan_options(jobs, no_cache)
     try:
-        a, b = (load_baseline(side) if side.is_file() else side for side in (run_a, run_b))
+        a, b = (load_baseline(side) if _is_baseline(side) else side for side in (run_a, run_b))
         result = diff_runs(
             a, b, factor=factor, update_factor=update_factor, scan=scan, allow_disjoint=allow_disjoint
         )
@@ -246,3 +246,8 @@ def baseline(run_dir: Path, output: Path, jobs: int | None, no_cache: bool) -> N
     except OSError as error:
         raise InputError(f"{output}: cannot write the baseline file: {error.strerror or error}") from None
     raise SystemExit(EXIT_OK)
+
+
+def _is_baseline(path: Path) -> bool:
+    """A file stands in for a run (a run is a folder); a lone snapshot file is left to the run reader's message."""
+    return path.is_file() and not path.name.endswith(".safetensors")
