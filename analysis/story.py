@@ -35,6 +35,11 @@ class Group:
     findings: tuple[Finding, ...]
 
     @property
+    def label(self) -> str:
+        """The problem, or the one warning check that found it (`exploding-relative`)."""
+        return label(self.problem, self.severity, self.checks)
+
+    @property
     def who(self) -> str:
         """`all 6 parameters`, `0.weight`, or `3 parameters`."""
         if self.all_params and len(self.params) > 1:
@@ -89,11 +94,23 @@ def first_steps(findings: Sequence[Finding]) -> dict[tuple[str, str], int]:
 
 
 def worst_of(findings: Sequence[Finding]) -> tuple[str, str, int] | None:
-    """(severity, problem, first step) of a parameter's worst finding over the run: errors first, then earliest."""
+    """(severity, label, first step) of a parameter's worst finding over the run: errors first, then earliest.
+
+    The label is the problem, or the check for a warning that only resembles it (see `label`).
+    """
     if not findings:
         return None
     worst = min(findings, key=lambda f: (f.severity != "error", f.step))
-    return worst.severity, worst.problem, worst.step
+    checks = tuple(dict.fromkeys(f.check for f in findings if f.problem == worst.problem))
+    return worst.severity, label(worst.problem, worst.severity, checks), worst.step
+
+
+def label(problem: str, severity: str, checks: Sequence[str]) -> str:
+    """What to call a finding: its problem, except a warning from one check that is not the problem itself
+    (`exploding-relative`, `shrink`): those only point towards the problem, and say so by their name."""
+    if severity == "warning" and len(checks) == 1 and checks[0] != problem:
+        return checks[0]
+    return problem
 
 
 def _groups(findings: Sequence[Finding], params: Sequence[str]) -> list[Group]:

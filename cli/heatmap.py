@@ -112,13 +112,16 @@ def render_heatmap(console: Console, drawn: Heatmap, *, title: str) -> None:
     lo, hi = (low[0], high[0]) if low and high else (0.0, 0.0)
     codes = scale_levels(drawn.values, drawn.missing, lo, hi, len(RAMP))
     console.print(Text(title), no_wrap=True, overflow="ellipsis")
-    console.print(Text(f"{'layer':>{names}}{GUTTER}steps", style="bold"), no_wrap=True)
+    align = "<" if len(rows) > len(drawn.layers) else ">"  # indented rows under headers keep their indent
+    console.print(Text(f"{'layer':{align}{names}}{GUTTER}steps", style="bold"), no_wrap=True)
     by_layer = dict(zip(drawn.layers, codes, strict=True))
     for layer, shown in rows:
         if layer is None:
             console.print(Text(f"{shown:<{names}}", style="bold") + Text(GUTTER.rstrip()), no_wrap=True)
             continue
-        line = Text(f"{shown:>{names}}{GUTTER}")
+        line = Text(
+            f"{shown:<{names}}{GUTTER}" if len(rows) > len(drawn.layers) else f"{shown:>{names}}{GUTTER}"
+        )
         for code in by_layer[layer]:
             line.append_text(_cell(int(code), cell, colour))
         console.print(line, no_wrap=True, overflow="crop")

@@ -248,15 +248,15 @@ def findings_lines(
     story = tell(report.findings, report.run.params)
     lines = [Text("Findings, by first step (--verbose: every parameter in full)", style="bold")]
     lines += [Text(f"likely cause: {cause.text}", style="bold") for cause in story.causes]
-    # a group found by one check shows that check (`exploding-relative`, `shrink`), else its problem
-    labels = [g.checks[0] if len(g.checks) == 1 else g.problem for g in story.groups]
-    problem_width = max(map(len, labels), default=0)
-    for group, label in zip(story.groups, labels, strict=True):
+    problem_width = max((len(group.label) for group in story.groups), default=0)
+    for group in story.groups:
         steps = {step for f in group.findings for step in f.steps}
         outside = selected is not None and selected.isdisjoint(steps)
         line = Text(f" {_LABEL[group.severity]:<5} ", style=_SEVERITY_STYLE[group.severity])
         where = group.when + (", outside" if outside else "")
-        line.append(f"{label:<{problem_width}}  {printable(group.who)}, {where}: {printable(group.message)}")
+        line.append(
+            f"{group.label:<{problem_width}}  {printable(group.who)}, {where}: {printable(group.message)}"
+        )
         if outside:
             line.stylize("dim")
         if not verbose:

@@ -128,3 +128,11 @@ def test_json_carries_the_story(runner: CliRunner, sample_runs: Path) -> None:
         {"problem": "exploding", "first_step": 6}, {"problem": "nonfinite", "first_step": 11},
     ]  # fmt: skip
     assert len(doc["findings"]) == 35  # the findings themselves stay complete, one per check and kind
+
+
+def test_a_warning_that_only_points_to_a_problem_is_called_by_its_check() -> None:
+    relative = [finding("exploding-relative", "a.weight", 3, 5, problem="exploding")]
+    assert tell(relative, PARAMS).groups[0].label == "exploding-relative"
+    assert worst_of(relative) == ("warning", "exploding-relative", 3)
+    spike = [finding("spike", "a.weight", 3, 5, problem="exploding")]
+    assert tell(spike, PARAMS).groups[0].label == "exploding" and worst_of(spike)[1] == "exploding"
