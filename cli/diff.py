@@ -24,6 +24,7 @@ Exit codes:
   0  no layer moved more than the factors allow
   1  some layer moved more (flagged)
   2  usage error, unreadable run, or no recorded step in common
+  3  internal error (rerun with gradcheck --debug)
 
 \b
 Per layer, at the steps both runs recorded: log10 of the gradient

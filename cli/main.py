@@ -26,6 +26,7 @@ from .common import (
 )
 from .console import make_console, printable
 from .depth import render_depth
+from .guard import DEBUG_ENV, GuardedGroup
 from .diff import diff
 from .heatmap import heatmap
 from .render import render_report
@@ -37,6 +38,8 @@ Exit codes:
   1  findings at the --fail-on level
   2  usage error, bad config, or no readable snapshot
      (with --strict: any unreadable file)
+  3  internal error (a bug): one line on stderr; rerun with
+     `gradcheck --debug ...` for the traceback
 
 \b
 Config: [tool.gradcheck] in the nearest pyproject.toml (searched
@@ -44,11 +47,19 @@ from the current directory upwards) or --config FILE; command-line
 options override it. Keys: fail-on, ignore, [thresholds], and
 [[overrides]] with params globs. See docs/CONFIG.md.
 """
+GROUP_HELP = """\b
+Exit codes: 0 healthy, 1 findings, 2 bad input or usage,
+3 internal error (one line on stderr; rerun with --debug,
+placed before the command, for the traceback). See docs/BAD_INPUT.md.
+"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=GROUP_HELP)
 @click.version_option(version("gradcheck"), "-V", "--version", prog_name="gradcheck")
-def cli() -> None:
+@click.option(
+    "--debug", is_flag=True, help=f"Show the traceback of an internal error (exit 3); or set {DEBUG_ENV}=1."
+)
+def cli(debug: bool) -> None:
     """Find vanishing, exploding, NaN and dead gradients in a training run's safetensors snapshots."""
 
 

@@ -41,6 +41,7 @@ Exit codes (on --timeout, Ctrl-C, or with --fail-fast):
   1  findings at the --fail-on level (--fail-fast: at the first
      error finding, right away)
   2  usage error, bad config, or no readable snapshot by the end
+  3  internal error (rerun with gradcheck --debug)
 
 \b
 Polls RUN_DIR every --interval seconds. A file whose size or mtime
