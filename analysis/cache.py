@@ -26,11 +26,11 @@ from .reader import FileScan
 from .stats import TensorStats
 
 # Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the sums' scale (stats.py)
 _DIGEST_CHARS = 64  # a sha256 in hex
 _SUFFIX = ".scan"
 _COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
-_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum")
+_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum", "scale")
 _SWAP = sys.byteorder == "big"  # columns are stored little-endian
 
 

@@ -26,8 +26,8 @@ from .common import (
 )
 from .console import make_console, printable
 from .depth import render_depth
-from .guard import DEBUG_ENV, GuardedGroup
 from .diff import diff
+from .guard import DEBUG_ENV, GuardedGroup
 from .heatmap import heatmap
 from .render import render_report
 from .watch import watch
