@@ -151,6 +151,7 @@ def follow(
 )
 @config_options
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
+@click.option("--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache.")
 def watch(
     run_dir: Path,
     interval: float,
@@ -161,10 +162,11 @@ def watch(
     thresholds: tuple[str, ...],
     ignore: tuple[str, ...],
     color: bool | None,
+    no_cache: bool,
 ) -> None:
     """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
     console = make_console(color=color)
-    scan = scan_options(1, no_cache=False)  # with the cache, each refresh reads only new or changed files
+    scan = scan_options(1, no_cache=no_cache)  # with the cache, each refresh reads only new or changed files
     try:
         config = settle_config(config_file, thresholds, ignore, fail_on)
         state = _run(run_dir, config, scan, console, interval=interval, timeout=timeout, fail_fast=fail_fast)

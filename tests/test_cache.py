@@ -79,7 +79,14 @@ def test_round_trip_is_exact(stored: tuple[str, FileIdentity, FileScan], cache: 
 def test_floats_round_trip_to_the_bit(cache: StatsCache, tmp_path: Path) -> None:
     name, identity, scan = scanned(snapshot(tmp_path / "s.safetensors"))
     odd = TensorStats(
-        5, 0, 0, 0, 5e-324, 1.7976931348623157e308, 0.1 + 0.2, float.fromhex("0x1.fffffffffffffp-1")
+        scan.stats["grad/fc.weight"].count,
+        0,
+        0,
+        0,
+        5e-324,
+        1.7976931348623157e308,
+        0.1 + 0.2,
+        float.fromhex("0x1.fffffffffffffp-1"),
     )
     scan = dataclasses.replace(scan, stats={**scan.stats, "grad/fc.weight": odd})
     cache.put(name, identity, scan)
