@@ -32,8 +32,8 @@ with atheris.instrument_imports(include=["gradcheck"]):
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fuzz_common import call, limit_memory  # noqa: E402
-from st_files import write_arrays  # noqa: E402
+from fuzz_common import call, limit_memory
+from st_files import write_arrays
 
 KEY = {"format": 3, "version": "0.1.0", "path": "/run/step_1.safetensors", "identity": [1, 2, 96, 4, 5]}
 
@@ -42,7 +42,7 @@ def _use(scan: object) -> None:
     """What the analysis does with a cached scan: make pieces, read every derived number."""
     for piece in pieces_of_scan(scan, 1):  # type: ignore[arg-type]
         stats = piece.stats
-        (stats.norm, stats.rms, stats.mean_abs, stats.log10_norm, stats.min_abs, stats.max_abs)
+        _ = (stats.norm, stats.rms, stats.mean_abs, stats.log10_norm, stats.min_abs, stats.max_abs)
         stats.merge(stats)
 
 

@@ -31,8 +31,8 @@ with atheris.instrument_imports(include=["gradcheck"]):
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fuzz_common import call, limit_memory  # noqa: E402
-from st_files import file_bytes, write_arrays  # noqa: E402
+from fuzz_common import call, limit_memory
+from st_files import file_bytes, write_arrays
 
 _run_dir = Path()
 
