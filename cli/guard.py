@@ -49,7 +49,7 @@ def settle_streams() -> None:
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None:  # the descriptor was closed: print nowhere rather than crash
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # lives until exit
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives until exit
         elif hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
             # cp1252, ascii, latin-1: print `\u2016` for what the encoding lacks instead of raising
             stream.reconfigure(errors="backslashreplace")
@@ -65,7 +65,7 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
-    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # lives until exit
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
 
 
 def debug_wanted(ctx: click.Context) -> bool:
@@ -114,5 +114,5 @@ class GuardedGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("gradcheck: interrupted", err=True)
             raise SystemExit(EXIT_INTERRUPTED) from None
-        except Exception as error:  # the one place a crash is turned into exit 3
+        except Exception as error:  # noqa: BLE001 - the one place a crash is turned into exit 3
             raise internal_error(error, debug_wanted(ctx)) from None
