@@ -263,7 +263,9 @@ def decode_entry(raw: bytes, key: dict[str, Any]) -> FileScan | None:
         if entry != key:
             return None
         decoded = _decode_scan(scan)
-        _check(decoded.header.file_size == key["identity"][2])
+        identity = key.get("identity")
+        _check(isinstance(identity, list) and len(identity) == len(FileIdentity._fields))
+        _check(decoded.header.file_size == identity[FileIdentity._fields.index("size")])
         return decoded
     except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         return None
