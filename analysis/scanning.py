@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from .cache import FileIdentity, StatsCache, file_identity
@@ -206,13 +207,25 @@ class _Runner:
         if self._pool is None or not _pooled(self._units[index]):
             outcome: object = _work(self._units[index])
         else:
-            while self._submitted < min(len(self._units), index + self._window + 1):
-                if _pooled(self._units[self._submitted]):
-                    self._futures[self._submitted] = self._pool.submit(_work, self._units[self._submitted])
-                self._submitted += 1
-            outcome = self._futures.pop(index).result()
+            try:
+                while self._submitted < min(len(self._units), index + self._window + 1):
+                    if _pooled(self._units[self._submitted]):
+                        unit = self._units[self._submitted]
+                        self._futures[self._submitted] = self._pool.submit(_work, unit)
+                    self._submitted += 1
+                outcome = self._futures.pop(index).result()
+            except BrokenProcessPool:  # a worker was killed (OOM killer, a signal): read the rest here
+                self._abandon_pool()
+                outcome = _work(self._units[index])
         self._done[index] = outcome
         return outcome
+
+    def _abandon_pool(self) -> None:
+        """Drop a broken pool: every unit not yet done is then read in this process, in order."""
+        pool, self._pool = self._pool, None
+        self._futures.clear()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def forget_before(self, index: int) -> None:
         """Drop kept outcomes of units before `index`, which no later file needs."""
