@@ -253,6 +253,17 @@ def _entries(
     return entries
 
 
+def _not_recorded(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(key, why) of the tensors a recorder skipped (complex dtypes), from `gradcheck.not_recorded`; lenient."""
+    try:
+        table = json.loads(metadata.get("gradcheck.not_recorded", "{}"))
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(table, dict):
+        return []
+    return [(key, why) for key, why in table.items() if isinstance(why, str)][:1000]
+
+
 def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None) -> Run:
     """Read every snapshot file of a run; unreadable files become notes, not failures."""
     root = Path(run_dir)
@@ -274,6 +285,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
             continue
         pieces.extend(found)
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
+        skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
         declared_order = declared_order or order_of(scan.header.metadata)
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
