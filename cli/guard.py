@@ -79,7 +79,7 @@ def internal_error(error: BaseException, debug: bool) -> SystemExit:
         traceback.print_exception(error, file=sys.stderr)
     detail = str(error).splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__ + (f": {detail}" if detail else "")
-    hint = "" if debug else "; rerun with `gradcheck --debug ...` for the traceback"
+    hint = "" if debug else " (a bug; rerun as gradcheck --debug COMMAND ... for the traceback)"
     click.echo(f"gradcheck: internal error: {_escape(name)}{hint}", err=True)
     return SystemExit(EXIT_INTERNAL)
 
