@@ -103,6 +103,13 @@ class GuardedGroup(click.Group):
         settle_streams()
         return super().main(*args, **kwargs)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Accept --debug after the command too (`gradcheck inspect RUN --debug`): it is the group's option."""
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand, turning anything unexpected into exit 3 (never 1, never 0)."""
         try:

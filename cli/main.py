@@ -50,7 +50,7 @@ options override it. Keys: fail-on, ignore, [thresholds], and
 GROUP_HELP = """\b
 Exit codes: 0 healthy, 1 findings, 2 bad input or usage,
 3 internal error (one line on stderr; rerun with --debug,
-placed before the command, for the traceback). See docs/BAD_INPUT.md.
+anywhere on the command line, for the traceback). See docs/BAD_INPUT.md.
 """
 
 

@@ -59,7 +59,7 @@ def test_an_injected_crash_exits_3_with_one_line(tmp_path: Path, faulty: None, c
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.parametrize("how", ["option", "option-after", "environment"])
 def test_debug_shows_the_traceback_and_still_exits_3(
     tmp_path: Path, faulty: None, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,6 +67,8 @@ def test_debug_shows_the_traceback_and_still_exits_3(
     arguments = ["inspect", str(run)]
     if how == "option":
         arguments = ["--debug", *arguments]
+    elif how == "option-after":
+        arguments = [*arguments, "--debug"]
     else:
         monkeypatch.setenv("GRADCHECK_DEBUG", "1")
     result = CliRunner().invoke(cli, arguments)
