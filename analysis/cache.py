@@ -4,6 +4,11 @@ One entry file per snapshot file, named from a sha256 of its absolute path. An e
 payload (64 hex digits and a newline) followed by the payload: ASCII JSON holding the key (format, gradcheck
 version, absolute path, file identity) and the scan in columns; numeric columns are base64 of little-endian
 uint64/float64 arrays, exact to the bit and fast to load. No pickle: an entry is data, never code.
+
+The folder is trusted only if this user owns it and nobody else may write to it (`refusal`): whoever can
+write an entry decides what gradcheck reports. Entries are opened without following symlinks and without
+blocking, must be regular files under a size cap, and are checked completely when decoded: anything
+unexpected is a miss, never an error.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
+import stat
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -21,17 +28,23 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .atomic import replace_atomically
+from .dtypes import DTYPES
 from .header import FileHeader, TensorEntry
 from .reader import FileScan
 from .stats import TensorStats
 
 # Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the sums' scale (stats.py)
 _DIGEST_CHARS = 64  # a sha256 in hex
 _SUFFIX = ".scan"
 _COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
-_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum")
+_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum", "scale")
 _SWAP = sys.byteorder == "big"  # columns are stored little-endian
+# About 200 bytes per tensor: 256 MiB is a million tensors in one file, far beyond any snapshot.
+MAX_ENTRY_BYTES = 256 << 20
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 class FileIdentity(NamedTuple):
@@ -136,8 +149,8 @@ def _same_lengths(columns: Sequence[list[Any]]) -> None:
     _check(len({len(column) for column in columns}) <= 1)
 
 
-def _decode_entries(obj: Any) -> tuple[TensorEntry, ...]:
-    """The header's tensor entries from their columns."""
+def _decode_entries(obj: Any, file_size: int) -> tuple[TensorEntry, ...]:
+    """The header's tensor entries from their columns: known dtypes, byte ranges that fit their shapes."""
     shapes = obj["shapes"]
     _check(type(shapes) is list and set(map(type, shapes)) <= {list})
     dims = list(chain.from_iterable(shapes))
@@ -145,24 +158,117 @@ def _decode_entries(obj: Any) -> tuple[TensorEntry, ...]:
     names, dtypes = _strings(obj["names"]), _strings(obj["dtypes"])
     begins, ends = _unpack(obj["begins"], "Q"), _unpack(obj["ends"], "Q")
     _same_lengths([names, dtypes, shapes, begins, ends])
+    _check(len(set(names)) == len(names))
+    for dtype, shape, begin, end in zip(dtypes, shapes, begins, ends, strict=True):
+        _check(dtype in DTYPES and begin <= end <= file_size)
+        _check(math.prod(shape) * DTYPES[dtype].bits == (end - begin) * 8)
     return tuple(map(TensorEntry, names, dtypes, map(tuple, shapes), begins, ends))
 
 
-def _decode_stats(obj: Any) -> dict[str, TensorStats]:
-    """The per-tensor stats from their columns, in TensorStats field order."""
+def _decode_stats(obj: Any, entries: dict[str, TensorEntry]) -> dict[str, TensorStats]:
+    """The per-tensor stats from their columns, in TensorStats field order, each possible for its tensor."""
     _check(type(obj) is dict)
     columns = [_unpack(obj[name], "Q") for name in _COUNT_FIELDS]
     columns += [_unpack(obj[name], "d") for name in _FLOAT_FIELDS]
     names = _strings(obj["names"])
     _same_lengths([names, *columns])
-    return dict(zip(names, map(TensorStats, *columns), strict=True))
+    stats = dict(zip(names, map(TensorStats, *columns), strict=True))
+    _check(len(stats) == len(names))
+    for name, value in stats.items():
+        _check(name in entries and value.count == math.prod(entries[name].shape))
+        _check(_possible(value))
+    return stats
+
+
+def _possible(stats: TensorStats) -> bool:
+    """Counts that fit and sums and extremes that |x| can have (what a scan can produce)."""
+    floats = (stats.abs_min, stats.abs_max, stats.abs_sum, stats.sq_sum)
+    return (
+        stats.nan + stats.inf + stats.zeros <= stats.count
+        and all(value >= 0 for value in floats)  # also no NaN
+        and math.isfinite(stats.abs_max)
+        and 0 < stats.scale < math.inf
+        and math.frexp(stats.scale)[0] == 0.5
+    )
 
 
 def _decode_scan(obj: Any) -> FileScan:
     """Rebuild a FileScan from `_encode_scan`'s output, raising on anything else."""
     _check(type(obj) is dict and type(obj["path"]) is str and type(obj["file_size"]) is int)
-    header = FileHeader(_decode_entries(obj), _string_map(obj["metadata"]), obj["file_size"])
-    return FileScan(obj["path"], header, _decode_stats(obj["stats"]), _string_map(obj["skipped"]))
+    entries = _decode_entries(obj, obj["file_size"])
+    header = FileHeader(entries, _string_map(obj["metadata"]), obj["file_size"])
+    by_name = {entry.name: entry for entry in entries}
+    stats, skipped = _decode_stats(obj["stats"], by_name), _string_map(obj["skipped"])
+    # every tensor is either summarized (a decoded float dtype) or skipped, never both
+    decoded = {entry.name for entry in entries if DTYPES[entry.dtype].decode is not None}
+    _check(set(stats) == decoded and set(skipped) == set(by_name) - decoded)
+    return FileScan(obj["path"], header, stats, skipped)
+
+
+def cache_refusal(directory: Path) -> str | None:
+    """Why a cache folder cannot be trusted (owned by someone else, writable by others); None if it can.
+
+    A folder that does not exist yet is fine: `put` creates it with mode 0700.
+    """
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"cannot check the cache folder: {getattr(error, 'strerror', None) or error}"
+    if not stat.S_ISDIR(info.st_mode):
+        return "the cache path is not a folder"
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        return f"the cache folder belongs to user id {info.st_uid}, not to you"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the cache folder is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """The bytes of an entry file: a regular file of ours under the size cap, opened without following links."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ENTRY_BYTES:
+            return None
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            return None
+        chunks, total = [], 0
+        while total <= MAX_ENTRY_BYTES:  # the size may grow while we read
+            chunk = os.read(fd, min(1 << 20, MAX_ENTRY_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks) if total <= MAX_ENTRY_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def decode_entry(raw: bytes, key: dict[str, Any]) -> FileScan | None:
+    """The scan an entry holds if its checksum holds and it was stored under `key`; None for anything else."""
+    payload = _payload(raw)
+    if payload is None:
+        return None
+    try:
+        entry = json.loads(payload)
+        _check(type(entry) is dict and "scan" in entry)
+        scan = entry.pop("scan")
+        if entry != key:
+            return None
+        decoded = _decode_scan(scan)
+        identity = key.get("identity")
+        _check(isinstance(identity, list) and len(identity) == len(FileIdentity._fields))
+        _check(decoded.header.file_size == identity[FileIdentity._fields.index("size")])
+        return decoded
+    except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
+        return None
 
 
 def _payload(raw: bytes) -> bytes | None:
@@ -196,23 +302,8 @@ class StatsCache:
 
     def get(self, path: str, identity: FileIdentity) -> FileScan | None:
         """The cached scan of `path` if it was stored for this exact identity and tool version; None otherwise."""
-        try:
-            raw = self.entry_path(path).read_bytes()
-        except OSError:
-            return None
-        payload = _payload(raw)
-        if payload is None:
-            return None
-        # Anything but what put writes is a miss, never an error (the checksum already held).
-        try:
-            entry = json.loads(payload)
-            _check(type(entry) is dict)
-            scan = entry.pop("scan")
-            if entry != self._key(path, identity):
-                return None
-            return _decode_scan(scan)
-        except (ValueError, TypeError, KeyError, RecursionError):
-            return None
+        raw = _read_entry(self.entry_path(path))
+        return None if raw is None else decode_entry(raw, self._key(path, identity))
 
     def put(self, path: str, identity: FileIdentity, scan: FileScan) -> None:
         """Store a scan; never raises (an unwritable cache just caches nothing)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import read_regular
 from .errors import ConfigError
 from .thresholds import THRESHOLD_KEYS, Thresholds
 
@@ -85,6 +86,9 @@ class Config:
         thresholds = replace(thresholds, **self.pinned)
         _check_order(thresholds, f"{self.source or 'config'}: thresholds for {param!r} after overrides")
         return thresholds, ignore
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this bounds what /dev/zero could make us read
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -221,14 +225,21 @@ def _number(raw: object, where: str, *, integer: bool) -> float | int:
     try:
         number = float(raw)
     except ValueError:
-        raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        raise ConfigError(f"{where}: expected a number, got {_shorten(repr(raw))}") from None
+    except OverflowError:  # a 400-digit integer
+        raise ConfigError(f"{where}: {_shorten(repr(raw))} is not a finite number") from None
     if not math.isfinite(number):
-        raise ConfigError(f"{where}: {raw!r} is not a finite number")
+        raise ConfigError(f"{where}: {_shorten(repr(raw))} is not a finite number")
     if not integer:
         return number
     if number != int(number) or number < 1:
         raise ConfigError(f"{where}: expected a whole number of at least 1, got {raw!r}")
     return int(number)
+
+
+def _shorten(text: str, keep: int = 60) -> str:
+    """A value from a file or the command line, cut so that one error stays one readable line."""
+    return text if len(text) <= keep else f"{text[: keep - 3]}... ({len(text)} characters)"
 
 
 def _reject_unknown(table: Mapping[str, Any], known: frozenset[str], where: str, what: str) -> None:
@@ -241,9 +252,11 @@ def _reject_unknown(table: Mapping[str, Any], known: frozenset[str], where: str,
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
+        return tomllib.loads(text)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; a Latin-1 file is not TOML
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: byte {error.start})") from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as error:  # ValueError: a 5,000-digit int
+        raise ConfigError(f"{path}: not valid TOML ({_shorten(str(error))})") from None

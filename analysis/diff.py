@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import RunError
-from .metrics import layer_gradients
+from .metrics import layer_gradients, log10_ratio
 from .naming import layer_of
 from .runs import Note, Run, load_run
 from .scanning import ScanOptions
@@ -179,7 +179,7 @@ def _update_ratios(run: Run, step: int) -> dict[str, float]:
     for layer, both in pairs.items():
         updates, values = merge_all(u for u, _ in both), merge_all(v for _, v in both)
         if updates.finite and values.finite and values.abs_sum > 0 and updates.abs_sum > 0:
-            ratios[layer] = math.log10(updates.mean_abs / values.mean_abs)
+            ratios[layer] = log10_ratio(updates.mean_abs, values.mean_abs)  # the quotient may underflow
     return ratios
 
 

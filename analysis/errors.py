@@ -20,6 +20,10 @@ class UnreadableFileError(GradcheckError):
         return type(self), (self.path, self.problem)
 
 
+class FileChangedError(UnreadableFileError):
+    """A file replaced or rewritten while it was being read: its parts may come from two versions."""
+
+
 class RunError(GradcheckError):
     """A run directory that cannot be analysed as a whole (missing, empty, ambiguous)."""
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import RunError
 from .inspection import Report
-from .metrics import ParamStep
+from .metrics import ParamStep, log10_ratio
 from .stats import TensorStats, merge_all
 
 METRICS = ("grad-norm", "grad-mean", "update-ratio", "param-norm")
@@ -175,7 +175,10 @@ def _param_norm(rows: list[ParamStep]) -> float | None:
     values = [r.value.stats for r in rows if r.value]
     if not values or _any_nonfinite(values):
         return math.nan if values else None
-    return _log10(math.sqrt(sum(s.sq_sum for s in values)))
+    merged = merge_all(values)
+    if math.isfinite(merged.norm) or not merged.sq_sum > 0:
+        return _log10(merged.norm)
+    return merged.log10_norm  # a norm beyond float64 (F64 values near 1e308)
 
 
 def _update_ratio(rows: list[ParamStep]) -> float | None:
@@ -186,7 +189,7 @@ def _update_ratio(rows: list[ParamStep]) -> float | None:
     value = _mean_abs([v for _, v in pairs])
     if update is None or not value:  # a zero or empty parameter has no ratio
         return None
-    return _log10(update / value)
+    return log10_ratio(update, value) if update > 0 else -math.inf  # the quotient may underflow
 
 
 _MEASURES: dict[str, Callable[[list[ParamStep]], float | None]] = {

@@ -121,10 +121,10 @@ def _point(row: ParamStep | None, step: int) -> Point:
     if row is None or row.grad is None or not row.grad.stats.count:
         return Point(step, None, MISSING)
     stats = row.grad.stats
-    squares = stats.sq_sum  # ‖g‖² over the finite elements: log10 ‖g‖ = log10(‖g‖²) / 2, no square root
-    if stats.nan or stats.inf or not math.isfinite(squares):  # a NaN/Inf element, or the norm overflowed
+    if stats.nan or stats.inf or not math.isfinite(stats.sq_sum):  # a NaN/Inf element, or the sum overflowed
         return Point(step, None, NONFINITE)
-    return Point(step, math.log10(squares) / 2, OK) if squares > 0 else Point(step, None, ZERO)
+    log_norm = stats.log10_norm  # log10(‖g‖²) / 2, right also for scaled F64 sums (stats.py)
+    return Point(step, log_norm, OK) if log_norm is not None else Point(step, None, ZERO)
 
 
 def trend(series: Sequence[Point]) -> Trend:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 from .naming import layer_of
 from .runs import Run, Tensor
+from .stats import TensorStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,15 @@ def update_ratio(update: Tensor | None, value: Tensor | None) -> float | None:
 def _log_ratio(top: float, bottom: float) -> float | None:
     if not (math.isfinite(top) and math.isfinite(bottom)) or top <= 0 or bottom <= 0:
         return None
-    return math.log10(top / bottom)
+    return log10_ratio(top, bottom)
+
+
+def log10_ratio(top: float, bottom: float) -> float:
+    """log10(top / bottom) of two positive finite numbers, also where the quotient under- or overflows."""
+    quotient = top / bottom
+    if 0 < quotient < math.inf:
+        return math.log10(quotient)
+    return math.log10(top) - math.log10(bottom)  # 1e-200 / 1e200 is 0 in float64
 
 
 def layer_gradients(run: Run, step: int) -> dict[str, tuple[float, float]]:
@@ -51,17 +59,12 @@ def layer_gradients(run: Run, step: int) -> dict[str, tuple[float, float]]:
     Depth compares RMS, not norms: a norm grows with the square root of the element count, so a scalar next to
     a 1024x1024 matrix would look a thousand times smaller with the same per-element gradient.
     """
-    squares: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    layers: dict[str, TensorStats] = {}
     for param in run.params:
         grad = run.get(step, param, "grad")
-        if grad is not None:
-            squares[layer_of(param)] += grad.stats.sq_sum
-            counts[layer_of(param)] += grad.stats.finite
-    return {
-        layer: (math.sqrt(total), math.sqrt(total / counts[layer])) if counts[layer] else (math.nan, math.nan)
-        for layer, total in squares.items()
-    }
+        if grad is not None:  # merged, not summed: F64 sums may be scaled (stats.py)
+            layers[layer_of(param)] = layers.get(layer_of(param), TensorStats()).merge(grad.stats)
+    return {layer: (stats.norm, stats.rms) for layer, stats in layers.items()}
 
 
 def derive(run: Run) -> dict[tuple[int, str], ParamStep]:
@@ -95,4 +98,9 @@ def derive(run: Run) -> dict[tuple[int, str], ParamStep]:
 def _ratio(grad: Tensor | None, value: Tensor | None) -> float | None:
     if grad is None or value is None or not value.stats.norm:
         return None
-    return grad.stats.norm / value.stats.norm
+    top, bottom = grad.stats.norm, value.stats.norm
+    if math.isfinite(top) and math.isfinite(bottom) or math.isnan(top) or math.isnan(bottom):
+        return top / bottom
+    # a norm beyond float64 (F64 values near 1e308): the quotient from log10 of each
+    high, low = grad.stats.log10_norm, value.stats.log10_norm
+    return 0.0 if high is None or low is None else 10.0 ** min(high - low, 308.0)

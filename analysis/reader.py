@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dtypes import DTYPES, DtypeInfo
-from .errors import UnreadableFileError
+from .errors import FileChangedError, UnreadableFileError
 from .header import (
     _PREFIX_BYTES,
     FileHeader,
@@ -53,6 +53,19 @@ def _os_problem(error: OSError, path: str) -> str:
     if error.errno == errno.ENXIO:  # what opening a Unix socket gives
         return "is a FIFO/socket/device, not a regular file"
     return f"cannot open: {(error.strerror or str(error)).lower()}"
+
+
+# What identifies one version of a file: device, inode, size, mtime. A rename puts another inode in place,
+# a rewrite in place changes the mtime; both mean that parts read through two opens may not fit together.
+FileToken = tuple[int, int, int, int]
+
+
+def _token(info: os.stat_result) -> FileToken:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _changed(path: str) -> FileChangedError:
+    return FileChangedError(path, "changed during read (replaced or rewritten while being read): run again")
 
 
 def _open_regular(path: str) -> tuple[int, int]:
@@ -142,12 +155,24 @@ def _read_header_fd(fd: int, file_size: int, path: str) -> FileHeader:
 
 def read_header(path: str | os.PathLike[str]) -> FileHeader:
     """Read and validate the header of a safetensors file without touching the tensor data."""
+    return read_header_token(path)[0]
+
+
+def read_header_token(path: str | os.PathLike[str]) -> tuple[FileHeader, FileToken]:
+    """The header and the identity of the version it was read from (for `scan_segments`)."""
     name = os.fspath(path)
     fd, size = _open_regular(name)
     try:
-        return _read_header_fd(fd, size, name)
+        return _read_header_fd(fd, size, name), _fd_token(fd, name)
     finally:
         os.close(fd)
+
+
+def _fd_token(fd: int, path: str) -> FileToken:
+    try:
+        return _token(os.fstat(fd))
+    except OSError as e:
+        raise UnreadableFileError(path, f"cannot stat: {(e.strerror or str(e)).lower()}") from None
 
 
 @dataclass(frozen=True)
@@ -298,13 +323,23 @@ def scan_segments(
     segments: Sequence[Segment],
     *,
     buffer_bytes: int = BUFFER_BYTES,
+    token: FileToken | None = None,
 ) -> list[TensorStats]:
-    """Open `path`, check it is still the file the header was read from (same size), and summarize each segment."""
+    """Open `path`, check it is still the file the header was read from, and summarize each segment.
+
+    With `token` (from `read_header_token`) the check is the file's identity, before and after reading:
+    a file replaced or rewritten meanwhile raises FileChangedError. Without it, only the size is compared.
+    """
     name = os.fspath(path)
     fd, size = _open_regular(name)
     try:
+        if token is not None and _fd_token(fd, name) != token:
+            raise _changed(name)
         _check_size(header, size, name)
-        return _scan_fd(fd, name, header, segments, buffer_bytes)
+        results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        if token is not None and _fd_token(fd, name) != token:
+            raise _changed(name)
+        return results
     finally:
         os.close(fd)
 
@@ -347,9 +382,12 @@ def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES)
     name = os.fspath(path)
     fd, size = _open_regular(name)
     try:  # one open file for all steps: a file replaced meanwhile is read whole, in the version opened
+        before = _fd_token(fd, name)
         header = _read_header_fd(fd, size, name)
         segments = plan_segments(header)
         results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        if _fd_token(fd, name) != before:  # rewritten in place (same inode) while we read it
+            raise _changed(name)
     finally:
         os.close(fd)
     return combine(name, header, segments, results)

@@ -83,19 +83,32 @@ def is_rank_folder(name: str) -> bool:
 
 def find_snapshot_files(run_dir: Path) -> list[Path]:
     """The snapshot files of a run, in natural order: directly inside `run_dir`, or in its rank folders."""
+    return find_snapshots(run_dir)[0]
+
+
+def find_snapshots(run_dir: Path) -> tuple[list[Path], list[Note]]:
+    """The snapshot files of a run, and the rank folders that could not be listed (a note each)."""
     entries = _list(run_dir)
     files = [run_dir / name for name in entries if is_snapshot_name(name)]
     if files:
-        return files
-    nested = [name for name in entries if (run_dir / name).is_dir() and _holds_snapshots(run_dir / name)]
+        return files, []
+    listings = {name: _listing(run_dir / name) for name in entries if (run_dir / name).is_dir()}
+    nested = [
+        name for name, listing in listings.items() if listing is None or any(map(is_snapshot_name, listing))
+    ]
     ranks = [name for name in nested if is_rank_folder(name)]
     if ranks:
-        return [
-            run_dir / rank / name
+        unreadable = [
+            Note(str(run_dir / rank), f"rank folder cannot be listed: {problem}")
             for rank in ranks
-            for name in _list(run_dir / rank)
-            if is_snapshot_name(name)
+            for problem in [_list_problem(run_dir / rank)]
+            if listings[rank] is None
         ]
+        found = [
+            run_dir / rank / name for rank in ranks for name in listings[rank] or () if is_snapshot_name(name)
+        ]
+        return found, unreadable
+    nested = [name for name in nested if listings[name] is not None]
     if nested:
         shown = ", ".join(nested[:5]) + (", ..." if len(nested) > 5 else "")
         raise RunError(f"{run_dir}: no .safetensors files here, but these subfolders hold runs: {shown}")
@@ -115,11 +128,20 @@ def _list(folder: Path) -> list[str]:
         raise RunError(f"{folder}: cannot list the directory ({error.strerror or error})") from None
 
 
-def _holds_snapshots(folder: Path) -> bool:
+def _listing(folder: Path) -> list[str] | None:
+    """A folder's entries in natural order, None if it cannot be listed (permission denied, vanished)."""
     try:
-        return any(is_snapshot_name(name) for name in os.listdir(folder))
+        return sorted(os.listdir(folder), key=natural_key)
     except OSError:
-        return False
+        return None
+
+
+def _list_problem(folder: Path) -> str:
+    try:
+        os.listdir(folder)
+    except OSError as error:
+        return (error.strerror or str(error)).lower()
+    return "it changed while being listed"
 
 
 def check_format(path: Path, metadata: dict[str, str]) -> None:
@@ -231,6 +253,17 @@ def _entries(
     return entries
 
 
+def _not_recorded(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(key, why) of the tensors a recorder skipped (complex dtypes), from `gradcheck.not_recorded`; lenient."""
+    try:
+        table = json.loads(metadata.get("gradcheck.not_recorded", "{}"))
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(table, dict):
+        return []
+    return [(key, why) for key, why in table.items() if isinstance(why, str)][:1000]
+
+
 def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None) -> Run:
     """Read every snapshot file of a run; unreadable files become notes, not failures."""
     root = Path(run_dir)
@@ -238,7 +271,9 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
-    for name, scan in scan_files([str(path) for path in find_snapshot_files(root)], options):
+    files, unreadable_folders = find_snapshots(root)
+    unreadable.extend(unreadable_folders)
+    for name, scan in scan_files([str(path) for path in files], options):
         path = Path(name)
         try:
             if isinstance(scan, UnreadableFileError):
@@ -250,6 +285,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
             continue
         pieces.extend(found)
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
+        skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
         declared_order = declared_order or order_of(scan.header.metadata)
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)

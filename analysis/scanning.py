@@ -10,18 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from .cache import FileIdentity, StatsCache, file_identity
-from .errors import UnreadableFileError
+from .errors import FileChangedError, UnreadableFileError
 from .header import FileHeader
 from .reader import (
     SEGMENT_BYTES,
     FileScan,
+    FileToken,
     Segment,
     combine,
     plan_segments,
-    read_header,
+    read_header_token,
     scan_file,
     scan_segments,
 )
@@ -72,6 +74,7 @@ class _Part:
     header: FileHeader
     segments: tuple[Segment, ...]
     nbytes: int
+    token: FileToken  # the version the header was read from: every part must be read from it
 
 
 Unit = _Whole | _Part
@@ -94,7 +97,7 @@ def _work(unit: Unit) -> list[Result] | list[TensorStats] | UnreadableFileError:
     if isinstance(unit, _Whole):
         return [_scan_or_error(path) for path in unit.paths]
     try:
-        return scan_segments(unit.path, unit.header, unit.segments)
+        return scan_segments(unit.path, unit.header, unit.segments, token=unit.token)
     except UnreadableFileError as error:
         return error
 
@@ -110,6 +113,7 @@ class _File:
     units: list[int] = field(default_factory=list)  # a big file: its units, in segment order
     header: FileHeader | None = None
     segments: tuple[Segment, ...] = ()
+    token: FileToken | None = None
 
 
 def _identity(path: str) -> FileIdentity | None:
@@ -159,7 +163,7 @@ def _plan(paths: Sequence[str], options: ScanOptions) -> tuple[list[_File], list
 def _plan_big(item: _File, units: list[Unit], segment_bytes: int) -> None:
     """Cut a big file into units of about `segment_bytes` of tensor data each."""
     try:
-        header = read_header(item.path)
+        header, item.token = read_header_token(item.path)
     except UnreadableFileError as error:
         item.result = error
         return
@@ -173,7 +177,7 @@ def _plan_big(item: _File, units: list[Unit], segment_bytes: int) -> None:
                 names = dict.fromkeys(s.name for s in group)
                 cut = FileHeader(tuple(entries[n] for n in names), {}, header.file_size)
                 item.units.append(len(units))
-                units.append(_Part(item.path, cut, tuple(group), group_bytes))
+                units.append(_Part(item.path, cut, tuple(group), group_bytes, item.token))
             group, group_bytes = [], 0
         if segment is not None:
             group.append(segment)
@@ -203,13 +207,25 @@ class _Runner:
         if self._pool is None or not _pooled(self._units[index]):
             outcome: object = _work(self._units[index])
         else:
-            while self._submitted < min(len(self._units), index + self._window + 1):
-                if _pooled(self._units[self._submitted]):
-                    self._futures[self._submitted] = self._pool.submit(_work, self._units[self._submitted])
-                self._submitted += 1
-            outcome = self._futures.pop(index).result()
+            try:
+                while self._submitted < min(len(self._units), index + self._window + 1):
+                    if _pooled(self._units[self._submitted]):
+                        unit = self._units[self._submitted]
+                        self._futures[self._submitted] = self._pool.submit(_work, unit)
+                    self._submitted += 1
+                outcome = self._futures.pop(index).result()
+            except BrokenProcessPool:  # a worker was killed (OOM killer, a signal): read the rest here
+                self._abandon_pool()
+                outcome = _work(self._units[index])
         self._done[index] = outcome
         return outcome
+
+    def _abandon_pool(self) -> None:
+        """Drop a broken pool: every unit not yet done is then read in this process, in order."""
+        pool, self._pool = self._pool, None
+        self._futures.clear()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def forget_before(self, index: int) -> None:
         """Drop kept outcomes of units before `index`, which no later file needs."""
@@ -258,12 +274,16 @@ def _outcome(item: _File, runner: _Runner) -> Result:
         assert isinstance(result, (FileScan, UnreadableFileError))
         return result
     stats: list[TensorStats] = []
-    for index in item.units:
+    changed = False
+    for index in item.units:  # every unit is waited for, so none is left running
         outcome = runner.result(index)
-        if isinstance(outcome, UnreadableFileError):
+        changed = changed or isinstance(outcome, FileChangedError)
+        if isinstance(outcome, UnreadableFileError) and not changed:
             return outcome
-        assert isinstance(outcome, list)
-        stats.extend(outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, list):
+            stats.extend(outcome)  # type: ignore[arg-type]
+    if changed:  # replaced between the parts: read it again through one descriptor, one version whole
+        return _scan_or_error(item.path)
     return combine(item.path, item.header, item.segments, stats)
 
 

@@ -11,7 +11,16 @@ from .errors import RunError
 from .stats import TensorStats, merge_all
 
 SHARDS_KEY = "gradcheck.shards"
-MAX_SHARDS = 1 << 20  # far above any world size; bounds the bookkeeping a corrupt count could demand
+MAX_SHARDS = 1 << 20  # far above any world size; merging works from the shards present, never from `count`
+_DIM_CAP = 1 << 63  # dimensions and element counts beyond int64 describe no tensor that exists
+
+
+def _short(value: object) -> str:
+    """repr of a value from a file, cut to one readable line (no 4,000-digit numbers)."""
+    if type(value) is int and abs(value) >= 10**30:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +63,14 @@ def _shard(name: str, entry: object) -> Shard:
     if not isinstance(entry, dict):
         raise TypeError(f"{SHARDS_KEY} entry for {name!r} is not an object")
     shape, index, count = entry.get("shape"), entry.get("index"), entry.get("count")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"shard {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _DIM_CAP for d in shape):
+        raise ValueError(f"shard {name!r}: shape {_short(shape)} is not a list of non-negative integers")
+    if math.prod(shape) >= _DIM_CAP:
+        raise ValueError(f"shard {name!r}: global shape {_short(shape)} is too large (over 2^63 elements)")
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count <= MAX_SHARDS):
-        raise ValueError(f"shard {name!r}: index {index!r} of count {count!r} is not a valid shard position")
+        raise ValueError(
+            f"shard {name!r}: index {_short(index)} of count {_short(count)} is not a valid shard position"
+        )
     return Shard(str(entry.get("global", name)), tuple(shape), index, count)
 
 
@@ -113,10 +126,10 @@ def _merge_shards(key: tuple[int, str, str], group: list[Piece]) -> Piece | tupl
                 f"{_what(key)}: shard {shard.index} of {shard.count} also in {by_index[shard.index].file}",
             )
         by_index[shard.index] = piece
-    missing = sorted(set(range(first.shard.count)) - set(by_index))
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (
-            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    if len(by_index) < first.shard.count:  # from the indices present: never a list of `count` numbers
+        missing = first.shard.count - len(by_index)
+        shown = ", ".join(map(str, _first_missing(by_index, first.shard.count, 10))) + (
+            f" and {missing - 10} more" if missing > 10 else ""
         )
         return first.file, f"{_what(key)}: shard(s) {shown} of {first.shard.count} missing"
     stats = merge_all(by_index[index].stats for index in sorted(by_index))
@@ -127,6 +140,17 @@ def _merge_shards(key: tuple[int, str, str], group: list[Piece]) -> Piece | tupl
             f"{_what(key)}: shards hold {stats.count} elements, the global shape needs {expected}",
         )
     return replace(first, stats=stats, shape=first.shard.shape, shard=None)
+
+
+def _first_missing(present: Mapping[int, object], count: int, wanted: int) -> list[int]:
+    """The first `wanted` indices below `count` not in `present`: at most len(present) + wanted steps."""
+    found: list[int] = []
+    index = 0
+    while len(found) < wanted and index < count:
+        if index not in present:
+            found.append(index)
+        index += 1
+    return found
 
 
 def _what(key: tuple[int, str, str]) -> str:

@@ -1,4 +1,10 @@
-"""Mergeable per-tensor statistics of |x|, accumulated in float64."""
+"""Mergeable per-tensor statistics of |x|, accumulated in float64.
+
+F64 values can be so large or small that their squares leave the float64 range (1e308 squared overflows,
+1e-170 squared underflows to 0): the sums of such a piece are kept of |x| / scale, with `scale` a power of two
+near its largest |x|, so that norms and means stay right. Dividing by a power of two is exact, and every F32,
+F16 and BF16 value is far inside the safe range, so their sums are unscaled (scale 1) and unchanged.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ class TensorStats:
     zeros: int = 0
     abs_min: float = math.inf
     abs_max: float = 0.0
-    abs_sum: float = 0.0
-    sq_sum: float = 0.0
+    abs_sum: float = 0.0  # sum of |x| / scale
+    sq_sum: float = 0.0  # sum of (|x| / scale)^2
+    scale: float = 1.0  # a power of two; 1 unless the values are beyond SAFE_LOW..SAFE_HIGH
 
     @property
     def finite(self) -> int:
@@ -45,15 +52,28 @@ class TensorStats:
     @property
     def mean_abs(self) -> float:
         """Mean of finite |x|, NaN when there is no finite element."""
-        return self.abs_sum / self.finite if self.finite else math.nan
+        return self.abs_sum / self.finite * self.scale if self.finite else math.nan
 
     @property
     def norm(self) -> float:
-        """L2 norm over finite elements, NaN when there is no finite element."""
-        return math.sqrt(self.sq_sum) if self.finite else math.nan
+        """L2 norm over finite elements (Inf only if it exceeds float64), NaN when there is no finite element."""
+        return math.sqrt(self.sq_sum) * self.scale if self.finite else math.nan  # float * overflows to Inf
+
+    @property
+    def rms(self) -> float:
+        """Root mean square of the finite elements, NaN when there is none."""
+        return math.sqrt(self.sq_sum / self.finite) * self.scale if self.finite else math.nan
+
+    @property
+    def log10_norm(self) -> float | None:
+        """log10 of the L2 norm, right even where the norm itself leaves float64; None for a zero norm."""
+        if not self.sq_sum > 0 or math.isinf(self.sq_sum):
+            return math.inf if math.isinf(self.sq_sum) else None
+        return math.log10(self.sq_sum) / 2 + math.log10(self.scale)
 
     def merge(self, other: TensorStats) -> TensorStats:
-        """Combine the summaries of two disjoint parts of one tensor."""
+        """Combine the summaries of two disjoint parts of one tensor (sums kept at the larger part's scale)."""
+        to = self.scale if (self.abs_max, self.scale) >= (other.abs_max, other.scale) else other.scale
         return TensorStats(
             count=self.count + other.count,
             nan=self.nan + other.nan,
@@ -61,9 +81,25 @@ class TensorStats:
             zeros=self.zeros + other.zeros,
             abs_min=min(self.abs_min, other.abs_min),
             abs_max=max(self.abs_max, other.abs_max),
-            abs_sum=self.abs_sum + other.abs_sum,
-            sq_sum=self.sq_sum + other.sq_sum,
+            abs_sum=_rescaled(self.abs_sum, self.scale, to, 1) + _rescaled(other.abs_sum, other.scale, to, 1),
+            sq_sum=_rescaled(self.sq_sum, self.scale, to, 2) + _rescaled(other.sq_sum, other.scale, to, 2),
+            scale=to,
         )
+
+
+# |x| in this range has a square and a sum of 2^63 squares well inside float64 (2^-1022 .. 2^1024).
+SAFE_LOW, SAFE_HIGH = 2.0**-400, 2.0**400
+
+
+def _rescaled(value: float, scale: float, to: float, power: int) -> float:
+    """A sum of (|x|/scale)^power re-expressed as a sum of (|x|/to)^power (exact but for underflow)."""
+    if scale == to or value == 0 or math.isinf(value):
+        return value
+    shift = power * (math.frexp(scale)[1] - math.frexp(to)[1])
+    try:
+        return math.ldexp(value, shift)
+    except OverflowError:
+        return math.inf
 
 
 def merge_all(parts: Iterable[TensorStats]) -> TensorStats:
@@ -101,6 +137,10 @@ def summarize_pieces(magnitudes: np.ndarray, counts: Sequence[int], wide: np.nda
         for i in np.flatnonzero(~np.isfinite(highest)).tolist():
             special[i] = _summarize_non_finite(magnitudes[starts[i] : starts[i] + counts[i]])
     lows, highs = lowest.tolist(), highest.tolist()
+    if magnitudes.dtype == np.float64:  # only F64 values can leave the safe range
+        for i, high in enumerate(highs):
+            if i not in special and (high > SAFE_HIGH or 0 < high < SAFE_LOW):
+                special[i] = _summarize_scaled(magnitudes[starts[i] : starts[i] + counts[i]], lows[i], high)
     zeros = (
         np.add.reduceat(magnitudes == 0, index, dtype=np.intp).tolist() if 0.0 in lows else [0] * len(lows)
     )
@@ -119,6 +159,15 @@ def summarize_pieces(magnitudes: np.ndarray, counts: Sequence[int], wide: np.nda
     for i, stats in special.items():
         results[i] = stats
     return results
+
+
+def _summarize_scaled(magnitudes: np.ndarray, low: float, high: float) -> TensorStats:
+    """Summarize a piece of finite float64 |x| whose squares would leave float64, with sums of |x| / 2^e."""
+    scale = math.ldexp(1.0, math.frexp(high)[1] - 1)  # |x| / scale < 2; 2^1023 at most, no overflow
+    scaled = np.divide(magnitudes, scale)  # exact: a power of two (tiny quotients may round, negligibly)
+    stats = summarize_pieces(scaled, [scaled.size], scaled)[0]
+    zeros = int(np.count_nonzero(magnitudes == 0))  # not of `scaled`, where the tiniest may round to 0
+    return replace(stats, zeros=zeros, abs_min=low, abs_max=high, scale=scale)
 
 
 def _summarize_non_finite(magnitudes: np.ndarray) -> TensorStats:

@@ -13,6 +13,7 @@ _COUNTS = ("count", "nan", "inf", "zeros")
 _FLOATS = ("abs_min", "abs_max", "abs_sum", "sq_sum")
 # JSON has no Inf or NaN: they travel as these strings.
 _SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+_COUNT_CAP = 1 << 63  # counts and dimensions beyond int64 describe no tensor that exists
 
 
 def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dict[str, object]:
@@ -20,6 +21,8 @@ def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dic
     entry: dict[str, object] = {"shape": [int(d) for d in shape], "dtype": dtype}
     entry.update({name: int(getattr(stats, name)) for name in _COUNTS})
     entry.update({name: _encode(getattr(stats, name)) for name in _FLOATS})
+    if stats.scale != 1.0:  # sums of |x|/scale (F64 values whose squares leave the float64 range)
+        entry["scale"] = stats.scale
     return entry
 
 
@@ -32,14 +35,20 @@ def stats_from_entry(entry: Mapping[str, object]) -> TensorStats:
     floats = {name: _float(entry, name) for name in _FLOATS}
     if counts["nan"] + counts["inf"] + counts["zeros"] > counts["count"]:
         raise ValueError("nan + inf + zeros exceed count")
-    return TensorStats(**counts, **floats)
+    if math.isinf(floats["abs_max"]):
+        raise ValueError("abs_max is infinite, but it is the largest finite |x|")
+    scale = _scale(entry)
+    return TensorStats(**counts, **floats, scale=scale)
 
 
 def shape_of(entry: Mapping[str, object]) -> tuple[int, ...]:
-    """The shape a summary entry declares."""
+    """The shape a summary entry declares; it must hold `count` elements."""
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < _COUNT_CAP for d in shape):
+        raise ValueError(f"shape {_short(shape)} is not a list of non-negative integers")
+    size = math.prod(shape)
+    if size != entry.get("count"):
+        raise ValueError(f"count {_short(entry.get('count'))} does not match shape {_short(shape)} ({size})")
     return tuple(shape)
 
 
@@ -62,21 +71,42 @@ def _encode(value: float) -> float | str:
 
 def _count(entry: Mapping[str, object], name: str) -> int:
     value = entry[name]
-    if not _is_int(value) or value < 0:  # type: ignore[operator]
-        raise ValueError(f"summary field {name!r} is {value!r}, not a non-negative integer")
+    if not _is_int(value) or not 0 <= value < _COUNT_CAP:  # type: ignore[operator]
+        raise ValueError(f"summary field {name!r} is {_short(value)}, not an integer from 0 to 2^63-1")
     return int(value)  # type: ignore[call-overload]
 
 
 def _float(entry: Mapping[str, object], name: str) -> float:
+    """A non-negative number or "inf" (a sum that overflowed; abs_min of no finite element)."""
     value = entry[name]
     if isinstance(value, str) and value in _SPECIAL:
-        return _SPECIAL[value]
-    if not (_is_int(value) or type(value) is float):
-        raise ValueError(f"summary field {name!r} is {value!r}, not a number")
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except OverflowError:
-        raise ValueError(f"summary field {name!r} is beyond the float64 range") from None
+        number = _SPECIAL[value]
+    elif _is_int(value) or type(value) is float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            raise ValueError(f"summary field {name!r} is beyond the float64 range") from None
+    else:
+        raise ValueError(f"summary field {name!r} is {_short(value)}, not a number")
+    if not number >= 0:  # also NaN: these are sums and extremes of |x|
+        raise ValueError(f"summary field {name!r} is {_short(value)}, not a number >= 0")
+    return number
+
+
+def _scale(entry: Mapping[str, object]) -> float:
+    """The optional power-of-two scale of the sums (absent: 1)."""
+    value = entry.get("scale", 1.0)
+    if type(value) is not float or not (0 < value < math.inf) or math.frexp(value)[0] != 0.5:
+        raise ValueError(f"summary field 'scale' is {_short(value)}, not a positive power of two")
+    return value
+
+
+def _short(value: object) -> str:
+    """repr of a value from a file, cut so a 5,000-digit number or a long list stays one readable line."""
+    if _is_int(value) and abs(value) >= 10**30:  # type: ignore[arg-type]
+        return f"a {value.bit_length()}-bit integer"  # type: ignore[union-attr]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value: object) -> bool:

@@ -6,7 +6,6 @@ Names are passed through `printable` first, then escaped as the target format ne
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import xml.etree.ElementTree as ET
@@ -16,7 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from gradcheck.analysis.atomic import replace_atomically
+from gradcheck.analysis.atomic import append_regular, write_output
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.config import CHECK_IDS
 from gradcheck.analysis.formatting import sci
@@ -169,9 +168,8 @@ def append_step_summary(report: Report, shown: int | None) -> None:
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if not target:
         return
-    try:
-        with open(target, "a", encoding="utf-8") as summary:
-            summary.write(markdown_text(report, shown))
+    try:  # a regular file only: a FIFO or /dev/zero there must not hang or swamp us
+        append_regular(target, markdown_text(report, shown).encode("utf-8"))
     except OSError as error:
         reason = error.strerror or str(error)
         click.echo(f"gradcheck: warning: {printable(target)}: step summary not written: {reason}", err=True)
@@ -342,11 +340,8 @@ def _unreadable_case(file: str, reason: str) -> ET.Element:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write UTF-8 text under a temporary name beside `path`, then rename it into place (raises OSError)."""
-    target = Path(path)
-    if target.is_dir():  # os.replace would fail with a less helpful "resource busy" for "."
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
-    # mkstemp makes 0600; a report is as readable as any new file
-    replace_atomically(target, text.encode("utf-8"), mode=0o666 & ~_umask())
+    # mkstemp makes 0600; a report is as readable as any new file. Devices and FIFOs are written in place.
+    write_output(Path(path), text.encode("utf-8"), mode=0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import click
 
-from gradcheck.analysis.cache import StatsCache, default_cache_dir
+from gradcheck.analysis.cache import StatsCache, cache_refusal, default_cache_dir
 from gradcheck.analysis.config import (
     CHECK_IDS,
     FAIL_LEVELS,
@@ -101,8 +101,19 @@ def progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> Scan
 
 def scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None = None) -> ScanOptions:
     """How to read: --jobs (default: available cores), the stats cache unless --no-cache, the progress bar."""
-    cache = None if no_cache else StatsCache(default_cache_dir())
+    cache = None if no_cache else _trusted_cache(default_cache_dir())
     return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
+
+
+def _trusted_cache(directory: Path) -> StatsCache | None:
+    """The stats cache in `directory`, or None (with one warning) if someone else could have written it."""
+    problem = cache_refusal(directory)
+    if problem is None:
+        return StatsCache(directory)
+    click.echo(
+        f"gradcheck: warning: {printable(str(directory))}: {problem}; reading without the cache", err=True
+    )
+    return None
 
 
 def warn_unreadable(notes: Iterable[Note]) -> None:

@@ -27,7 +27,13 @@ def make_console(*, color: bool | None, stderr: bool = False) -> Console:
 
 
 def printable(text: str) -> str:
-    """Text with control characters escaped, so names cannot move the cursor or open hyperlinks."""
-    if text.isprintable():
+    r"""Text with control characters escaped, so names cannot move the cursor or open hyperlinks.
+
+    Also defuses GitHub workflow commands: a log line starting with `::` is a command, and the legacy parser
+    acts on `##[` anywhere in a line. A name wrapped onto a line of its own could start one, so names never
+    print `::` or `##[`: the second character is escaped (`a:\x3ab`, `#\x23[`), as controls are.
+    """
+    if text.isprintable() and "::" not in text and "##[" not in text:
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text.replace("::", ":\\x3a").replace("##[", "#\\x23[")

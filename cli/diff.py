@@ -39,6 +39,7 @@ Exit codes:
   1  some layer moved more (flagged)
   2  usage error, unreadable run or baseline, no recorded step
      in common, or no layer in common (unless --allow-disjoint)
+  3  internal error (rerun with gradcheck --debug)
 
 \b
 Per layer, at the steps both runs recorded: log10 of the gradient

@@ -48,6 +48,7 @@ Exit codes:
      gradcheck inspect to gate CI)
   2  usage error, missing run directory, no readable snapshot,
      or nothing recorded for the metric
+  3  internal error (rerun with gradcheck --debug)
 """
 
 

@@ -87,6 +87,8 @@ def story_document(report: Report) -> dict[str, Any]:
 def dumps(document: dict[str, Any]) -> str:
     """Serialise with NaN/Inf as null; allow_nan=False guarantees no invalid JSON slips through."""
     text = json.dumps(_finite(document), indent=2, allow_nan=False, ensure_ascii=False)
+    # GitHub's legacy log parser acts on `##[` anywhere; only strings can hold `#`, and \u0023 decodes the same
+    text = text.replace("##[", "#\\u0023[")
     return text if text.replace("\n", "").isprintable() else _escape_unprintable(text)
 
 

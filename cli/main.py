@@ -28,6 +28,7 @@ from .config_cmd import config, warn_config
 from .console import make_console, printable
 from .depth import render_depth
 from .diff import baseline, diff
+from .guard import DEBUG_ENV, GuardedGroup
 from .heatmap import heatmap
 from .help_cmd import help_command
 from .pictures.commands import plot, report
@@ -40,6 +41,8 @@ Exit codes:
   1  findings at the --fail-on level
   2  usage error, bad config, or no readable snapshot
      (with --strict: any unreadable file)
+  3  internal error (a bug): one line on stderr; rerun with
+     `gradcheck --debug ...` for the traceback
 
 \b
 Config: [tool.gradcheck] in the nearest pyproject.toml (searched
@@ -48,11 +51,19 @@ options override it. Keys: fail-on, ignore, [thresholds], and
 [[overrides]] with params globs. `gradcheck config` shows the
 settings in force; more: gradcheck help config.
 """
+GROUP_HELP = """\b
+Exit codes: 0 healthy, 1 findings, 2 bad input or usage,
+3 internal error (one line on stderr; rerun with --debug,
+anywhere on the command line, for the traceback). See docs/BAD_INPUT.md.
+"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=GROUP_HELP)
 @click.version_option(version("gradcheck"), "-V", "--version", prog_name="gradcheck")
-def cli() -> None:
+@click.option(
+    "--debug", is_flag=True, help=f"Show the traceback of an internal error (exit 3); or set {DEBUG_ENV}=1."
+)
+def cli(debug: bool) -> None:
     """Find vanishing, exploding, NaN and dead gradients in a training run's safetensors snapshots."""
 
 

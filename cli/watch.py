@@ -43,6 +43,7 @@ Exit codes (on --timeout, --idle, Ctrl-C, or with --fail-fast):
   1  findings at the --fail-on level (--fail-fast: at the first
      error finding, right away)
   2  usage error, bad config, or no readable snapshot by the end
+  3  internal error (rerun with gradcheck --debug)
 
 \b
 Polls RUN_DIR every --interval seconds; waits for it if it does
@@ -172,6 +173,7 @@ def follow(
 )
 @config_options
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: auto).")
+@click.option("--no-cache", is_flag=True, help="Read every file again; neither use nor fill the stats cache.")
 def watch(
     run_dir: Path,
     interval: float,
@@ -183,10 +185,11 @@ def watch(
     thresholds: tuple[str, ...],
     ignore: tuple[str, ...],
     color: bool | None,
+    no_cache: bool,
 ) -> None:
     """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
     console = make_console(color=color)
-    scan = scan_options(1, no_cache=False)  # with the cache, each refresh reads only new or changed files
+    scan = scan_options(1, no_cache=no_cache)  # with the cache, each refresh reads only new or changed files
     if not run_dir.exists():
         click.echo(f"gradcheck: waiting for {printable(str(run_dir))} to appear", err=True)
     try:

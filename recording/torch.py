@@ -61,6 +61,7 @@ STATS_CHUNK = 1 << 24
 # Devices whose tensors stats mode copies and summarises on the writer thread; elsewhere it summarises on
 # the device, on the training thread, and reads back 8 numbers per tensor.
 HOST_DEVICES = ("cpu",)
+NOT_RECORDED_KEY = "gradcheck.not_recorded"  # {key: why} of tensors skipped (complex dtypes)
 
 
 @dataclass
@@ -220,11 +221,29 @@ class Recorder:
         return job
 
     def _add(self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool) -> None:
+        """Queue one tensor; complex ones are skipped with a note, a failure names the tensor, run and step."""
+        key = f"{kind}/{name}"
+        if tensor.is_complex():  # not real: nothing gradcheck analyses (complex128 has no safetensors dtype)
+            skipped = json.loads(job.metadata.get(NOT_RECORDED_KEY, "{}"))
+            skipped[key] = f"{str(tensor.dtype).removeprefix('torch.')}: complex, not recorded"
+            job.metadata[NOT_RECORDED_KEY] = json.dumps(skipped)
+            return
+        try:
+            self._add_tensor(job, key, tensor, owned=owned)
+        except RecordingError:
+            raise
+        except Exception as error:  # e.g. a parameter on the meta device, which has no data to copy
+            raise RecordingError(
+                f"cannot record {key!r} of step {job.step} to {self._dir}: "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                f" (device {tensor.device}, dtype {tensor.dtype})"
+            ) from error
+
+    def _add_tensor(self, job: _Job, key: str, tensor: Any, *, owned: bool) -> None:
         """Queue one tensor: a host copy (full mode, and stats mode on the CPU) or a device summary row.
 
         `owned` says the tensor is the recorder's own (a clone or a result), so it needs no further copy.
         """
-        key = f"{kind}/{name}"
         if tensor.layout != self._torch.strided:
             tensor, owned = tensor.to_dense(), True
         if self._mode == "full":

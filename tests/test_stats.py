@@ -18,8 +18,8 @@ def assert_same(got: TensorStats, want: TensorStats, rtol: float = 1e-12) -> Non
     """Counts exactly equal, float summaries equal to rounding."""
     assert (got.count, got.nan, got.inf, got.zeros) == (want.count, want.nan, want.inf, want.zeros)
     np.testing.assert_allclose(
-        [got.abs_min, got.abs_max, got.abs_sum, got.sq_sum],
-        [want.abs_min, want.abs_max, want.abs_sum, want.sq_sum],
+        [got.abs_min, got.abs_max, got.abs_sum, got.sq_sum, got.scale],
+        [want.abs_min, want.abs_max, want.abs_sum, want.sq_sum, want.scale],
         rtol=rtol,
         atol=0.0,
     )
