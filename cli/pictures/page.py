@@ -33,11 +33,11 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 6px}
 .verdict{font-weight:600;padding:8px 10px;border-radius:4px;margin:10px 0}
 .ok{background:#e6f4ea;color:#1e6b32}.warn{background:#fff4d6;color:#7a5200}.error{background:#fde7e7;color:#9b1c1c}
-#findings li{margin:4px 0}#findings .sev{font-weight:600;display:inline-block;min-width:4.5em}
-#findings .problem{font-weight:600}#findings .params{font-size:13px;margin:1px 0 0 4.5em}
+#findings li{margin:4px 0}#findings .sev{font-weight:600;display:inline-block;min-width:75px}
+#findings .problem{font-weight:600}#findings .params{font-size:13px;margin:1px 0 0 79px}
 .cause{font-weight:600;background:#fdf1e7;border-left:4px solid #b42318;padding:6px 10px;margin:8px 0}
 .cause a{font-weight:400}
-.sev-error{color:#b42318}.sev-warning{color:#8a6100}.hint{color:#555;font-size:13px}
+.sev-error{color:#b42318}.sev-warning{color:#8a6100}.hint{color:#555;font-size:13px;margin:4px 0}
 .chart{min-height:120px}.muted{color:#666;font-size:13px}
 .vega-bind{display:inline-block;margin:4px 12px 0 0;font-size:13px}
 """
