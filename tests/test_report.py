@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -16,10 +17,11 @@ from runs_builder import write_run
 from gradcheck.analysis.context import StepContext
 from gradcheck.analysis.heatmap import build_heatmap
 from gradcheck.analysis.inspection import inspect_run
+from gradcheck.analysis.story import tell
 from gradcheck.cli.main import cli
 from gradcheck.cli.pictures.charts import MAX_HEATMAP_COLUMNS, chart_data, context_series, grouped_findings
-from gradcheck.cli.pictures.page import read_zipped, report_html
-from gradcheck.cli.pictures.specs import datasets, specs
+from gradcheck.cli.pictures.page import PARAMS_SHOWN, read_zipped, report_html
+from gradcheck.cli.pictures.specs import ALL_LAYERS, datasets, specs
 
 SAMPLES = ("healthy_mlp", "exploding_nan", "dead_relu", "vanishing_sigmoid", "bf16_mlp", "plain_dumps")
 BUDGET = 2_000_000  # bytes, issue #15
@@ -30,7 +32,10 @@ class _Page(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.findings: list[dict[str, str]] = []
+        self.findings: list[dict[str, str]] = []  # one per group of the story
+        self.causes: list[str] = []
+        self.links: list[dict[str, str]] = []
+        self._cause: bool = False
         self.charts: list[str] = []
         self.scripts: dict[str, str] = {}
         self.references: list[str] = []
@@ -38,8 +43,13 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         named = {key: value or "" for key, value in attrs}
-        if tag == "li" and "data-check" in named:
+        if tag == "li" and "data-problem" in named:
             self.findings.append(named)
+        if tag == "p" and named.get("class") == "cause":
+            self._cause = True
+            self.causes.append("")
+        if tag == "a" and "data-layer" in named:
+            self.links.append(named)
         if tag == "div" and named.get("class") == "chart":
             self.charts.append(named["id"])
         if tag == "script":
@@ -52,10 +62,14 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._script is not None:
             self.scripts[self._script] += data
+        if self._cause:
+            self.causes[-1] += data
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":
             self._script = None
+        if tag == "p":
+            self._cause = False
 
 
 def _page(path: Path) -> _Page:
@@ -65,7 +79,7 @@ def _page(path: Path) -> _Page:
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-def test_report_of_each_sample_run_is_self_contained_and_lists_the_json_findings(
+def test_report_of_each_sample_run_is_self_contained_and_tells_the_json_story(
     runner: CliRunner, sample_runs: Path, tmp_path: Path, name: str
 ) -> None:
     target = tmp_path / "report.html"
@@ -78,25 +92,80 @@ def test_report_of_each_sample_run_is_self_contained_and_lists_the_json_findings
     text = target.read_text(encoding="utf-8")
     assert not re.search(r"sourceMappingURL|@import|url\(\s*['\"]?https?:", text)
     assert target.stat().st_size < BUDGET
-    expected = [(f["check"], f["param"], str(f["step"]), f["severity"]) for f in document["findings"]]
+    story = document["story"]
+    expected = [
+        (g["severity"], g["problem"], str(g["first_step"]), str(g["last_step"]), g["params"])
+        for g in story["groups"]
+    ]
     assert [
-        (f["data-check"], f["data-param"], f["data-step"], f["data-severity"]) for f in page.findings
+        (
+            g["data-severity"],
+            g["data-problem"],
+            g["data-first-step"],
+            g["data-last-step"],
+            json.loads(g["data-params"]),
+        )
+        for g in page.findings
     ] == expected
+    assert [text.removeprefix("likely cause: ").removesuffix(" see the chart") for text in page.causes] == [
+        c["text"] for c in story["causes"]
+    ]
     assert set(json.loads(page.scripts["gradcheck-specs"])) == {c.removeprefix("chart-") for c in page.charts}
     assert {"norms", "flow"} <= {c.removeprefix("chart-") for c in page.charts}
 
 
-def test_each_finding_links_to_the_chart_of_its_check(
+def test_each_group_links_to_the_chart_of_its_check(
     runner: CliRunner, sample_runs: Path, tmp_path: Path
 ) -> None:
     target = tmp_path / "report.html"
     runner.invoke(cli, ["report", str(sample_runs / "exploding_nan"), "-o", str(target), "-q"])
-    links = re.findall(
-        r'<li data-severity="\w+" data-check="([\w-]+)".*?<a href="#(\w+)" data-chart="\w+"',
-        target.read_text(),
+    charts = {
+        re.search(r'data-checks="([\w -]+)"', item)[1]: set(re.findall(r'data-chart="(\w+)"', item))  # type: ignore[index]
+        for item in re.findall(r"<li .*?</li>", target.read_text())
+    }
+    assert charts["update-ratio-high"] == {"ratio"} and charts["nonfinite"] == {"norms"}
+    assert all(
+        chart == {"ratio" if checks.startswith("update-ratio") else "norms"}
+        for checks, chart in charts.items()
     )
-    assert ("update-ratio-high", "ratio") in links and ("nonfinite", "norms") in links
-    assert all(chart == ("ratio" if check.startswith("update-ratio") else "norms") for check, chart in links)
+
+
+def test_the_likely_cause_comes_before_the_groups_and_its_hint_first(sample_runs: Path) -> None:
+    report = inspect_run(sample_runs / "exploding_nan")
+    page = report_html(report, chart_data(report))
+    cause = page.index('<p class="cause"')
+    assert cause < page.index('<ol id="findings">') < page.index("nonfinite</span>")
+    assert "learning rate too high?" in page[cause : page.index("</p>", cause)]
+    hints = re.findall(r'<p class="hint">hint \(([\w -]+)\)', page)
+    assert hints == ["likely cause"]  # the cause explains every group: no per-problem hint repeats it
+
+
+def test_a_group_links_every_layer_it_spans_and_each_of_its_parameters(sample_runs: Path) -> None:
+    report = inspect_run(sample_runs / "exploding_nan")
+    page = _Page()
+    page.feed(report_html(report, chart_data(report)))
+    nonfinite = next(g for g in page.findings if g["data-problem"] == "nonfinite")
+    assert json.loads(nonfinite["data-params"]) == list(report.run.params)
+    single = next(g for g in page.findings if g["data-params"] == '["4.weight"]')
+    assert single["data-problem"] == "exploding"
+    layers = [(a["data-chart"], a["data-layer"]) for a in page.links]
+    # the cause, then per group: the who link (all layers when it spans several), then each parameter's own layer
+    assert layers[:5] == [
+        ("ratio", ALL_LAYERS),
+        ("ratio", ALL_LAYERS),
+        ("ratio", "0"),
+        ("ratio", "2"),
+        ("ratio", "4"),
+    ]
+    assert ("norms", "4") in layers
+
+
+def test_a_group_of_many_parameters_folds_its_list(sample_runs: Path) -> None:
+    report = inspect_run(sample_runs / "vanishing_sigmoid")
+    page = report_html(report, chart_data(report))
+    vanishing = re.search(r'<li [^>]*data-problem="vanishing"[^>]*data-params="([^"]*)".*?</li>', page)
+    assert vanishing is not None and len(json.loads(html.unescape(vanishing[1]))) == 11 > PARAMS_SHOWN
+    assert '<details class="params"><summary>the 11 parameters</summary>' in vanishing[0]
 
 
 def test_series_are_the_json_history_and_the_heatmap_of_the_analysis(sample_runs: Path) -> None:
@@ -172,10 +241,11 @@ def test_without_context_the_page_says_none_was_recorded(sample_runs: Path) -> N
     assert 'id="context-note"' in page and "chart-context" not in page
 
 
-def test_grouping_is_one_group_in_inspect_order_until_the_story_lands(sample_runs: Path) -> None:
+def test_grouping_is_the_story_the_terminal_and_json_tell(sample_runs: Path) -> None:
     report = inspect_run(sample_runs / "exploding_nan")
-    assert grouped_findings(report) == [("", report.findings)]
-    assert grouped_findings(inspect_run(sample_runs / "healthy_mlp")) == []
+    assert grouped_findings(report) == tell(report.findings, report.run.params)
+    assert grouped_findings(report).causes  # the sample's learning rate explains its explosion and NaN
+    assert grouped_findings(inspect_run(sample_runs / "healthy_mlp")).groups == ()
 
 
 def test_heatmap_metric_option_picks_the_first_metric(

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from gradcheck.cli.main import cli
+from gradcheck.cli.pictures.specs import ALL_LAYERS
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +30,9 @@ QUERIES = {
     "drawn": "document.querySelectorAll('div.chart canvas, div.chart svg').length",
     "empty": "Array.from(document.querySelectorAll('div.chart')).filter(d => !d.querySelector('canvas, svg')).map(d => d.id)",
     "rendered": "Number(document.body.getAttribute('data-rendered'))",
-    "findings": "Array.from(document.querySelectorAll('#findings li')).map(li => [li.dataset.check, li.dataset.param, Number(li.dataset.step)])",
+    "groups": "Array.from(document.querySelectorAll('#findings li')).map(li => [li.dataset.severity, li.dataset.problem, Number(li.dataset.firstStep), Number(li.dataset.lastStep), JSON.parse(li.dataset.params)])",
+    "causes": "Array.from(document.querySelectorAll('p.cause')).map(p => p.innerText)",
+    "cause_first": "Array.from(document.querySelectorAll('p.cause, #findings')).map(e => e.tagName)",
     "verdict": "document.getElementById('verdict').className",
     "inked": "Array.from(document.querySelectorAll('div.chart canvas')).map(c => c.width * c.height > 0)",
 }
@@ -67,7 +70,12 @@ def test_report_renders_every_chart_without_errors(
     values = page.values
     assert values["charts"] >= 3 and values["rendered"] == values["charts"]
     assert values["empty"] == [] and values["drawn"] >= values["charts"] and all(values["inked"])
-    assert values["findings"] == [[f["check"], f["param"], f["step"]] for f in document["findings"]]
+    story = document["story"]
+    assert values["groups"] == [
+        [g["severity"], g["problem"], g["first_step"], g["last_step"], g["params"]] for g in story["groups"]
+    ]
+    assert values["causes"] == [f"likely cause: {c['text']} see the chart" for c in story["causes"]]
+    assert values["cause_first"] == ["P"] * len(story["causes"]) + (["OL"] if story["groups"] else [])
     assert values["verdict"] == f"verdict {document['status']}"
     assert (ARTIFACTS / f"report_{name}.png").stat().st_size > 10_000
 
@@ -115,19 +123,25 @@ def test_context_section_renders_when_recorded(chromium, sample_runs: Path, tmp_
     assert "chart-context" in target.read_text() and "context-note" not in target.read_text()
 
 
-def test_a_finding_link_selects_its_layer(chromium, sample_runs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_group_link_shows_its_layers_and_a_parameter_link_selects_its_own(
+    chromium, sample_runs: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """dead_relu's one group is 0.weight, 0.bias, 2.weight: its link shows every layer, 0.bias's selects layer 0."""
     target = tmp_path / "dead.html"
     CliRunner().invoke(cli, ["report", str(sample_runs / "dead_relu"), "-o", str(target), "-q"])
     click = (
-        "(() => { const a = document.querySelector('#findings li a[data-layer]'); a.click();"
-        " return new Promise(r => setTimeout(() => r([a.dataset.layer, gradcheckViews[a.dataset.chart].signal('layer'),"
-        " location.hash]), 200)); })()"
+        "(selector) => new Promise(r => { const a = document.querySelector(selector); a.click();"
+        " setTimeout(() => r([a.textContent, a.dataset.layer, gradcheckViews[a.dataset.chart].signal('layer'),"
+        " location.hash]), 200); })"
     )
     page = chromium.load(
         target.as_uri(),
-        {"clicked": click},
+        {
+            "group": f"({click})('#findings li > a[data-layer]')",
+            "param": f"({click})('#findings li .params a:nth-of-type(2)')",
+        },
         ready="document.body && document.body.getAttribute('data-rendered')",
     )
-    layer, selected, anchor = page.values["clicked"]
-    assert selected == layer == "0" and anchor == "#norms"
+    assert page.values["group"] == ["3 parameters", ALL_LAYERS, ALL_LAYERS, "#norms"]
+    assert page.values["param"] == ["0.bias", "0", "0", "#norms"]
     assert page.errors == []

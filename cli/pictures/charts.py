@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.errors import RunError
 from gradcheck.analysis.heatmap import METRICS, Heatmap, build_heatmap
 from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profile, grad_series
 from gradcheck.analysis.inspection import Report
+from gradcheck.analysis.story import Story, tell
 
 # One colour per layer, cycled in model order: Tableau 10, which is both matplotlib's default cycle ("tab10")
 # and Vega's "tableau10" scheme, so the HTML report and `gradcheck plot` colour a layer alike.
@@ -32,7 +32,7 @@ HEATMAP_SCHEME = "inferno"  # dark = vanishing, bright = exploding, as `gradchec
 # Heatmap columns in the report: a wider run is binned as `gradcheck heatmap` bins it (each cell the max of its
 # bin, NaN/Inf winning), so a 10,000-step run still gives a page of a few MB at most.
 MAX_HEATMAP_COLUMNS = 400
-# A finding links to the chart that shows it: update-ratio findings to the ratio chart, the rest to ‖g‖.
+# A group of findings links to the chart that shows it: update-ratio findings to the ratio chart, the rest to ‖g‖.
 CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"}
 
 
@@ -87,13 +87,13 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
     )
 
 
-def grouped_findings(report: Report) -> list[tuple[str, list[Finding]]]:
-    """The findings as the terminal groups them: (heading, findings) pairs.
+def grouped_findings(report: Report) -> Story:
+    """The findings as the terminal groups them (analysis/story.py): likely causes, groups by first step, hints.
 
-    The one place the pictures group findings. Until the story grouping of issue #12 lands (analysis/story.py),
-    this is one untitled group with the findings in the order `inspect` lists them.
+    The one place the pictures group findings; `inspect`'s table and `--format json`'s `story` call the same
+    `tell`, so the three tell one story.
     """
-    return [("", list(report.findings))] if report.findings else []
+    return tell(report.findings, report.run.params)
 
 
 def recorded_context(report: Report) -> tuple[Mapping[int, Any], Mapping[int, Mapping[str, float]]]:

@@ -10,13 +10,13 @@ from importlib.metadata import version
 from importlib.resources import files
 from typing import Any
 
-from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.inspection import Report
+from gradcheck.analysis.story import Group
 
-from ..ci_formats import count_steps, problem_of, verdict_line
+from ..ci_formats import verdict_line
 from ..console import printable
 from .charts import CHART_OF_CHECK, ChartData, grouped_findings
-from .specs import datasets, specs
+from .specs import ALL_LAYERS, datasets, specs
 
 VENDORED = ("vega.min.js", "vega-lite.min.js")
 TITLES = {
@@ -27,13 +27,17 @@ TITLES = {
     "heatmap": "Layers × recorded steps",
     "context": "Training context recorded with the snapshots",
 }
+PARAMS_SHOWN = 8  # a group of more parameters lists them folded (a 100-parameter NaN would fill the screen)
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1000px;padding:16px;color:#222}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 6px}
 .verdict{font-weight:600;padding:8px 10px;border-radius:4px;margin:10px 0}
 .ok{background:#e6f4ea;color:#1e6b32}.warn{background:#fff4d6;color:#7a5200}.error{background:#fde7e7;color:#9b1c1c}
-#findings li{margin:3px 0}#findings .sev{font-weight:600;display:inline-block;min-width:4.5em}
-.sev-error{color:#b42318}.sev-warning{color:#8a6100}.hint{color:#555;font-size:13px}
+#findings li{margin:4px 0}#findings .sev{font-weight:600;display:inline-block;min-width:75px}
+#findings .problem{font-weight:600}#findings .params{font-size:13px;margin:1px 0 0 79px}
+.cause{font-weight:600;background:#fdf1e7;border-left:4px solid #b42318;padding:6px 10px;margin:8px 0}
+.cause a{font-weight:400}
+.sev-error{color:#b42318}.sev-warning{color:#8a6100}.hint{color:#555;font-size:13px;margin:4px 0}
 .chart{min-height:120px}.muted{color:#666;font-size:13px}
 .vega-bind{display:inline-block;margin:4px 12px 0 0;font-size:13px}
 """
@@ -96,7 +100,7 @@ def report_html(report: Report, data: ChartData, *, heatmap_metric: str = "grad-
         f"<h1>gradcheck report: {run}</h1>",
         _shape_line(data),
         f'<div class="verdict {report.status}" id="verdict">{html.escape(verdict_line(report))}</div>',
-        _findings_html(report, charts),
+        _findings_html(report, data, charts),
         _context_note(data),
         *(_chart_html(chart_id) for chart_id in charts),
         _zipped_script("gradcheck-data", datasets(data)),
@@ -124,40 +128,62 @@ def _shape_line(data: ChartData) -> str:
     )
 
 
-def _findings_html(report: Report, charts: dict[str, Any]) -> str:
-    groups = grouped_findings(report)
-    if not groups:
-        return '<h2 id="findings-title">Findings</h2><p>No findings.</p>'
+def _findings_html(report: Report, data: ChartData, charts: dict[str, Any]) -> str:
+    """The story of `inspect`: likely causes, one item per group (problem, parameters, steps), then the hints."""
+    story = grouped_findings(report)
     out = ['<h2 id="findings-title">Findings</h2>']
-    for heading, findings in groups:
-        if heading:
-            out.append(f"<h3>{html.escape(heading)}</h3>")
-        out.append('<ol id="findings">' if len(groups) == 1 else '<ol class="findings">')
-        out += [_finding_html(f, charts) for f in findings]
-        out.append("</ol>")
-    hints = dict.fromkeys((f.problem, f.hint) for f in report.findings)
-    out += [f'<p class="hint">{html.escape(p)}: {html.escape(h)}</p>' for p, h in hints]
+    if not story.groups:
+        return out[0] + "<p>No findings.</p>"
+    layers = {s.param: s.layer for s in data.series}
+    out += [
+        f'<p class="cause" data-problem="{html.escape(c.cause.problem)}"><b>likely cause:</b> '
+        f"{html.escape(printable(c.text))} {_link(_chart_of(c.cause, charts), c.cause.params, layers, 'see the chart')}</p>"
+        for c in story.causes
+    ]
+    out.append('<ol id="findings">')
+    out += [_group_html(group, _chart_of(group, charts), layers) for group in story.groups]
+    out.append("</ol>")
+    hints = [("likely cause", cause.hint) for cause in story.causes] + list(story.hints)
+    out += [f'<p class="hint">hint ({html.escape(p)}): {html.escape(h)}</p>' for p, h in hints]
     return "\n".join(out)
 
 
-def _finding_html(finding: Finding, charts: dict[str, Any]) -> str:
-    chart = CHART_OF_CHECK.get(finding.check, "norms")
-    chart = chart if chart in charts else "norms"
+def _chart_of(group: Group, charts: dict[str, Any]) -> str:
+    chart = CHART_OF_CHECK.get(group.checks[0], "norms")
+    return chart if chart in charts else "norms"
+
+
+def _group_html(group: Group, chart: str, layers: dict[str, str]) -> str:
+    """One group as the terminal's line; a group of several parameters lists each, linked to its own layer."""
     attributes = " ".join(
         f'data-{name}="{html.escape(str(value))}"'
         for name, value in (
-            ("severity", finding.severity), ("check", finding.check), ("param", finding.param),
-            ("step", finding.step), ("count", finding.count),
+            ("severity", group.severity), ("problem", group.problem), ("label", group.label),
+            ("first-step", group.first_step), ("last-step", group.last_step),
+            ("params", json.dumps(group.params, ensure_ascii=False)), ("checks", " ".join(group.checks)),
         )
     )  # fmt: skip
-    link = (
-        f'<a href="#{chart}" data-chart="{chart}" data-layer="{html.escape(finding.layer)}">'
-        f"{html.escape(printable(finding.param))}</a>"
+    line = (
+        f'<li {attributes}><span class="sev sev-{group.severity}">{group.severity}</span> '
+        f'<span class="problem">{html.escape(group.label)}</span> '
+        f"{_link(chart, group.params, layers, printable(group.who))}, {html.escape(group.when)}: "
+        f"{html.escape(printable(group.message))}"
     )
+    if len(group.params) == 1:
+        return line + "</li>"
+    links = " · ".join(_link(chart, (param,), layers, printable(param)) for param in group.params)
+    if len(group.params) <= PARAMS_SHOWN:
+        return f'{line}<div class="params">{links}</div></li>'
+    summary = f"the {len(group.params)} parameters"
+    return f'{line}<details class="params"><summary>{summary}</summary>{links}</details></li>'
+
+
+def _link(chart: str, params: tuple[str, ...], layers: dict[str, str], text: str) -> str:
+    """A link to `chart` that selects the layer of `params`, or every layer when they span several."""
+    chosen = {layers.get(param, param) for param in params}
+    layer = chosen.pop() if len(chosen) == 1 else ALL_LAYERS
     return (
-        f'<li {attributes}><span class="sev sev-{finding.severity}">{finding.severity}</span> '
-        f"{html.escape(problem_of(finding))} in {link}: {html.escape(printable(finding.message))} "
-        f'<span class="muted">({html.escape(count_steps(finding))})</span></li>'
+        f'<a href="#{chart}" data-chart="{chart}" data-layer="{html.escape(layer)}">{html.escape(text)}</a>'
     )
 
 
