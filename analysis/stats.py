@@ -6,7 +6,7 @@ import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,7 +15,10 @@ import numpy as np
 class TensorStats:
     """Summary of one tensor (or a chunk or shard of one); `merge` combines two summaries exactly.
 
-    min/max/sum are over finite values only; NaN and Inf are counted apart.
+    min/max/sum are over finite values only; NaN and Inf are counted apart. `alive` is the per-unit "ever
+    non-zero" bitmap (analysis/units.py): bit i set when unit i (index i along axis 0) holds an element that
+    is not ±0; None when it was not computed (older summaries, tensors past units.MAX_UNITS). Bits index
+    units of the whole tensor, so parts of one tensor merge by OR; equality ignores it.
     """
 
     count: int = 0
@@ -26,6 +29,7 @@ class TensorStats:
     abs_max: float = 0.0
     abs_sum: float = 0.0
     sq_sum: float = 0.0
+    alive: int | None = field(default=None, compare=False)
 
     @property
     def finite(self) -> int:
@@ -63,7 +67,15 @@ class TensorStats:
             abs_max=max(self.abs_max, other.abs_max),
             abs_sum=self.abs_sum + other.abs_sum,
             sq_sum=self.sq_sum + other.sq_sum,
+            alive=_either_or(self.alive, other.alive),
         )
+
+
+def _either_or(one: int | None, other: int | None) -> int | None:
+    """OR of two unit bitmaps; an unknown (None) one, such as the empty summary's, adds nothing."""
+    if one is None or other is None:
+        return other if one is None else one
+    return one | other
 
 
 def merge_all(parts: Iterable[TensorStats]) -> TensorStats:
