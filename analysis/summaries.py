@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from .stats import TensorStats
+from .units import decode, encode, unit_count
 
 STATS_KEY = "gradcheck.stats"
 _COUNTS = ("count", "nan", "inf", "zeros")
@@ -20,6 +21,8 @@ def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dic
     entry: dict[str, object] = {"shape": [int(d) for d in shape], "dtype": dtype}
     entry.update({name: int(getattr(stats, name)) for name in _COUNTS})
     entry.update({name: _encode(getattr(stats, name)) for name in _FLOATS})
+    if stats.alive is not None:  # optional: summaries without it (older recorders) read as before
+        entry["alive"] = encode(stats.alive)
     return entry
 
 
@@ -32,7 +35,8 @@ def stats_from_entry(entry: Mapping[str, object]) -> TensorStats:
     floats = {name: _float(entry, name) for name in _FLOATS}
     if counts["nan"] + counts["inf"] + counts["zeros"] > counts["count"]:
         raise ValueError("nan + inf + zeros exceed count")
-    return TensorStats(**counts, **floats)
+    alive = decode(entry["alive"], unit_count(shape_of(entry))) if "alive" in entry else None
+    return TensorStats(**counts, **floats, alive=alive)
 
 
 def shape_of(entry: Mapping[str, object]) -> tuple[int, ...]:
