@@ -194,23 +194,33 @@ def dead_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
 
 
 def dead_units_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
-    """Units (rows along axis 0) whose gradient is exactly zero at every recorded step, >= dead_units of them.
+    """Units (indices along axis 0) whose gradient is exactly zero from some recorded step to the last one.
 
-    Needs the per-unit bitmap (TensorStats.alive) at dead_min_steps recorded steps or more, for the same reason
-    as `dead`; one event per such step, so the finding spans them.
+    A ReLU unit that dies stays dead: from then on its row of the gradient is zero at every recorded step,
+    while before it died (step 0 at least, for a high learning rate) it had gradients. So the dead units of
+    step S are those zero at every recorded step from S to the end (the OR of the per-unit bitmaps, see
+    units.py), counted when that stretch has dead_min_steps recorded steps or more. Events at every step
+    from the first S where dead_units of the units are dead, so the finding spans the dying.
     """
     grads = [row for row in history if row.grad is not None and row.grad.stats.alive is not None]
-    units = unit_count(grads[0].grad.shape) if grads else 0  # type: ignore[union-attr]
+    units = unit_count(grads[-1].grad.shape) if grads else 0  # type: ignore[union-attr]
     if len(grads) < t.dead_min_steps or units < 2:
         return
-    alive = 0
-    for row in grads:
+    alive, suffix = 0, []
+    for row in reversed(grads):
         alive |= row.grad.stats.alive  # type: ignore[union-attr,operator]
-    dead = dead_count(alive, units)
-    if dead / units >= t.dead_units:
-        message = f"dead units {math.floor(100 * dead / units)} % ({dead}/{units})"
-        for row in grads:
-            yield Event("dead-units", row.param, "grad", row.step, dead / units, t.dead_units, message)
+        suffix.append(dead_count(alive, units))
+    suffix.reverse()  # suffix[i]: units zero at every recorded step from grads[i] on
+    judged = len(grads) - t.dead_min_steps + 1
+    first = next((i for i in range(judged) if suffix[i] / units >= t.dead_units), None)
+    if first is None:
+        return
+    dead = suffix[first]
+    message = (
+        f"dead units {math.floor(100 * dead / units)} % ({dead}/{units}) from step {grads[first].step} on"
+    )
+    for row in grads[first:]:
+        yield Event("dead-units", row.param, "grad", row.step, dead / units, t.dead_units, message)
 
 
 def update_ratio_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
