@@ -243,7 +243,8 @@ class Recorder:
             summary = tensor if owned else tensor.clone()
         else:
             summary = _device_row(self._torch, tensor.reshape(-1))
-            job.units[key] = _unit_mask(tensor)
+            if kind == "grad":  # only gradients have dead units; the others' bitmaps would only cost
+                job.units[key] = _unit_mask(tensor)
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:
@@ -291,7 +292,9 @@ class Recorder:
     def _write(self, job: _Job) -> None:
         tensors = {key: host_tensor(tensor, copy=False) for key, tensor in job.tensors.items()}
         summaries = {
-            key: summary_entry(_with_units(self._torch, value, job.units.get(key)), shape, dtype)
+            key: summary_entry(
+                _with_units(self._torch, value, job.units.get(key), key.startswith("grad/")), shape, dtype
+            )
             for key, (value, shape, dtype) in job.summaries.items()
         }
         write_snapshot(
@@ -486,9 +489,10 @@ def _fetch_units(torch: Any, job: _Job) -> None:
         start += mask.numel()
 
 
-def _with_units(torch: Any, value: Any, alive: Any) -> TensorStats:
-    """The TensorStats of a summary (device row already fetched, or a CPU tensor) with its unit bitmap."""
+def _with_units(torch: Any, value: Any, alive: Any, wanted: bool) -> TensorStats:
+    """The TensorStats of a summary (device row already fetched, or a CPU tensor), with its unit bitmap if
+    `wanted` (gradients)."""
     if isinstance(value, TensorStats):
         return replace(value, alive=alive)
-    mask = _unit_mask(value)
+    mask = _unit_mask(value) if wanted else None
     return replace(_host_stats(torch, value), alive=None if mask is None else units.from_bools(mask.numpy()))
