@@ -147,14 +147,14 @@ def digit_batches(size: int = 64, image: bool = False) -> Callable:
 def tasks() -> list[Task]:
     """The calibrated configurations: each at a learning rate people use for it."""
     vocab, chars = char_batches()
-    mlp = lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))  # noqa: E731
-    cnn = lambda: nn.Sequential(  # noqa: E731
+    mlp = lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    cnn = lambda: nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
         nn.Flatten(), nn.Linear(32 * 64, 10),
     )  # fmt: skip
-    adamw = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.1)  # noqa: E731
-    adam = lambda params, lr: torch.optim.Adam(params, lr=lr)  # noqa: E731
-    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)  # noqa: E731
+    adamw = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    adam = lambda params, lr: torch.optim.Adam(params, lr=lr)
+    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)
     return [
         # nanoGPT's shakespeare_char settings (AdamW 1e-3, betas 0.9/0.99, weight decay 0.1), smaller model.
         Task("gpt-adamw", lambda: TinyGPT(vocab), adamw, 1e-3, chars),
@@ -181,27 +181,27 @@ def train(task: Task, lr: float, steps: int, every: int, out: Path) -> float:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     tail = [v for v in losses[-20:] if math.isfinite(v)]
     return statistics.fmean(tail) if tail else math.nan
 
 
-def medians(run_dir: Path) -> tuple[dict[str, float], list[str]]:
-    """Median update ratio of every weight (2+ dims), and the update-ratio findings of the default config."""
+def medians(run_dir: Path) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Per weight (2+ dims): the median update ratio the check judges (against the weight's first mean|param|)
+    and DL4J's (against the current one); and the update-ratio findings of the default config."""
     run = load_run(run_dir)
     derived = derive(run)
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     for param in run.params:
-        ratios = [
-            row.update_ratio
-            for step in run.steps
-            if (row := derived.get((step, param))) is not None
-            and row.update_ratio is not None
-            and row.tensor is not None
-            and len(row.tensor.shape) >= 2
-        ]
-        if ratios:
-            out[param] = statistics.median(ratios)
+        rows = [derived[(s, param)] for s in run.steps if (s, param) in derived]
+        rows = [r for r in rows if r.value is not None and r.update is not None and len(r.value.shape) >= 2]
+        scale = next((r.value.stats.mean_abs for r in rows if r.value.stats.mean_abs > 0), None)
+        moved = [r for r in rows if r.update.stats.mean_abs > 0]
+        if scale is None or not moved:
+            continue
+        checked = statistics.median(math.log10(r.update.stats.mean_abs / scale) for r in moved)
+        current = statistics.median(r.update_ratio for r in moved if r.update_ratio is not None)
+        out[param] = (checked, current)
     findings = [
         f"{f.check} {f.param}"
         for f in run_checks(run, derived, Config())
@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=20, help="record every N steps (default 20)")
     parser.add_argument("--only", action="append", help="run only these tasks (repeatable)")
     parser.add_argument("--keep", type=Path, help="keep the recorded runs under this directory")
+    parser.add_argument("--verbose", action="store_true", help="print every weight's medians")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = args.keep or Path(tempfile.mkdtemp(prefix="gradcheck-calibration-"))
-    print(f"{'run':28} {'loss':>6} {'weights':>7} {'min':>6} {'median':>6} {'max':>6}  findings (defaults)")
+    print(f"{'run':24} {'loss':>6} {'weights':>7}  checked: min median max | DL4J current: min max  findings")
     for task in tasks():
         if args.only and task.name not in args.only:
             continue
@@ -227,17 +228,17 @@ def main(argv: list[str] | None = None) -> None:
             out = root / f"{task.name}-{label.replace(' ', '').replace('/', 'div')}"
             loss = train(task, task.lr * scale, args.steps, args.every, out)
             per_weight, findings = medians(out)
-            values = sorted(per_weight.values())
-            low, mid, high = (values[0], statistics.median(values), values[-1]) if values else (math.nan,) * 3
-            shown = (
-                ", ".join(findings) if len(findings) <= 3 else f"{len(findings)} findings: {findings[0]}, ..."
-            )
+            checked = sorted(v[0] for v in per_weight.values())
+            current = sorted(v[1] for v in per_weight.values())
+            shown = ", ".join(findings) if len(findings) <= 2 else f"{len(findings)}: {findings[0]}, ..."
             print(
-                f"{task.name + ' ' + label:28} {loss:6.3f} {len(values):7d} {low:6.2f} {mid:6.2f} {high:6.2f}  "
+                f"{task.name + ' ' + label:24} {loss:6.3f} {len(checked):7d}  {checked[0]:6.2f} "
+                f"{statistics.median(checked):6.2f} {checked[-1]:6.2f} | {current[0]:6.2f} {current[-1]:6.2f}  "
                 f"{shown or 'none'}"
             )
-            for param, value in per_weight.items():
-                print(f"    {param:40} {value:6.2f}")
+            if args.verbose:
+                for param, (mine, dl4j) in per_weight.items():
+                    print(f"    {param:40} {mine:6.2f} {dl4j:6.2f}")
     if args.keep is None:
         import shutil
 
