@@ -204,8 +204,8 @@ def dead_units_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event
     """
     grads = [row for row in history if row.grad is not None and row.grad.stats.alive is not None]
     units = unit_count(grads[-1].grad.shape) if grads else 0  # type: ignore[union-attr]
-    if len(grads) < t.dead_min_steps or units < 2:
-        return
+    if len(grads) < t.dead_min_steps or units < 2 or not any(row.grad.stats.alive for row in grads):  # type: ignore[union-attr]
+        return  # zero throughout: `dead`'s finding, not a fraction of units
     alive, suffix = 0, []
     for row in reversed(grads):
         alive |= row.grad.stats.alive  # type: ignore[union-attr,operator]
