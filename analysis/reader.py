@@ -27,7 +27,7 @@ from .header import (
     parse_header,
 )
 from .stats import TensorStats, summarize_pieces
-from .units import RowTracker, row_length, tracked
+from .units import Layout, RowTracker, layout
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
 BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
@@ -247,10 +247,6 @@ def _tensor_at(read: _Read, segments: Sequence[Segment], offset: int) -> str:
     return f"tensor {segments[read.pieces[-1][0]].name!r}"
 
 
-# Where a segment sits in its tensor, for the per-unit bitmap: (first element, elements, elements per unit).
-Layout = tuple[int, int, int]
-
-
 def _summarize_reads(
     segments: Sequence[Segment],
     reads: Sequence[_Read],
@@ -288,21 +284,17 @@ def _summarize_reads(
 
 
 def _layouts(header: FileHeader, segments: Sequence[Segment]) -> list[Layout | None]:
-    """The layout of each segment in its tensor, None for tensors that keep no unit bitmap."""
+    """Where each segment sits in its tensor (units.layout), None for tensors that keep no unit bitmap."""
     entries = {entry.name: entry for entry in header.entries}
     return [
-        _layout(
-            segment, entries[segment.name].begin, entries[segment.name].shape, entries[segment.name].dtype
+        layout(
+            s.begin - entries[s.name].begin,
+            s.end - s.begin,
+            DTYPES[entries[s.name].dtype].itemsize,
+            entries[s.name].shape,
         )
-        for segment in segments
+        for s in segments
     ]
-
-
-def _layout(segment: Segment, begin: int, shape: Sequence[int], dtype: str) -> Layout | None:
-    size = DTYPES[dtype].itemsize
-    if not tracked(shape) or row_length(shape) == 0:
-        return None
-    return (segment.begin - begin) // size, (segment.end - segment.begin) // size, row_length(shape)
 
 
 def _scan_fd(
@@ -414,7 +406,11 @@ def summarize_bytes(
     segments = _cut("", 0, len(data), info.itemsize, SEGMENT_BYTES)
     reads = _plan_reads(segments, [info] * len(segments), buffer_bytes)
     total = TensorStats()
-    layouts = [_layout(segment, 0, shape, dtype) for segment in segments] if shape is not None else []
+    layouts = (
+        [layout(s.begin, s.end - s.begin, info.itemsize, shape) for s in segments]
+        if shape is not None
+        else []
+    )
     for result in _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts):
         total = total.merge(result)
     return total

@@ -35,6 +35,17 @@ def tracked(shape: Sequence[int]) -> bool:
     return unit_count(shape) <= MAX_UNITS and (row_length(shape) > 0 or unit_count(shape) == 0)
 
 
+# Where a stretch of a tensor sits in it: (first element, elements, elements per unit).
+Layout = tuple[int, int, int]
+
+
+def layout(offset: int, length: int, itemsize: int, shape: Sequence[int]) -> Layout | None:
+    """The Layout of `length` bytes from byte `offset` of a tensor of `shape`; None when it keeps no bitmap."""
+    if not tracked(shape) or row_length(shape) == 0:
+        return None
+    return offset // itemsize, length // itemsize, row_length(shape)
+
+
 def from_bools(rows: np.ndarray) -> int:
     """The bitmap of a boolean vector (entry i: unit i is alive)."""
     packed = np.packbits(np.asarray(rows, dtype=bool), bitorder="little")
