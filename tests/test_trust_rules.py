@@ -142,3 +142,18 @@ def test_exploding_relative_uses_the_recorded_output_layer_and_never_the_alphabe
         "features.1.weight",
     ]  # output-most: features.1
     assert _relative_run(tmp_path / "other", reversed_model) == {"features.0.weight", "classifier.weight"}
+
+
+@pytest.mark.parametrize(("name", "warns"), [("embed.weight", False), ("proj.weight", True)])
+def test_embeddings_get_no_update_ratio_low(tmp_path: Path, name: str, warns: bool) -> None:
+    # 3 of 100 rows move each step: mean|update| is diluted 30x below what the moving rows get.
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal((100, 8)).astype(np.float32) * 0.02
+    for step in range(4):
+        update = np.zeros_like(value)
+        update[rng.choice(100, 3, replace=False)] = 1e-5
+        grad = np.where(update != 0, 1e-2, 0).astype(np.float32)
+        write_step(tmp_path, step, {"grad": {name: grad}, "param": {name: value}, "update": {name: update}})
+        value = value + update
+    checks = {f.check for f in inspect_run(tmp_path).findings}
+    assert ("update-ratio-low" in checks) is warns
