@@ -22,6 +22,7 @@ import stat
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib import metadata
 from itertools import chain
 from pathlib import Path
@@ -32,9 +33,10 @@ from .dtypes import DTYPES
 from .header import FileHeader, TensorEntry
 from .reader import FileScan
 from .stats import TensorStats
+from .units import unit_count
 
 # Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
-CACHE_FORMAT = 3  # 3: the sums' scale (stats.py)
+CACHE_FORMAT = 4  # 3: the sums' scale (stats.py); 4: per-unit "ever non-zero" bitmaps (TensorStats.alive)
 _DIGEST_CHARS = 64  # a sha256 in hex
 _SUFFIX = ".scan"
 _COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
@@ -98,6 +100,7 @@ def _encode_scan(scan: FileScan) -> dict[str, Any]:
     entries, stats = scan.header.entries, scan.stats.values()
     columns = {name: _pack([getattr(s, name) for s in stats], "Q") for name in _COUNT_FIELDS}
     columns.update({name: _pack([getattr(s, name) for s in stats], "d") for name in _FLOAT_FIELDS})
+    columns["alive"] = [None if s.alive is None else format(s.alive, "x") for s in stats]
     return {
         "path": scan.path,
         "file_size": scan.header.file_size,
@@ -171,12 +174,18 @@ def _decode_stats(obj: Any, entries: dict[str, TensorEntry]) -> dict[str, Tensor
     columns = [_unpack(obj[name], "Q") for name in _COUNT_FIELDS]
     columns += [_unpack(obj[name], "d") for name in _FLOAT_FIELDS]
     names = _strings(obj["names"])
-    _same_lengths([names, *columns])
-    stats = dict(zip(names, map(TensorStats, *columns), strict=True))
+    alive = obj["alive"]
+    _check(type(alive) is list and set(map(type, alive)) <= {str, type(None)})
+    _same_lengths([names, *columns, alive])
+    stats = {
+        name: replace(s, alive=_bitmap(a))
+        for name, s, a in zip(names, map(TensorStats, *columns), alive, strict=True)
+    }
     _check(len(stats) == len(names))
     for name, value in stats.items():
         _check(name in entries and value.count == math.prod(entries[name].shape))
         _check(_possible(value))
+        _check(value.alive is None or value.alive.bit_length() <= unit_count(entries[name].shape))
     return stats
 
 
@@ -190,6 +199,14 @@ def _possible(stats: TensorStats) -> bool:
         and 0 < stats.scale < math.inf
         and math.frexp(stats.scale)[0] == 0.5
     )
+
+
+def _bitmap(text: str | None) -> int | None:
+    """A unit bitmap column value (hex, as `_encode_scan` writes it)."""
+    if text is None:
+        return None
+    _check(0 < len(text) and all(c in "0123456789abcdef" for c in text))
+    return int(text, 16)
 
 
 def _decode_scan(obj: Any) -> FileScan:

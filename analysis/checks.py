@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .config import CHECK_IDS, Config
-from .formatting import sci
-from .metrics import ParamStep
-from .naming import layer_of
+from .formatting import beyond, bound, sci, times
+from .metrics import ParamStep, log10_ratio
+from .naming import layer_of, layer_role
 from .runs import Run
 from .thresholds import Thresholds
+from .units import dead_count, unit_count
 
 SEVERITY = {
     "nonfinite": "error",
@@ -24,6 +26,7 @@ SEVERITY = {
     "growth": "error",
     "shrink": "warning",
     "dead": "error",
+    "dead-units": "error",
     "update-ratio-high": "warning",
     "update-ratio-low": "warning",
 }
@@ -36,6 +39,7 @@ PROBLEM = {
     "growth": "exploding",
     "shrink": "vanishing",
     "dead": "dead",
+    "dead-units": "dead",
     "update-ratio-high": "update-ratio-high",
     "update-ratio-low": "update-ratio-low",
 }
@@ -50,6 +54,19 @@ HINTS = {
     "update-ratio-low": "updates are tiny against the weights: learning may be too slow; raise the learning rate",
 }
 _KIND_WORDS = {"grad": "gradient", "param": "parameter", "update": "update"}
+# Errors judged step by step, which need their condition at `min-steps` recorded steps in a row (persistence).
+PERSISTENT = frozenset({"vanishing", "exploding", "spike"})
+# Checks that do not apply to a kind of layer (naming.layer_role). An embedding row gets no gradient whenever
+# its token is absent from the batch (97 % of the rows in a small batch over a large vocabulary), and an
+# unused position or token table is zero throughout: neither is a dead unit. The same sparsity dilutes
+# mean|update| (rows not in the batch move little or not at all), so a low update ratio says nothing either:
+# the healthy character RNN of benchmarks/detection has its embedding at -4.7 while its other weights sit at
+# -1.3 to -2.5. A norm's scale and shift are per-feature, not units with an activation of their own: the
+# units are judged on the adjacent weight.
+EXEMPT = {
+    "embedding": frozenset({"dead", "dead-units", "update-ratio-low"}),
+    "norm": frozenset({"dead-units"}),
+}
 
 
 @dataclass(frozen=True)
@@ -109,7 +126,8 @@ def vanishing_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]
             continue
         if row.depth < math.log10(t.vanishing_relative):
             message = (
-                f"mean|g| {sci(mean)} < {sci(t.vanishing_mean)}; layer RMS {sci(10**row.depth)} x the largest"
+                f"mean|g| {beyond(mean, t.vanishing_mean, scientific=True)} < {bound(t.vanishing_mean)}; "
+                f"layer RMS {sci(10**row.depth)} of the largest"
             )
             yield Event("vanishing", row.param, "grad", row.step, mean, t.vanishing_mean, message)
 
@@ -119,20 +137,26 @@ def exploding_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]
     for row in history:
         mean = _grad_mean(row)
         if mean is not None and mean > t.exploding_mean:
-            message = f"mean|g| {sci(mean)} > {sci(t.exploding_mean)}"
+            message = f"mean|g| {beyond(mean, t.exploding_mean, scientific=True)} > {bound(t.exploding_mean)}"
             yield Event("exploding", row.param, "grad", row.step, mean, t.exploding_mean, message)
 
 
 def spike_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
-    """Gradient norm jumping far above the median of the parameter's earlier recorded steps."""
+    """Gradient norm far above the median of the parameter's earlier recorded steps, and above all of them.
+
+    Above the earlier maximum too: after convergence the norm falls by orders of magnitude, and an ordinary
+    batch gradient is then 200x the median of the collapsed steps, yet below the norms of early training.
+    Steps that spiked stay out of the baseline, so a sustained jump is measured against the steps before it.
+    """
     earlier: list[float] = []  # kept sorted, so each median is a lookup, not a sort of the whole history
     for step, norm in _grad_norms(history):
         if len(earlier) >= t.spike_history:
             middle = len(earlier) // 2
             baseline = earlier[middle] if len(earlier) % 2 else (earlier[middle - 1] + earlier[middle]) / 2
-            if norm >= t.spike_factor * baseline:
-                message = f"gradient norm {sci(norm)} is {norm / baseline:.0f}x the median of earlier steps"
+            if norm >= t.spike_factor * baseline and norm > earlier[-1]:
+                message = f"gradient norm {sci(norm)} is {times(norm / baseline)} the median of earlier steps"
                 yield Event("spike", history[0].param, "grad", step, norm / baseline, t.spike_factor, message)
+                continue
         bisect.insort(earlier, norm)
 
 
@@ -160,7 +184,7 @@ def _streak_events(check: str, history: list[ParamStep], factor: float, window: 
         streak = streak + 1 if moved else 0
         if streak >= window:
             message = (
-                f"gradient norm {'grew' if grows else 'shrank'} {'>=' if grows else '<='} {factor:g}x per "
+                f"gradient norm {'grew' if grows else 'shrank'} {'>=' if grows else '<='} {bound(factor)}× per "
                 f"recorded step for {streak} steps since step {norms[i - streak][0]}, to {sci(after)}"
             )
             yield Event(check, history[0].param, "grad", step, after / before, factor, message)
@@ -175,30 +199,69 @@ def dead_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
             yield Event("dead", row.param, "grad", row.step, 0.0, 0.0, message)
 
 
-def update_ratio_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
-    """Median of log10(mean|update| / mean|param|) over the recorded steps outside [low, high], for weights.
+def dead_units_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
+    """Units (indices along axis 0) whose gradient is exactly zero from some recorded step to the last one.
 
-    Judged on the median, not step by step: Adam's first steps move every weight by about the learning rate,
-    a transient that says nothing about the run. Events mark the steps that were themselves outside.
+    A ReLU unit that dies stays dead: from then on its row of the gradient is zero at every recorded step,
+    while before it died (step 0 at least, for a high learning rate) it had gradients. So the dead units of
+    step S are those zero at every recorded step from S to the end (the OR of the per-unit bitmaps, see
+    units.py), counted when that stretch has dead_min_steps recorded steps or more. Events at every step
+    from the first S where dead_units of the units are dead, so the finding spans the dying.
     """
+    grads = [row for row in history if row.grad is not None and row.grad.stats.alive is not None]
+    units = unit_count(grads[-1].grad.shape) if grads else 0  # type: ignore[union-attr]
+    if len(grads) < t.dead_min_steps or units < 2 or not any(row.grad.stats.alive for row in grads):  # type: ignore[union-attr]
+        return  # zero throughout: `dead`'s finding, not a fraction of units
+    alive, suffix = 0, []
+    for row in reversed(grads):
+        alive |= row.grad.stats.alive  # type: ignore[union-attr,operator]
+        suffix.append(dead_count(alive, units))
+    suffix.reverse()  # suffix[i]: units zero at every recorded step from grads[i] on
+    judged = len(grads) - t.dead_min_steps + 1
+    first = next((i for i in range(judged) if suffix[i] / units >= t.dead_units), None)
+    if first is None:
+        return
+    dead = suffix[first]
+    message = (
+        f"dead units {math.floor(100 * dead / units)} % ({dead}/{units}) from step {grads[first].step} on"
+    )
+    for row in grads[first:]:
+        yield Event("dead-units", row.param, "grad", row.step, dead / units, t.dead_units, message)
+
+
+def update_ratio_events(history: list[ParamStep], t: Thresholds) -> Iterator[Event]:
+    """Median of log10(mean|update| / the weight's first mean|param|) outside [low, high], for weights.
+
+    Against the weight's scale at its first recorded step, not its current one: a learning rate far too high
+    inflates the weights until update and weight are back in the usual proportion (docs/CHECKS.md). Judged on
+    the median over the recorded steps, not step by step. Events mark the steps that were themselves outside.
+    """
+    scale = next(
+        (row.value.stats.mean_abs for row in history if _is_matrix(row) and _positive_mean(row)), None
+    )
+    if scale is None:
+        return
     ratios = [
-        (row.step, row.update_ratio) for row in history if row.update_ratio is not None and _is_matrix(row)
+        (row.step, log10_ratio(row.update.stats.mean_abs, scale))  # type: ignore[union-attr]
+        for row in history
+        if row.update is not None and _is_matrix(row) and _positive(row.update.stats.mean_abs)
     ]
     if not ratios:
         return
     median = statistics.median(ratio for _, ratio in ratios)
     if median > t.update_ratio_high:
-        check, bound, sign = "update-ratio-high", t.update_ratio_high, 1
+        check, limit, sign = "update-ratio-high", t.update_ratio_high, 1
     elif median < t.update_ratio_low:
-        check, bound, sign = "update-ratio-low", t.update_ratio_low, -1
+        check, limit, sign = "update-ratio-low", t.update_ratio_low, -1
     else:
         return
     message = (
-        f"median update ratio {median:.1f} {'>' if sign > 0 else '<'} {bound:g} over {len(ratios)} step(s)"
+        f"median update ratio {beyond(median, limit)} {'>' if sign > 0 else '<'} {bound(limit)} "
+        f"over {len(ratios)} step(s)"
     )
     for step, ratio in ratios:
-        if sign * (ratio - bound) > 0:
-            yield Event(check, history[0].param, "update", step, median, bound, message)
+        if sign * (ratio - limit) > 0:
+            yield Event(check, history[0].param, "update", step, median, limit, message)
 
 
 PARAM_RULES: tuple[Rule, ...] = (
@@ -209,6 +272,7 @@ PARAM_RULES: tuple[Rule, ...] = (
     growth_events,
     shrink_events,
     dead_events,
+    dead_units_events,
     update_ratio_events,
 )
 
@@ -216,7 +280,13 @@ PARAM_RULES: tuple[Rule, ...] = (
 def relative_exploding_events(
     run: Run, derived: dict[tuple[int, str], ParamStep], bound: Callable[[str], float]
 ) -> Iterator[Event]:
-    """A layer whose gradient norm is far above the last layer's at the same step (AutoTrainer)."""
+    """A layer whose gradient norm is far above the last layer's at the same step (AutoTrainer).
+
+    The last layer is the output-most by the recorded model order; without one (plain dumps, no `order`
+    metadata) there is no telling which layer is last, so the check does not run.
+    """
+    if not run.ordered:
+        return
     for step in run.steps:
         rows = [derived[(step, p)] for p in run.params if (step, p) in derived and derived[(step, p)].grad]
         last = rows[-1].layer_rms if rows else None
@@ -225,7 +295,7 @@ def relative_exploding_events(
         for row in rows:
             ratio = (row.layer_rms or 0.0) / last
             if math.isfinite(ratio) and ratio > bound(row.param):
-                message = f"layer gradient RMS {ratio:.0f}x the last layer's ({rows[-1].layer})"
+                message = f"layer gradient RMS {times(ratio)} the last layer's ({rows[-1].layer})"
                 yield Event("exploding-relative", row.param, "grad", step, ratio, bound(row.param), message)
 
 
@@ -235,12 +305,37 @@ def run_checks(run: Run, derived: dict[tuple[int, str], ParamStep], config: Conf
     settings = {param: config.for_param(param) for param in run.params}
     for param in run.params:
         thresholds, ignore = settings[param]
+        skip = ignore | EXEMPT.get(layer_role(param, run.modules.get(param)) or "", frozenset())
         history = [derived[(step, param)] for step in run.steps if (step, param) in derived]
+        graded = [row.step for row in history if row.grad is not None]
         for rule in PARAM_RULES:
-            events.extend(e for e in rule(history, thresholds) if e.check not in ignore)
+            found = [e for e in rule(history, thresholds) if e.check not in skip]
+            events.extend(_persistent(found, graded, thresholds.min_steps))
     relative = relative_exploding_events(run, derived, lambda p: settings[p][0].exploding_relative)
     events.extend(e for e in relative if e.check not in settings[e.param][1])
     return _collapse(events, run.params)
+
+
+def _persistent(events: list[Event], steps: list[int], min_steps: int) -> list[Event]:
+    """Events of the PERSISTENT checks kept only where they fire at min_steps recorded steps in a row.
+
+    `steps` are the parameter's recorded steps with a gradient, in order; "in a row" means adjacent there.
+    """
+    position = {step: i for i, step in enumerate(steps)}
+    firing: dict[str, set[int]] = {}
+    for event in events:
+        if event.check in PERSISTENT:
+            firing.setdefault(event.check, set()).add(position[event.step])
+    kept: dict[str, set[int]] = {}
+    for check, places in firing.items():
+        kept[check] = set()
+        for place in places:
+            if place - 1 in places:
+                continue  # not the start of a streak
+            streak = list(itertools.takewhile(places.__contains__, itertools.count(place)))
+            if len(streak) >= min_steps:
+                kept[check].update(streak)
+    return [e for e in events if e.check not in PERSISTENT or position[e.step] in kept[e.check]]
 
 
 def _collapse(events: list[Event], params: tuple[str, ...]) -> list[Finding]:
@@ -279,6 +374,14 @@ def _is_matrix(row: ParamStep) -> bool:
     """Weights with two or more dimensions: biases and norm scales start at 0 or 1, so their ratio misleads."""
     tensor = row.value or row.update
     return tensor is not None and len(tensor.shape) >= 2
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _positive_mean(row: ParamStep) -> bool:
+    return row.value is not None and _positive(row.value.stats.mean_abs)
 
 
 def _grad_mean(row: ParamStep) -> float | None:

@@ -28,6 +28,7 @@ CHECK_IDS = (
     "growth",
     "shrink",
     "dead",
+    "dead-units",
     "update-ratio-high",
     "update-ratio-low",
 )
@@ -44,11 +45,13 @@ _POSITIVE = frozenset(
         "spike_factor",
         "growth_factor",
         "shrink_factor",
+        "dead_units",
     }
 )
 # Factors that must sit on one side of 1: growth multiplies the norm, shrinking divides it.
 _ABOVE_ONE = frozenset({"growth_factor"})
 _BELOW_ONE = frozenset({"shrink_factor"})
+_AT_MOST_ONE = frozenset({"dead_units"})  # a fraction of a layer's units
 _ORDERED_PAIRS = (("update_ratio_low", "update_ratio_high"),)
 
 
@@ -216,6 +219,8 @@ def _parse_thresholds(value: object, where: str) -> dict[str, float]:
             raise ConfigError(f"{where}: {key} must be above 1, got {raw!r}")
         if name in _BELOW_ONE and parsed[name] >= 1:
             raise ConfigError(f"{where}: {key} must be below 1, got {raw!r}")
+        if name in _AT_MOST_ONE and parsed[name] > 1:
+            raise ConfigError(f"{where}: {key} must be at most 1, got {raw!r}")
     return parsed
 
 

@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from .header import (
     parse_header,
 )
 from .stats import TensorStats, summarize_pieces
+from .units import Layout, RowTracker, layout
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
 BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
@@ -272,10 +273,17 @@ def _tensor_at(read: _Read, segments: Sequence[Segment], offset: int) -> str:
 
 
 def _summarize_reads(
-    segments: Sequence[Segment], reads: Sequence[_Read], fetch: Callable[[_Read], memoryview]
+    segments: Sequence[Segment],
+    reads: Sequence[_Read],
+    fetch: Callable[[_Read], memoryview],
+    layouts: Sequence[Layout | None] = (),
 ) -> list[TensorStats]:
-    """Fetch each read's bytes, summarize its pieces and merge them, in order, into their segments."""
+    """Fetch each read's bytes, summarize its pieces and merge them, in order, into their segments.
+
+    A segment with a layout also gets its units' "ever non-zero" bitmap (TensorStats.alive).
+    """
     results: list[TensorStats | None] = [None] * len(segments)
+    trackers = {i: RowTracker(*layout) for i, layout in enumerate(layouts) if layout is not None}
     elements = max((read.elements for read in reads), default=0)
     work, wide = np.empty(elements, dtype=np.uint32), np.empty(elements, dtype=np.float64)
     # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
@@ -283,12 +291,35 @@ def _summarize_reads(
         for read in reads:
             magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
             counts = [count for _, count in read.pieces]
-            for (index, _), stats in zip(
+            # float64 magnitudes are squared in place by summarize_pieces: mark the non-zero ones first.
+            marks = magnitudes != 0 if trackers and magnitudes.dtype == np.float64 else magnitudes
+            start = 0
+            for (index, count), stats in zip(
                 read.pieces, summarize_pieces(magnitudes, counts, wide), strict=True
             ):
                 earlier = results[index]
                 results[index] = stats if earlier is None else earlier.merge(stats)
-    return [TensorStats() if result is None else result for result in results]
+                if index in trackers:  # a piece without zeros makes every unit it touches alive
+                    trackers[index].add(None if stats.zeros == 0 else marks[start : start + count], count)
+                start += count
+    out = [TensorStats() if result is None else result for result in results]
+    for index, tracker in trackers.items():
+        out[index] = replace(out[index], alive=tracker.bitmap())
+    return out
+
+
+def _layouts(header: FileHeader, segments: Sequence[Segment]) -> list[Layout | None]:
+    """Where each segment sits in its tensor (units.layout), None for tensors that keep no unit bitmap."""
+    entries = {entry.name: entry for entry in header.entries}
+    return [
+        layout(
+            s.begin - entries[s.name].begin,
+            s.end - s.begin,
+            DTYPES[entries[s.name].dtype].itemsize,
+            entries[s.name].shape,
+        )
+        for s in segments
+    ]
 
 
 def _scan_fd(
@@ -304,7 +335,7 @@ def _scan_fd(
         _read_exactly(fd, view, read.begin, path, lambda offset: _tensor_at(read, segments, offset))
         return view
 
-    return _summarize_reads(segments, reads, fetch)
+    return _summarize_reads(segments, reads, fetch, _layouts(header, segments))
 
 
 def _check_size(header: FileHeader, size: int, path: str) -> None:
@@ -393,8 +424,17 @@ def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES)
     return combine(name, header, segments, results)
 
 
-def summarize_bytes(raw: memoryview, dtype: str, *, buffer_bytes: int = BUFFER_BYTES) -> TensorStats:
-    """Summarize the bytes of one whole tensor bit for bit as scan_file summarizes a tensor holding them."""
+def summarize_bytes(
+    raw: memoryview,
+    dtype: str,
+    *,
+    buffer_bytes: int = BUFFER_BYTES,
+    shape: Sequence[int] | None = None,
+) -> TensorStats:
+    """Summarize the bytes of one whole tensor bit for bit as scan_file summarizes a tensor holding them.
+
+    With its `shape`, the summary has the per-unit bitmap too (TensorStats.alive), as scan_file's has.
+    """
     info = DTYPES[dtype]
     if info.decode is None:
         raise ValueError(f"{dtype} tensors are not decoded")
@@ -404,6 +444,11 @@ def summarize_bytes(raw: memoryview, dtype: str, *, buffer_bytes: int = BUFFER_B
     segments = _cut("", 0, len(data), info.itemsize, SEGMENT_BYTES)
     reads = _plan_reads(segments, [info] * len(segments), buffer_bytes)
     total = TensorStats()
-    for result in _summarize_reads(segments, reads, lambda read: data[read.begin : read.end]):
+    layouts = (
+        [layout(s.begin, s.end - s.begin, info.itemsize, shape) for s in segments]
+        if shape is not None
+        else []
+    )
+    for result in _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts):
         total = total.merge(result)
     return total

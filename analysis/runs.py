@@ -6,12 +6,13 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .context import CONTEXT_KEY, parse_context
 from .errors import RunError, UnreadableFileError
-from .naming import natural_key
+from .naming import natural_key, strip_wrappers
 from .reader import FileScan
 from .scanning import ScanOptions, scan_files
 from .shards import Piece, assemble, parse_shards
@@ -62,6 +63,8 @@ class Run:
     tensors: dict[tuple[int, str, str], Tensor]
     unreadable: tuple[Note, ...]
     skipped: tuple[Note, ...]
+    ordered: bool = False  # whether `params` follows a recorded model order (`order` metadata)
+    modules: Mapping[str, str] = field(default_factory=dict)  # parameter -> module type, when recorded
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
@@ -218,11 +221,13 @@ def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
         ) from None
     except (ValueError, TypeError, RecursionError) as error:
         raise UnreadableFileError(path, f"bad gradcheck metadata: {error}") from None
-    file_kind: str | None = None
+    file_kind = _announced_kind(path)
     seen: dict[tuple[str, str], str] = {}
     folder = str(path.parent)
     for key, stats, shape, dtype in found:
         kind, param = split_key(key)
+        if file_kind and kind != file_kind:  # the file name wins: Flax's `params/...` keys in `grads_3`
+            kind, param = None, key
         if kind is None:
             file_kind = file_kind or kind_from_file_name(path)
             if file_kind is None:
@@ -238,6 +243,14 @@ def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
         shard = shards.get(param)
         name = shard.global_name if shard else param
         yield Piece(step, kind, name, stats, shape, dtype, scan.path, folder, shard)
+
+
+def _announced_kind(path: Path) -> str | None:
+    """The kind the file name announces, None when it names none or several (then key prefixes decide)."""
+    try:
+        return kind_from_file_name(path)
+    except UnreadableFileError:
+        return None
 
 
 def _entries(
@@ -271,6 +284,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
+    modules: dict[str, str] = {}
     files, unreadable_folders = find_snapshots(root)
     unreadable.extend(unreadable_folders)
     for name, scan in scan_files([str(path) for path in files], options):
@@ -287,18 +301,43 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
         declared_order = declared_order or order_of(scan.header.metadata)
+        modules.update(_modules_of(scan.header.metadata))
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
-    tensors = {key: Tensor(p.stats, p.shape, p.dtype, p.file) for key, p in whole.items()}
+    names = _display_names(whole)
+    tensors = {(s, names[p], k): Tensor(v.stats, v.shape, v.dtype, v.file) for (s, p, k), v in whole.items()}
     _check_shapes(tensors)
+    present = {param for _, param, _ in tensors}
+    order = [names.get(name, name) for name in declared_order]
+    params = _param_order(present, order)
     return Run(
         path=str(root),
         steps=tuple(sorted({step for step, _, _ in tensors})),
-        params=_param_order({param for _, param, _ in tensors}, declared_order),
+        params=params,
         tensors=tensors,
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
+        ordered=any(name in present for name in order),
+        modules={names.get(name, name): kind for name, kind in modules.items()},
     )
+
+
+def _modules_of(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    """Module type per parameter from the file's training context, {} without one."""
+    text = metadata.get(CONTEXT_KEY)
+    return parse_context(text)[0].modules if text is not None else {}
+
+
+def _display_names(whole: Mapping[tuple[int, str, str], object]) -> dict[str, str]:
+    """Each parameter name without wrapper prefixes (naming.strip_wrappers), unless that merges two of one kind."""
+    raw = {param for _, param, _ in whole}
+    names = strip_wrappers(sorted(raw))
+    by_kind: dict[str, set[str]] = {}
+    for _, param, kind in whole:
+        by_kind.setdefault(kind, set()).add(param)
+    if any(len({names[p] for p in group}) < len(group) for group in by_kind.values()):
+        return {name: name for name in raw}
+    return names
 
 
 def _check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:

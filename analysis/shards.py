@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from .errors import RunError
 from .stats import TensorStats, merge_all
+from .units import merge_shards
 
 SHARDS_KEY = "gradcheck.shards"
 MAX_SHARDS = 1 << 20  # far above any world size; merging works from the shards present, never from `count`
@@ -132,7 +133,9 @@ def _merge_shards(key: tuple[int, str, str], group: list[Piece]) -> Piece | tupl
             f" and {missing - 10} more" if missing > 10 else ""
         )
         return first.file, f"{_what(key)}: shard(s) {shown} of {first.shard.count} missing"
-    stats = merge_all(by_index[index].stats for index in sorted(by_index))
+    ordered = [by_index[index] for index in sorted(by_index)]
+    alive = merge_shards([(piece.shape, piece.stats.alive) for piece in ordered], first.shard.shape)
+    stats = replace(merge_all(piece.stats for piece in ordered), alive=alive)
     expected = math.prod(first.shard.shape)
     if stats.count != expected:
         return (

@@ -12,7 +12,7 @@ import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,7 +21,10 @@ import numpy as np
 class TensorStats:
     """Summary of one tensor (or a chunk or shard of one); `merge` combines two summaries exactly.
 
-    min/max/sum are over finite values only; NaN and Inf are counted apart.
+    min/max/sum are over finite values only; NaN and Inf are counted apart. `alive` is the per-unit "ever
+    non-zero" bitmap (analysis/units.py): bit i set when unit i (index i along axis 0) holds an element that
+    is not ±0; None when it was not computed (older summaries, tensors past units.MAX_UNITS). Bits index
+    units of the whole tensor, so parts of one tensor merge by OR; equality ignores it.
     """
 
     count: int = 0
@@ -33,6 +36,7 @@ class TensorStats:
     abs_sum: float = 0.0  # sum of |x| / scale
     sq_sum: float = 0.0  # sum of (|x| / scale)^2
     scale: float = 1.0  # a power of two; 1 unless the values are beyond SAFE_LOW..SAFE_HIGH
+    alive: int | None = field(default=None, compare=False)
 
     @property
     def finite(self) -> int:
@@ -84,6 +88,7 @@ class TensorStats:
             abs_sum=_rescaled(self.abs_sum, self.scale, to, 1) + _rescaled(other.abs_sum, other.scale, to, 1),
             sq_sum=_rescaled(self.sq_sum, self.scale, to, 2) + _rescaled(other.sq_sum, other.scale, to, 2),
             scale=to,
+            alive=_either_or(self.alive, other.alive),
         )
 
 
@@ -100,6 +105,13 @@ def _rescaled(value: float, scale: float, to: float, power: int) -> float:
         return math.ldexp(value, shift)
     except OverflowError:
         return math.inf
+
+
+def _either_or(one: int | None, other: int | None) -> int | None:
+    """OR of two unit bitmaps; an unknown (None) one, such as the empty summary's, adds nothing."""
+    if one is None or other is None:
+        return other if one is None else one
+    return one | other
 
 
 def merge_all(parts: Iterable[TensorStats]) -> TensorStats:

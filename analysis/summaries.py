@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from .stats import TensorStats
+from .units import decode, encode, unit_count
 
 STATS_KEY = "gradcheck.stats"
 _COUNTS = ("count", "nan", "inf", "zeros")
@@ -23,6 +24,8 @@ def summary_entry(stats: TensorStats, shape: tuple[int, ...], dtype: str) -> dic
     entry.update({name: _encode(getattr(stats, name)) for name in _FLOATS})
     if stats.scale != 1.0:  # sums of |x|/scale (F64 values whose squares leave the float64 range)
         entry["scale"] = stats.scale
+    if stats.alive is not None:  # optional: summaries without it (older recorders) read as before
+        entry["alive"] = encode(stats.alive)
     return entry
 
 
@@ -38,7 +41,8 @@ def stats_from_entry(entry: Mapping[str, object]) -> TensorStats:
     if math.isinf(floats["abs_max"]):
         raise ValueError("abs_max is infinite, but it is the largest finite |x|")
     scale = _scale(entry)
-    return TensorStats(**counts, **floats, scale=scale)
+    alive = decode(entry["alive"], unit_count(shape_of(entry))) if "alive" in entry else None
+    return TensorStats(**counts, **floats, scale=scale, alive=alive)
 
 
 def shape_of(entry: Mapping[str, object]) -> tuple[int, ...]:

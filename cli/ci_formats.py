@@ -7,6 +7,7 @@ Names are passed through `printable` first, then escaped as the target format ne
 from __future__ import annotations
 
 import io
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,8 @@ from rich.console import Console
 from gradcheck.analysis.atomic import append_regular, write_output
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.config import CHECK_IDS
-from gradcheck.analysis.formatting import sci
+from gradcheck.analysis.formatting import beyond, sci, times
+from gradcheck.analysis.formatting import bound as threshold_text
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 
@@ -100,22 +102,22 @@ def problem_of(finding: Finding) -> str:
 
 
 def comparison(finding: Finding) -> str:
-    """The measured value against its bound, in the check's own units: `101x ≥ 100x`."""
+    """The measured value against its bound, in the check's own units (`101× ≥ 100×`), never reading as equal."""
     if finding.check in _FACTOR_CHECKS:
-        value, bound = f"{_factor(finding.value)}x", f"{_factor(finding.threshold)}x"
+        value, bound = times(finding.value), times(finding.threshold)
     elif finding.check in _LOG_CHECKS:
-        value, bound = f"{finding.value:.1f}", f"{finding.threshold:g}"
+        value, bound = beyond(finding.value, finding.threshold), threshold_text(finding.threshold)
     elif finding.check == "dead":
         return "all zero"
+    elif finding.check == "dead-units":
+        value, bound = f"{math.floor(100 * finding.value)} %", f"{100 * finding.threshold:g} %"
+        return f"{value} ≥ {bound}"
     elif finding.check == "nonfinite":
         value, bound = f"{finding.value:.0f}", "0"
     else:
-        value, bound = sci(finding.value), sci(finding.threshold)
+        value = beyond(finding.value, finding.threshold, scientific=True)
+        bound = threshold_text(finding.threshold)
     return f"{value} {_COMPARISON.get(finding.check, 'vs')} {bound}"
-
-
-def _factor(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else sci(value)
 
 
 # GitHub Actions ---------------------------------------------------------------------------------------------

@@ -129,4 +129,4 @@ def summarize_host(tensor: HostTensor) -> TensorStats:
     """Summarize a host tensor bit for bit as the reader would; dtypes the reader skips only get their count."""
     if DTYPES[tensor.dtype].decode is None:
         return TensorStats(count=math.prod(tensor.shape))
-    return summarize_bytes(tensor.data, tensor.dtype)
+    return summarize_bytes(tensor.data, tensor.dtype, shape=tensor.shape)

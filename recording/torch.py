@@ -43,10 +43,11 @@ import math
 import queue
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradcheck.analysis import units
 from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats, merge_all
 
@@ -83,6 +84,7 @@ class _Job:
     tensors: dict[str, Any] = field(default_factory=dict)  # key -> contiguous CPU tensor (mode="full")
     # key -> (TensorStats, or a float64 row still on the device; shape; dtype) (mode="stats")
     summaries: dict[str, tuple[Any, tuple[int, ...], str]] = field(default_factory=dict)
+    units: dict[str, Any] = field(default_factory=dict)  # key -> unit bitmap, or a bool row on the device
 
 
 class Recorder:
@@ -190,6 +192,7 @@ class Recorder:
             return
         if self._mode == "stats":
             self._fetch_rows(job)
+            _fetch_units(self._torch, job)
         self._queue.put(job)
 
     def _capture_before(self, step: int, scale: Any) -> _Job:
@@ -259,6 +262,8 @@ class Recorder:
             summary = tensor if owned else tensor.clone()
         else:
             summary = _device_row(self._torch, tensor.reshape(-1))
+            if key.startswith("grad/"):  # only gradients have dead units; the others' bitmaps would only cost
+                job.units[key] = _unit_mask(tensor)
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:
@@ -307,7 +312,7 @@ class Recorder:
         tensors = {key: host_tensor(tensor, copy=False) for key, tensor in job.tensors.items()}
         summaries = {
             key: summary_entry(
-                value if isinstance(value, TensorStats) else _host_stats(self._torch, value), shape, dtype
+                _with_units(self._torch, value, job.units.get(key), key.startswith("grad/")), shape, dtype
             )
             for key, (value, shape, dtype) in job.summaries.items()
         }
@@ -472,3 +477,41 @@ def _stats_of_row(row: list[float]) -> TensorStats:
     """TensorStats from a row fetched from the device (its counts are exact in float64 below 2**53)."""
     count, nan, inf, zeros = (int(value) for value in row[:4])
     return TensorStats(count, nan, inf, zeros, *row[4:])
+
+
+# --- per-unit bitmaps (dead-units) ----------------------------------------------------------------------
+
+
+def _unit_mask(tensor: Any) -> Any:
+    """Which units (indices along axis 0) hold a non-zero element, as a bool vector on the tensor's device.
+
+    None for tensors that keep no bitmap (units.tracked). Computed where the tensor is, read back with the
+    summary rows (_fetch_units), so a device tensor is never copied whole for it.
+    """
+    shape = tuple(tensor.shape)
+    if not units.tracked(shape):
+        return None
+    if tensor.numel() == 0:
+        return tensor.new_zeros(units.unit_count(shape), dtype=bool)
+    return (tensor.reshape(units.unit_count(shape), -1) != 0).any(dim=1)
+
+
+def _fetch_units(torch: Any, job: _Job) -> None:
+    """Bring the unit masks computed on a device to the host as bitmaps, all in one transfer."""
+    pending = {key: mask for key, mask in job.units.items() if mask is not None}
+    if not pending:
+        return
+    flat = torch.cat([mask.reshape(-1) for mask in pending.values()]).cpu().numpy()
+    start = 0
+    for key, mask in pending.items():
+        job.units[key] = units.from_bools(flat[start : start + mask.numel()])
+        start += mask.numel()
+
+
+def _with_units(torch: Any, value: Any, alive: Any, wanted: bool) -> TensorStats:
+    """The TensorStats of a summary (device row already fetched, or a CPU tensor), with its unit bitmap if
+    `wanted` (gradients)."""
+    if isinstance(value, TensorStats):
+        return replace(value, alive=alive)
+    mask = _unit_mask(value) if wanted else None
+    return replace(_host_stats(torch, value), alive=None if mask is None else units.from_bools(mask.numpy()))

@@ -100,7 +100,23 @@ def test_floats_round_trip_to_the_bit(cache: StatsCache, tmp_path: Path) -> None
 
 def test_stat_fields_are_all_stored_in_field_order() -> None:
     names = [field.name for field in dataclasses.fields(TensorStats)]
-    assert names == [*cache_module._COUNT_FIELDS, *cache_module._FLOAT_FIELDS]
+    assert names == [*cache_module._COUNT_FIELDS, *cache_module._FLOAT_FIELDS, "alive"]
+
+
+def test_unit_bitmaps_survive_the_cache(tmp_path: Path) -> None:
+    # `alive` is left out of TensorStats equality, so the round trip is checked field by field.
+    grad = np.ones((40, 3), np.float32)
+    grad[5:37] = 0
+    path = tmp_path / "grads_1.safetensors"
+    save_file({"w": grad, "b": np.zeros(7, np.float32)}, str(path))
+    scan = scan_file(path)
+    cache = StatsCache(tmp_path / "cache")
+    identity = file_identity(os.stat(path))
+    cache.put(str(path), identity, scan)
+    cached = cache.get(str(path), identity)
+    assert cached is not None
+    assert {k: v.alive for k, v in cached.stats.items()} == {k: v.alive for k, v in scan.stats.items()}
+    assert scan.stats["w"].alive == (1 << 40) - 1 - ((1 << 37) - (1 << 5)) and scan.stats["b"].alive == 0
 
 
 def test_file_identity_takes_the_five_stat_fields(tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ def test_defaults() -> None:
     )
     assert (t.spike_factor, t.spike_history, t.growth_factor, t.growth_window) == (100.0, 3, 2.0, 5)
     assert (t.shrink_factor, t.shrink_window) == (0.5, 5)
-    assert (t.update_ratio_low, t.update_ratio_high) == (-4.0, -2.0)
+    assert (t.update_ratio_low, t.update_ratio_high) == (-3.4, -1.2)
+    assert (t.min_steps, t.dead_units, t.dead_min_steps) == (2, 0.7, 2)
 
 
 def test_threshold_keys_are_the_field_names_with_dashes() -> None:
@@ -87,6 +88,7 @@ def test_check_ids() -> None:
         "growth",
         "shrink",
         "dead",
+        "dead-units",
         "update-ratio-high",
         "update-ratio-low",
     }
@@ -184,7 +186,7 @@ def test_explicit_values_beat_the_file(tmp_path) -> None:
 def test_file_beats_defaults_and_explicit_values_beat_both_end_to_end(tmp_path) -> None:
     grad = np.random.default_rng(0).standard_normal(100).astype(np.float32) * 3e4  # mean|g| about 2.4e4
     run = tmp_path / "run"
-    write_run(run, {1: {"grad": {"fc.weight": grad}}})
+    write_run(run, {1: {"grad": {"fc.weight": grad}}, 2: {"grad": {"fc.weight": grad}}})  # 2 steps: min-steps
     assert inspect_run(run).findings == []  # default exploding-mean 1e6
     file_config = load_config(write_toml(tmp_path / "g.toml", "[thresholds]\nexploding-mean = 1e4\n"))
     assert [f.check for f in inspect_run(run, file_config).findings] == ["exploding"]
@@ -312,7 +314,7 @@ def test_pinned_threshold_clashing_with_an_override_names_the_param() -> None:
     config = config_from_mapping(
         {"overrides": [{"params": "*.bias", "thresholds": {"update-ratio-low": -3.0}}]}
     )
-    pinned = with_thresholds(config, {"update_ratio_high": -3.5}, "--threshold", pin=True)
+    pinned = with_thresholds(config, {"update_ratio_high": -3.2}, "--threshold", pin=True)
     with pytest.raises(ConfigError) as info:
         pinned.for_param("fc.bias")
     assert "'fc.bias'" in str(info.value) and "update-ratio-low" in str(info.value)

@@ -75,7 +75,7 @@ def test_ratio_chart_shades_the_band_of_the_thresholds(sample_runs: Path) -> Non
     data = chart_data(inspect_run(sample_runs / "healthy_mlp"))
     ax = figure(data, "ratio").axes[0]
     (band,) = ax.patches
-    assert (band.get_y(), band.get_y() + band.get_height()) == data.band
+    assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx(data.band)
 
 
 def test_flow_has_mean_and_max_bars_per_layer_at_the_step(sample_runs: Path) -> None:

@@ -84,12 +84,61 @@ def test_kind_from_key_prefix_singular_and_plural(tmp_path, prefix: str, kind: s
     assert kinds_and_steps(run) == {(5, "enc.layers.0.weight", kind)}
 
 
-def test_key_prefix_wins_over_the_file_name(tmp_path) -> None:
+def test_file_name_kind_wins_over_a_key_prefix_of_another_kind(tmp_path) -> None:
+    # Issue 11: a plain dump's name says what it holds; a key prefix naming another kind is part of the name.
     write_file(
         tmp_path / "grads_3.safetensors", {"param/w": np.ones(2, np.float32), "b": np.ones(2, np.float32)}
     )
     run = load_run(tmp_path)
-    assert kinds_and_steps(run) == {(3, "w", "param"), (3, "b", "grad")}
+    assert kinds_and_steps(run) == {(3, "param/w", "grad"), (3, "b", "grad")}
+
+
+def test_a_key_prefix_agreeing_with_the_file_name_is_dropped(tmp_path) -> None:
+    write_file(tmp_path / "grads_3.safetensors", {"grad/w": np.ones(2, np.float32)})
+    assert kinds_and_steps(load_run(tmp_path)) == {(3, "w", "grad")}
+
+
+def test_flax_style_plain_run_pairs_grads_and_params(tmp_path) -> None:
+    # flatten_dict(grads, sep="/") keys start with the `params` collection even in the gradients file.
+    for step in (0, 1):
+        write_file(
+            tmp_path / f"grads_{step}.safetensors", {"params/Dense_0/kernel": np.ones((2, 3), np.float32)}
+        )
+        write_file(
+            tmp_path / f"params_{step}.safetensors",
+            {
+                "params/Dense_0/kernel": np.ones((2, 3), np.float32),
+                "batch_stats/bn/mean": np.ones(3, np.float32),
+            },
+        )
+    run = load_run(tmp_path)
+    assert run.params == ("Dense_0/kernel", "batch_stats/bn/mean")
+    assert (
+        run.get(1, "Dense_0/kernel", "grad") is not None and run.get(1, "Dense_0/kernel", "param") is not None
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (["module.fc.weight", "module.fc.bias"], ["fc.weight", "fc.bias"]),  # DDP
+        (["_orig_mod.fc.weight", "_orig_mod.fc.bias"], ["fc.weight", "fc.bias"]),  # torch.compile
+        (["module._orig_mod.fc.weight", "module.head.weight"], ["fc.weight", "head.weight"]),
+        (["model.fc.weight", "model.head.weight"], ["fc.weight", "head.weight"]),  # Lightning's self.model
+        (
+            ["model.layers.0.weight", "lm_head.weight"],
+            ["model.layers.0.weight", "lm_head.weight"],
+        ),  # HF: kept
+    ],
+)
+def test_wrapper_prefixes_are_stripped(tmp_path, raw: list[str], shown: list[str]) -> None:
+    write_file(tmp_path / "grads_1.safetensors", {name: np.ones(2, np.float32) for name in raw})
+    assert set(load_run(tmp_path).params) == set(shown)
+
+
+def test_stripping_that_would_merge_two_parameters_is_not_done(tmp_path) -> None:
+    write_file(tmp_path / "grads_1.safetensors", {n: np.ones(2, np.float32) for n in ("_orig_mod.w", "w")})
+    assert set(load_run(tmp_path).params) == {"_orig_mod.w", "w"}
 
 
 def test_file_name_with_two_kinds_is_fine_when_every_key_is_prefixed(tmp_path) -> None:

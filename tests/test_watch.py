@@ -126,7 +126,9 @@ def test_fail_fast_exits_1_when_an_exploding_step_appears(runner: CliRunner, tmp
 
     def writer() -> None:
         time.sleep(0.3)
-        _save(run, 10, scale=1e9)  # mean|g| ~ 8e8 > the 1e6 exploding threshold
+        _save(run, 10, scale=1e9)  # mean|g| ~ 8e8 > the 1e6 exploding threshold...
+        time.sleep(0.3)
+        _save(run, 20, scale=1e9)  # ...at min-steps (2) recorded steps in a row: an error
 
     thread = threading.Thread(target=writer)
     started = time.monotonic()
@@ -139,7 +141,7 @@ def test_fail_fast_exits_1_when_an_exploding_step_appears(runner: CliRunner, tmp
     assert time.monotonic() - started < timeout  # stopped at the finding, not at the timeout
     lines = result.stdout.splitlines()
     assert lines[0].startswith("step 0: ✓ healthy")
-    assert lines[-1].startswith("step 10: ✗ unhealthy: exploding")
+    assert lines[-1].startswith("step 20: ✗ unhealthy: exploding")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,131 @@
+"""Per-unit "ever non-zero" bitmaps: which output units of a layer got any gradient (the `dead-units` check).
+
+A unit is one index along axis 0: a row of a Linear weight (out_features, in_features), an output channel of
+a conv weight (out_channels, ...), an element of a bias. Bit i of the bitmap (a Python int) is set when unit i
+holds an element that is not ±0 (NaN and Inf count as non-zero). Bits index the units of the whole tensor, so
+the bitmaps of parts of one tensor merge by OR, as do those of one parameter over steps; shards of a tensor
+cut along axis 0 are shifted into place first (`merge_shards`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# Bitmaps are kept only for tensors of at most this many units: 2**18 bits are 32 KiB per tensor and step
+# (64 KiB of hex in a summary), enough for a 128k-vocabulary output layer; a larger axis 0 is an embedding
+# table or a flat buffer, which `dead-units` does not judge anyway.
+MAX_UNITS = 1 << 18
+
+
+def unit_count(shape: Sequence[int]) -> int:
+    """How many units a tensor of this shape has: its length along axis 0 (a scalar is one unit)."""
+    return int(shape[0]) if len(shape) else 1
+
+
+def row_length(shape: Sequence[int]) -> int:
+    """Elements per unit: the product of the dimensions after axis 0."""
+    return math.prod(int(d) for d in shape[1:])
+
+
+def tracked(shape: Sequence[int]) -> bool:
+    """Whether a bitmap is kept for a tensor of this shape."""
+    return unit_count(shape) <= MAX_UNITS and (row_length(shape) > 0 or unit_count(shape) == 0)
+
+
+# Where a stretch of a tensor sits in it: (first element, elements, elements per unit).
+Layout = tuple[int, int, int]
+
+
+def layout(offset: int, length: int, itemsize: int, shape: Sequence[int]) -> Layout | None:
+    """The Layout of `length` bytes from byte `offset` of a tensor of `shape`; None when it keeps no bitmap."""
+    if not tracked(shape) or row_length(shape) == 0:
+        return None
+    return offset // itemsize, length // itemsize, row_length(shape)
+
+
+def from_bools(rows: np.ndarray) -> int:
+    """The bitmap of a boolean vector (entry i: unit i is alive)."""
+    packed = np.packbits(np.asarray(rows, dtype=bool), bitorder="little")
+    return int.from_bytes(packed.tobytes(), "little")
+
+
+def dead_count(alive: int, units: int) -> int:
+    """Units whose bit is not set."""
+    return units - alive.bit_count()
+
+
+class RowTracker:
+    """Collects the alive units of one stretch of a tensor, fed piece by piece in element order."""
+
+    def __init__(self, first: int, elements: int, row: int) -> None:
+        self.row = row
+        self.low = first // row
+        high = (first + elements - 1) // row if elements else self.low - 1
+        self.rows = np.zeros(high - self.low + 1, dtype=bool)
+        self.next = first
+
+    def add(self, values: np.ndarray | None, count: int) -> None:
+        """The next `count` elements: `values` is their |x| (or any array zero where x is ±0), None if none is 0."""
+        start, self.next = self.next, self.next + count
+        first = start // self.row - self.low
+        last = (start + count - 1) // self.row - self.low
+        if values is None:
+            self.rows[first : last + 1] = True
+            return
+        nonzero = values != 0
+        if self.row == 1:
+            self.rows[first : last + 1] |= nonzero
+            return
+        cuts = np.arange((self.row - start % self.row) % self.row, count, self.row)
+        starts = cuts if cuts.size and cuts[0] == 0 else np.concatenate(([0], cuts))
+        self.rows[first : first + starts.size] |= np.logical_or.reduceat(nonzero, starts)
+
+    def bitmap(self) -> int:
+        """The alive units seen, as a bitmap over the whole tensor's units."""
+        return from_bools(self.rows) << self.low if self.rows.size else 0
+
+
+def merge_shards(parts: Sequence[tuple[Sequence[int], int | None]], shape: Sequence[int]) -> int | None:
+    """The bitmap of a whole tensor of `shape` from its shards' (local shape, bitmap), in shard order.
+
+    Shards cut along axis 0 are laid end to end; shards that each hold every unit (cut along another axis)
+    are ORed; anything else (flattened shards) has no bitmap.
+    """
+    if not parts or any(alive is None for _, alive in parts) or not tracked(shape):
+        return None
+    locals_ = [tuple(local) for local, _ in parts]
+    if all(local[1:] == tuple(shape[1:]) for local in locals_) and sum(
+        unit_count(s) for s in locals_
+    ) == unit_count(shape):
+        total, offset = 0, 0
+        for local, alive in parts:
+            total |= alive << offset  # type: ignore[operator]
+            offset += unit_count(local)
+        return total
+    if all(len(local) == len(shape) and unit_count(local) == unit_count(shape) for local in locals_):
+        total = 0
+        for _, alive in parts:
+            total |= alive  # type: ignore[operator]
+        return total
+    return None
+
+
+def encode(alive: int) -> str:
+    """A bitmap as lowercase hex (bit 0 is the lowest bit of the last digit)."""
+    return format(alive, "x")
+
+
+def decode(text: object, units: int) -> int:
+    """A bitmap from its hex form, checked against the unit count; ValueError otherwise."""
+    if not isinstance(text, str) or not text or len(text) > MAX_UNITS // 4 + 1:
+        raise ValueError(f"alive {str(text)[:40]!r} is not a hex bitmap")
+    try:
+        alive = int(text, 16)
+    except ValueError:
+        raise ValueError(f"alive {text[:40]!r} is not a hex bitmap") from None
+    if text.strip() != text or text.startswith(("-", "+", "0x", "0X")) or alive.bit_length() > units:
+        raise ValueError(f"alive bitmap has bits beyond the {units} unit(s) of the shape")
+    return alive
