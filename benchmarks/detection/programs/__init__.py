@@ -1,0 +1,12 @@
+"""The detection programs, one module per failure class, in the order the table lists them.
+
+Each module defines `CLASS` (a `FaultClass`) and `train(out_dir, *, buggy) -> Outcome`; the buggy program and
+its healthy twin are the same code with `buggy` switching the one place the fix changes.
+"""
+
+PROGRAMS = (
+    "lr_too_high",
+    "lr_too_low",
+    "zero_init",
+    "dying_relu_lr",
+)
