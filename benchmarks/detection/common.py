@@ -7,6 +7,7 @@ text of the Zen of Python (stdlib `this`) for the character model.
 from __future__ import annotations
 
 import codecs
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ def r2(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def mlp(sizes: list[int], activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Sequential:
     """`Linear, act, ..., Linear`: parameters `0.weight`, `2.weight`, ... in model order."""
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         layers += [nn.Linear(fan_in, fan_out), activation()]
     return nn.Sequential(*layers[:-1])
 

@@ -25,8 +25,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # so `detection.programs.<name>` imports, relative imports included
 
-from detection.programs import PROGRAMS  # noqa: E402
-from detection.score import Record, render, summarize  # noqa: E402
+from detection.programs import PROGRAMS
+from detection.score import Record, render, summarize
 
 VARIANTS = ("buggy", "healthy")
 TRAIN_TIMEOUT = 600  # seconds; a program takes a few seconds alone, much longer on a loaded machine

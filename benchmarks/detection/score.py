@@ -139,11 +139,15 @@ def render(records: list[Record], summary: dict[str, Any], seconds: float) -> st
         )
     lines += [
         "",
-        f"recall at error level, gradient-visible classes: {_pct(summary['recall_visible_error'])} "
-        f"of {summary['visible_programs']} (error or warning: {_pct(summary['recall_visible_any'])})",
+        (
+            f"recall at error level, gradient-visible classes: {_pct(summary['recall_visible_error'])} "
+            f"of {summary['visible_programs']} (error or warning: {_pct(summary['recall_visible_any'])})"
+        ),
         f"recall at error level, all classes: {_pct(summary['recall_all_error'])} of {summary['buggy_programs']}",
-        f"healthy twins with an error (false alarms): {_pct(summary['false_alarm_rate'])} "
-        f"of {summary['healthy_programs']}",
+        (
+            f"healthy twins with an error (false alarms): {_pct(summary['false_alarm_rate'])} "
+            f"of {summary['healthy_programs']}"
+        ),
     ]
     lines += [f"  {name}: {', '.join(checks)}" for name, checks in summary["false_alarms"].items()]
     lines.append(f"healthy twins with a warning: {_pct(summary['warning_rate'])}")
