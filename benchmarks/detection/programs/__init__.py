@@ -9,4 +9,11 @@ PROGRAMS = (
     "lr_too_low",
     "zero_init",
     "dying_relu_lr",
+    "dying_relu_bias",
+    "log_zero_nan",
+    "division_nan",
+    "frozen_layer",
+    "saturating_sigmoid",
+    "missing_norm",
+    "huge_init",
 )
