@@ -16,4 +16,7 @@ PROGRAMS = (
     "saturating_sigmoid",
     "missing_norm",
     "huge_init",
+    "exploding_rnn",
+    "unscaled_inputs_sgd",
+    "unscaled_inputs_adam",
 )

@@ -33,5 +33,5 @@ def train(out_dir: Path, *, buggy: bool) -> Outcome:
         if isinstance(layer, nn.Linear):  # He init, as the tutorials say: right for ReLU, no help for sigmoid
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     return classify(model, optimizer, digits(), out_dir, steps=600, every=30)
