@@ -7,6 +7,7 @@ text of the Zen of Python (stdlib `this`) for the character model.
 from __future__ import annotations
 
 import codecs
+import importlib.util
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -85,7 +86,18 @@ def split(x: np.ndarray, y: np.ndarray, *, y_dtype: torch.dtype = torch.int64) -
 
 
 def raw_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1797 bundled 8x8 digits: pixel values 0..16 (n, 64) and labels 0..9."""
+    """scikit-learn's 1797 bundled 8x8 digits: pixel values 0..16 (n, 64) and labels 0..9.
+
+    Read straight from the file scikit-learn ships (what `load_digits` reads), without importing scikit-learn:
+    that import costs ~1.5 s of CPU per program, a quarter of the benchmark. Falls back on `load_digits`.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    bundled = (
+        Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    )
+    if bundled is not None and bundled.is_file():
+        table = np.loadtxt(bundled, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)

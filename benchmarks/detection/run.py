@@ -107,10 +107,34 @@ def run_one(program: str, variant: str, root: Path) -> Record:
     )
 
 
+def _selection(text: str) -> tuple[str, str | None]:
+    """`PROGRAM` or `PROGRAM:VARIANT`, checked against the registry."""
+    program, _, variant = text.partition(":")
+    if program not in PROGRAMS or (variant and variant not in VARIANTS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {', '.join(PROGRAMS)}, optionally :buggy/:healthy"
+        )
+    return program, variant or None
+
+
+def _tasks(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (program, variant) pairs to run, in registry order."""
+    variants = [args.variant] if args.variant else list(VARIANTS)
+    chosen = args.only or [(p, None) for p in PROGRAMS]
+    wanted = {(p, v) for p, only in chosen for v in ([only] if only else variants)}
+    return [(p, v) for p in PROGRAMS for v in VARIANTS if (p, v) in wanted]
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="programs run at once")
-    parser.add_argument("--only", action="append", choices=PROGRAMS, metavar="PROGRAM", help="repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        type=_selection,
+        metavar="PROGRAM[:VARIANT]",
+        help="run only this program, or only one variant of it (repeatable)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help="only the buggy programs or only the twins")
     parser.add_argument("--json", action="store_true", help="print the records and summary as JSON")
     parser.add_argument("--out", type=Path, help="keep the recorded runs here (default: a temporary folder)")
@@ -149,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         program, variant, out = args.train
         train_here(program, variant, Path(out))
         return 0
-    programs = args.only or list(PROGRAMS)
-    variants = [args.variant] if args.variant else list(VARIANTS)
-    tasks = [(p, v) for p in programs for v in variants]
+    tasks = _tasks(args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gradcheck-detection-") as tmp:
         root = args.out or Path(tmp)
