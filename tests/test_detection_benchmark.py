@@ -25,7 +25,7 @@ def _record(variant: str, findings: list[tuple[str, str]], expected: tuple[str, 
             for sev, problem in findings
         ],
     }
-    return Record("p", "p", variant, expected, True, {}, report, None, 0.0)
+    return Record("p", "p", variant, expected, "gradients", {}, report, None, 0.0)
 
 
 @pytest.mark.slow  # ~6 s of CPU on 2 cores (two torch processes), 40+ s wall on a loaded machine

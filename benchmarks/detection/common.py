@@ -26,25 +26,33 @@ TEST_SHARE = 0.25  # held-out share on which the healthy twins show their accura
 # The gradcheck problems a finding can carry (docs/JSON.md); the first four are the gradient problems the
 # acceptance recall is measured on.
 GRADIENT_PROBLEMS = ("vanishing", "exploding", "nonfinite", "dead")
+# Where a fault necessarily shows: in the gradients; only in the updates (update:parameter ratio); only in
+# the loss (it does not go down, or not far enough); only in the forward activations; nowhere gradcheck reads.
+SIGNALS = ("gradients", "updates", "loss", "activations", "none")
 
 
 @dataclass(frozen=True)
 class FaultClass:
     """One failure class of the benchmark: what it is, where it comes from, what gradcheck should say.
 
-    `expected` lists the gradcheck problems that count as detecting it. `visible` says whether the fault shows
-    in the gradients at all (then `expected` is a subset of GRADIENT_PROBLEMS and the class counts towards the
-    gradient recall); `why` is the reasoning behind both, kept next to the program.
+    `expected` lists the gradcheck problems that count as detecting it. `shows_in` names the signal in which
+    the fault necessarily shows (one of SIGNALS): only "gradients" classes count towards the gradient recall
+    of issue #11; "loss" and "activations" are there for the checks of issue #16. `why` is the reasoning
+    behind both, kept next to the program.
     """
 
     name: str
     title: str
     expected: tuple[str, ...]
-    visible: bool
+    shows_in: str
     why: str
     source: str
     bug: str
     fix: str
+
+    def __post_init__(self) -> None:
+        if self.shows_in not in SIGNALS:
+            raise ValueError(f"{self.name}: shows_in {self.shows_in!r} is not one of {SIGNALS}")
 
 
 @dataclass

@@ -99,7 +99,7 @@ def run_one(program: str, variant: str, root: Path) -> Record:
         fault_class=spec.name,
         variant=variant,
         expected=spec.expected,
-        visible=spec.visible,
+        shows_in=spec.shows_in,
         outcome=outcome,
         report=report,
         failure=failure,
@@ -137,6 +137,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--variant", choices=VARIANTS, help="only the buggy programs or only the twins")
     parser.add_argument("--json", action="store_true", help="print the records and summary as JSON")
+    parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON document to FILE")
     parser.add_argument("--out", type=Path, help="keep the recorded runs here (default: a temporary folder)")
     parser.add_argument("--train", nargs=3, metavar=("PROGRAM", "VARIANT", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -153,7 +154,7 @@ def _json_document(records: list[Record], summary: dict[str, Any], seconds: floa
                 "class": r.fault_class,
                 "variant": r.variant,
                 "expected": list(r.expected),
-                "visible": r.visible,
+                "shows_in": r.shows_in,
                 "status": (r.report or {}).get("status"),
                 "findings": [
                     {k: f[k] for k in ("severity", "problem", "check", "param", "step")} for f in findings
@@ -181,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             records = list(pool.map(lambda task: run_one(*task, root), tasks))
     seconds = time.perf_counter() - start
     summary = summarize(records)
+    document = json.dumps(_json_document(records, summary, seconds), indent=2)
+    if args.save:
+        args.save.write_text(document + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps(_json_document(records, summary, seconds), indent=2))
+        print(document)
     else:
         print(render(records, summary, seconds))
     return 1 if summary["failures"] else 0

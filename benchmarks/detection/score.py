@@ -22,7 +22,7 @@ class Record:
     fault_class: str
     variant: str  # "buggy" or "healthy"
     expected: tuple[str, ...]
-    visible: bool
+    shows_in: str  # FaultClass.shows_in: "gradients", "updates", "loss", "activations", "none"
     outcome: dict[str, Any]  # the Outcome the training reported
     report: dict[str, Any] | None  # gradcheck's JSON document, None if it failed
     failure: str | None  # why training or gradcheck failed
@@ -54,31 +54,37 @@ def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
+def _recall(buggy: list[Record]) -> dict[str, Any]:
+    """Programs, and the share detected at error level and at any level."""
+    return {
+        "programs": len(buggy),
+        "error": _rate(sum(verdict(r) == ERROR for r in buggy), len(buggy)),
+        "any": _rate(sum(verdict(r) != MISSED for r in buggy), len(buggy)),
+    }
+
+
 def summarize(records: list[Record]) -> dict[str, Any]:
-    """Per-class confusion counts, recall, and the twins' false-alarm and warning rates."""
+    """Per-class confusion counts, recall (per class, per signal, overall), the twins' alarm and warning rates."""
     buggy = [r for r in records if r.variant == "buggy"]
     healthy = [r for r in records if r.variant == "healthy"]
     classes: dict[str, dict[str, Any]] = {}
     for r in buggy:
         row = classes.setdefault(
             r.fault_class,
-            {"visible": r.visible, "expected": list(r.expected), ERROR: 0, WARNING: 0, MISSED: 0},
+            {"shows_in": r.shows_in, "expected": list(r.expected), ERROR: 0, WARNING: 0, MISSED: 0},
         )
         row[verdict(r)] += 1
     for row in classes.values():
         total = row[ERROR] + row[WARNING] + row[MISSED]
         row["recall_error"] = _rate(row[ERROR], total)
         row["recall_any"] = _rate(row[ERROR] + row[WARNING], total)
-    visible = [r for r in buggy if r.visible]
+    signals = dict.fromkeys(r.shows_in for r in buggy)
     alarms = [r for r in healthy if fired(r.report, ERROR)]
     warned = [r for r in healthy if fired(r.report, WARNING)]
     return {
         "classes": classes,
-        "recall_visible_error": _rate(sum(verdict(r) == ERROR for r in visible), len(visible)),
-        "recall_visible_any": _rate(sum(verdict(r) != MISSED for r in visible), len(visible)),
-        "recall_all_error": _rate(sum(verdict(r) == ERROR for r in buggy), len(buggy)),
-        "visible_programs": len(visible),
-        "buggy_programs": len(buggy),
+        "recall_by_signal": {s: _recall([r for r in buggy if r.shows_in == s]) for s in signals},
+        "recall_all": _recall(buggy),
         "healthy_programs": len(healthy),
         "false_alarm_rate": _rate(len(alarms), len(healthy)),
         "warning_rate": _rate(len(warned), len(healthy)),
@@ -109,49 +115,64 @@ def _short(checks: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "") or "-"
 
 
-def render(records: list[Record], summary: dict[str, Any], seconds: float) -> str:
-    """The per-program table, the confusion matrix per class and the rates, as plain text."""
+def _program_lines(records: list[Record]) -> list[str]:
+    """One line per program: the buggy verdict and findings, the twin's status and findings, what each reached."""
     by_key = {(r.program, r.variant): r for r in records}
-    programs = list(dict.fromkeys(r.program for r in records))
-    lines = ["Programs (buggy | healthy twin)", ""]
-    head = f"{'program':<20} {'expected':<22} {'buggy':<8} {'buggy findings':<34} {'twin':<6} {'twin findings':<26}"
-    lines += [head + " trained (buggy / twin)", "-" * (len(head) + 24)]
-    for name in programs:
-        bug, twin = by_key.get((name, "buggy")), by_key.get((name, "healthy"))
-        bug_cell = verdict(bug) if bug else "-"
-        bug_found = _short(fired(bug.report, ERROR) + fired(bug.report, WARNING)) if bug else "-"
-        twin_status = (twin.report or {}).get("status", "FAIL") if twin else "-"
-        twin_found = _short(fired(twin.report, ERROR) + fired(twin.report, WARNING)) if twin else "-"
-        rep = bug or twin
-        expected = ",".join(rep.expected) + ("" if rep.visible else " (not grad)")
-        trained = " / ".join(_metric(r.outcome) for r in (bug, twin) if r is not None)
-        lines.append(
-            f"{name:<20} {expected:<22} {bug_cell:<8} {bug_found:<34} {twin_status:<6} {twin_found:<26} {trained}"
-        )
-    lines += ["", "Confusion matrix (buggy programs)", ""]
-    lines.append(
-        f"{'class':<20} {'visible':<8} {'error':>5} {'warning':>8} {'missed':>7} {'recall(err)':>12}"
+    head = (
+        f"{'program':<21}{'expected':<21}{'buggy':<9}{'buggy findings':<36}{'twin':<6}{'twin findings':<36}"
+        "trained: buggy / twin"
     )
+    lines = [head, "-" * (len(head) + 20)]
+    for name in dict.fromkeys(r.program for r in records):
+        bug, twin = by_key.get((name, "buggy")), by_key.get((name, "healthy"))
+        any_run = bug or twin
+        found = {
+            r.variant: _short(fired(r.report, ERROR) + fired(r.report, WARNING)) for r in (bug, twin) if r
+        }
+        lines.append(
+            f"{name:<21}{','.join(any_run.expected):<21}{verdict(bug) if bug else '-':<9}"
+            f"{found.get('buggy', '-'):<36}{(twin.report or {}).get('status', 'FAIL') if twin else '-':<6}"
+            f"{found.get('healthy', '-'):<36}"
+            + " / ".join(_metric(r.outcome) if r else "-" for r in (bug, twin))
+        )
+    return lines
+
+
+def _matrix_lines(summary: dict[str, Any]) -> list[str]:
+    """The confusion matrix of the buggy programs, per class."""
+    lines = [f"{'class':<21}{'shows in':<12}{'error':>6}{'warning':>9}{'missed':>8}{'recall(error)':>15}"]
     for name, row in summary["classes"].items():
         lines.append(
-            f"{name:<20} {'yes' if row['visible'] else 'no':<8} {row[ERROR]:>5} {row[WARNING]:>8} "
-            f"{row[MISSED]:>7} {_pct(row['recall_error']):>12}"
+            f"{name:<21}{row['shows_in']:<12}{row[ERROR]:>6}{row[WARNING]:>9}{row[MISSED]:>8}"
+            f"{_pct(row['recall_error']):>15}"
         )
-    lines += [
-        "",
-        (
-            f"recall at error level, gradient-visible classes: {_pct(summary['recall_visible_error'])} "
-            f"of {summary['visible_programs']} (error or warning: {_pct(summary['recall_visible_any'])})"
-        ),
-        f"recall at error level, all classes: {_pct(summary['recall_all_error'])} of {summary['buggy_programs']}",
-        (
-            f"healthy twins with an error (false alarms): {_pct(summary['false_alarm_rate'])} "
-            f"of {summary['healthy_programs']}"
-        ),
+    return lines
+
+
+def _rate_lines(summary: dict[str, Any]) -> list[str]:
+    """Recall per signal and overall; false alarms and warnings on the twins, naming the checks that fired."""
+    groups = [(f"classes that show in {k}", v) for k, v in summary["recall_by_signal"].items()]
+    lines = [
+        f"recall, {label}: {_pct(r['error'])} at error level, {_pct(r['any'])} at any level, of {r['programs']}"
+        for label, r in [*groups, ("all classes", summary["recall_all"])]
     ]
+    n = summary["healthy_programs"]
+    lines.append(f"healthy twins with an error (false alarms): {_pct(summary['false_alarm_rate'])} of {n}")
     lines += [f"  {name}: {', '.join(checks)}" for name, checks in summary["false_alarms"].items()]
-    lines.append(f"healthy twins with a warning: {_pct(summary['warning_rate'])}")
+    lines.append(f"healthy twins with a warning: {_pct(summary['warning_rate'])} of {n}")
     lines += [f"  {name}: {_short(checks, 6)}" for name, checks in summary["twin_warnings"].items()]
-    lines += [f"FAILED {key}: {why}" for key, why in summary["failures"].items()]
-    lines.append(f"wall time {seconds:.1f} s")
-    return "\n".join(lines)
+    return lines + [f"FAILED {key}: {why}" for key, why in summary["failures"].items()]
+
+
+def render(records: list[Record], summary: dict[str, Any], seconds: float) -> str:
+    """The per-program table, the confusion matrix per class and the rates, as plain text."""
+    return "\n".join(
+        [
+            *_program_lines(records),
+            "",
+            *_matrix_lines(summary),
+            "",
+            *_rate_lines(summary),
+            f"wall time {seconds:.1f} s",
+        ]
+    )

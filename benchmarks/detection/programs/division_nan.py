@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="division_nan",
     title="division by zero (0/0) in preprocessing",
     expected=("nonfinite",),
-    visible=True,
+    shows_in="gradients",
     why="the digits' border pixels are 0 in every image: (x - mean) / std is 0/0 = NaN there, the NaN inputs "
     "make the first layer's gradient NaN at the first step, and the update spreads it to every parameter",
     source="TheDeepChecker (Ben Braiek & Khomh) data-normalisation and numerical faults; DeepLocalize "

@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="dying_relu_bias",
     title="dying ReLU through a negative bias",
     expected=("dead",),
-    visible=True,
+    shows_in="gradients",
     why="a unit whose pre-activation is negative for every input outputs 0 and passes no gradient: its row of "
     "the weight gradient is exactly zero at every step, and the unit never comes back",
     source="Lu et al., 'Dying ReLU and Initialization' (CiCP 2020); AutoTrainer (Zhang et al., ICSE 2021) "

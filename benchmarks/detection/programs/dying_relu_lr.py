@@ -12,7 +12,7 @@ CLASS = FaultClass(
     name="dying_relu_lr",
     title="dying ReLU through a high learning rate",
     expected=("dead",),
-    visible=True,
+    shows_in="gradients",
     why="a huge step drives the pre-activations of the ReLU units negative for every input; from then on "
     "no gradient reaches the layers below them (exact zeros), and the net predicts a constant",
     source="Lu et al., 'Dying ReLU and Initialization' (CiCP 2020); AutoTrainer (Zhang et al., ICSE 2021) "

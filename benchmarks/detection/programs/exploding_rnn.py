@@ -17,7 +17,7 @@ CLASS = FaultClass(
     name="exploding_rnn",
     title="exploding gradients in an RNN",
     expected=("exploding", "nonfinite"),
-    visible=True,
+    shows_in="gradients",
     why="backpropagation through 64 time steps multiplies by the recurrent Jacobian 64 times; with identity "
     "init and ReLU its norm is >= 1, so the gradient reaches ~1e2 at the first step and overflows right after",
     source="Pascanu, Mikolov & Bengio, On the difficulty of training RNNs (ICML 2013); Le, Jaitly & Hinton, "
@@ -63,4 +63,4 @@ def train(out_dir: Path, *, buggy: bool) -> Outcome:
     loss, bad = fit(model, optimizer, out_dir, loss_of_step, steps=600, every=30, clip_norm=clip)
     with torch.no_grad():
         acc = (model(ids[None, :-1]).argmax(-1)[0] == ids[1:]).double().mean().item()
-    return Outcome("char accuracy (train text)", acc, loss, bad)
+    return Outcome("char accuracy", acc, loss, bad)

@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="frozen_layer",
     title="frozen / detached layer",
     expected=("dead",),
-    visible=True,
+    shows_in="gradients",
     why="no gradient reaches the encoder: mathematically its gradient is 0 at every step; PyTorch leaves its "
     ".grad None, so the recorder writes no tensor for it and lists it in gradcheck.no_grad at every step",
     source="DeepDiagnosis (Wardat et al., ICSE 2022) and TheDeepChecker (Ben Braiek & Khomh) 'untrained "

@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="huge_init",
     title="huge initialisation",
     expected=("exploding", "nonfinite"),
-    visible=True,
+    shows_in="gradients",
     why="with std 1 instead of ~1/sqrt(fan_in) each ReLU layer multiplies the signal by ~sqrt(fan_in/2) = 8 "
     "both ways: the logits and the first layers' gradients are thousands of times too large and the first SGD "
     "steps throw the weights further out",

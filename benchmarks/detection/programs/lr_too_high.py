@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="lr_too_high",
     title="learning rate far too high",
     expected=("exploding", "nonfinite"),
-    visible=True,
+    shows_in="gradients",
     why="each SGD step overshoots and the weights, hence the gradients, grow geometrically until they "
     "overflow (with ReLU units the same fault usually kills the units instead: see dying_relu_lr)",
     source="TheDeepChecker (Ben Braiek & Khomh, TOSEM 2023) fault 'high_lr'; "

@@ -12,7 +12,7 @@ CLASS = FaultClass(
     name="lr_too_low",
     title="learning rate far too low",
     expected=("update-ratio-low",),
-    visible=False,
+    shows_in="updates",
     why="the gradients are those of an ordinary untrained net; only the updates are tiny against the weights, "
     "so at best the update:parameter ratio (a warning, DL4J's < -4) shows it, never a gradient problem",
     source="TheDeepChecker fault 'low_lr'; DeepDiagnosis (Wardat et al., ICSE 2022) 'slow convergence'",

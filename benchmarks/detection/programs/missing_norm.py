@@ -16,7 +16,7 @@ CLASS = FaultClass(
     name="missing_norm",
     title="missing normalisation layers in a deep net",
     expected=("vanishing",),
-    visible=True,
+    shows_in="gradients",
     why="at PyTorch's default init (variance 1/(3 fan_in)) each ReLU layer scales the backward signal's "
     "variance by about 1/6: over 20 layers the first layers get ~1e-8 of the last one's gradient. "
     "BatchNorm after each Linear restores unit scale",

@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="saturating_sigmoid",
     title="saturating sigmoid in a deep plain net",
     expected=("vanishing",),
-    visible=True,
+    shows_in="gradients",
     why="sigmoid'(x) <= 1/4, so every layer shrinks the backward signal about fourfold or more: twelve layers "
     "leave the first ones a millionth of the last one's gradient, and they do not learn. Both variants use "
     "He initialisation (right for the ReLU twin; a 12-layer ReLU net at PyTorch's default init does not "

@@ -14,7 +14,7 @@ CLASS = FaultClass(
     name="unscaled_inputs_adam",
     title="unscaled inputs (Adam)",
     expected=("exploding",),
-    visible=False,
+    shows_in="loss",
     why="Adam's steps are about lr in size whatever the gradient, so nothing diverges: the net just fits "
     "badly. Its gradients are ~1e4x the standardized twin's, but within a run nothing marks them as large "
     "(no layer stands out, mean|g| stays far below the absolute 1e6 bound), so gradient checks have no "

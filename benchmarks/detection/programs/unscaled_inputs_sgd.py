@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="unscaled_inputs_sgd",
     title="unscaled inputs (SGD)",
     expected=("exploding", "nonfinite"),
-    visible=True,
+    shows_in="gradients",
     why="the first layer's gradient scales with the inputs (up to ~3000 here) and an SGD step with it: at an "
     "lr that suits standardized inputs the first steps overshoot, the weights blow up and turn NaN",
     source="LeCun et al., Efficient BackProp (1998); TheDeepChecker fault 'missing_normalization'; "

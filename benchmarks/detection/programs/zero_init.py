@@ -13,7 +13,7 @@ CLASS = FaultClass(
     name="zero_init",
     title="zero initialisation",
     expected=("dead",),
-    visible=True,
+    shows_in="gradients",
     why="with every weight and bias 0 the hidden ReLUs output 0, so the gradient of every weight matrix is "
     "exactly zero at every step (only the output bias learns): the symmetry is never broken",
     source="TheDeepChecker fault 'wrong_init' (constant); Glorot & Bengio (AISTATS 2010) on symmetric init",
