@@ -12,6 +12,7 @@ PROGRAMS = (
     "dying_relu_bias",
     "log_zero_nan",
     "division_nan",
+    "adam_eps_zero",
     "frozen_layer",
     "saturating_sigmoid",
     "missing_norm",
