@@ -135,7 +135,7 @@ def regression(n: int = 2048, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
 
 
 def zen_text() -> str:
-    """The Zen of Python, decoded from the stdlib `this` module's ROT13 string (importing it prints; we don't)."""
+    """The Zen of Python, decoded from the stdlib `this` module's ROT13 string, without its import's print."""
     import contextlib
     import io
 
@@ -164,7 +164,7 @@ def fit(
     every: int,
     clip_norm: float | None = None,
 ) -> tuple[float, int | None]:
-    """The ordinary loop, recorded by gradcheck's Recorder in full mode; returns the last loss and first NaN step.
+    """The ordinary loop, recorded by gradcheck's Recorder in full mode; returns the loss and first NaN step.
 
     It keeps going after the loss turns NaN, as unattended training scripts do.
     """

@@ -2,7 +2,8 @@
 
 Usage: `python benchmarks/detection/run.py [--jobs N] [--only PROGRAM] [--variant buggy|healthy] [--json]
 [--out DIR]`. Each training run and each `gradcheck inspect --format json` is its own process of THIS Python
-(`sys.executable`), so another checkout's venv evaluates its own checks by running this script with its python.
+(`sys.executable`), so another checkout's venv evaluates its own checks by running this script with its
+python.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def _recall(buggy: list[Record]) -> dict[str, Any]:
 
 
 def summarize(records: list[Record]) -> dict[str, Any]:
-    """Per-class confusion counts, recall (per class, per signal, overall), the twins' alarm and warning rates."""
+    """Per-class confusion counts, recall (per class, per signal, overall), twin alarm and warning rates."""
     buggy = [r for r in records if r.variant == "buggy"]
     healthy = [r for r in records if r.variant == "healthy"]
     classes: dict[str, dict[str, Any]] = {}
@@ -116,7 +116,7 @@ def _short(checks: list[str], limit: int = 3) -> str:
 
 
 def _program_lines(records: list[Record]) -> list[str]:
-    """One line per program: the buggy verdict and findings, the twin's status and findings, what each reached."""
+    """One line per program: buggy verdict and findings, the twin's status and findings, what each reached."""
     by_key = {(r.program, r.variant): r for r in records}
     head = (
         f"{'program':<21}{'expected':<21}{'buggy':<9}{'buggy findings':<36}{'twin':<6}{'twin findings':<36}"
@@ -153,7 +153,8 @@ def _rate_lines(summary: dict[str, Any]) -> list[str]:
     """Recall per signal and overall; false alarms and warnings on the twins, naming the checks that fired."""
     groups = [(f"classes that show in {k}", v) for k, v in summary["recall_by_signal"].items()]
     lines = [
-        f"recall, {label}: {_pct(r['error'])} at error level, {_pct(r['any'])} at any level, of {r['programs']}"
+        f"recall, {label}: {_pct(r['error'])} at error level, {_pct(r['any'])} at any level, "
+        f"of {r['programs']}"
         for label, r in [*groups, ("all classes", summary["recall_all"])]
     ]
     n = summary["healthy_programs"]

@@ -14,7 +14,8 @@ CLASS = FaultClass(
     title="dying ReLU through a negative bias",
     expected=("dead",),
     shows_in="gradients",
-    why="a unit whose pre-activation is negative for every input outputs 0 and passes no gradient: its row of "
+    why="a unit whose pre-activation is negative for every input outputs 0 and passes no gradient: its row "
+    "of "
     "the weight gradient is exactly zero at every step, and the unit never comes back",
     source="Lu et al., 'Dying ReLU and Initialization' (CiCP 2020); AutoTrainer (Zhang et al., ICSE 2021) "
     "'dying ReLU' (>= 70 % zero gradients); TheDeepChecker fault 'wrong_init'",

@@ -19,7 +19,8 @@ CLASS = FaultClass(
     expected=("exploding", "nonfinite"),
     shows_in="gradients",
     why="backpropagation through 64 time steps multiplies by the recurrent Jacobian 64 times; with identity "
-    "init and ReLU its norm is >= 1, so the gradient reaches ~1e2 at the first step and overflows right after",
+    "init and ReLU its norm is >= 1, so the gradient reaches ~1e2 at the first step and overflows right "
+    "after",
     source="Pascanu, Mikolov & Bengio, On the difficulty of training RNNs (ICML 2013); Le, Jaitly & Hinton, "
     "IRNN (2015), trained with clipping; AutoTrainer 'exploding gradient'",
     bug="no gradient clipping",

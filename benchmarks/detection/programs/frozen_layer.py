@@ -16,8 +16,8 @@ CLASS = FaultClass(
     shows_in="gradients",
     why="no gradient reaches the encoder: mathematically its gradient is 0 at every step; PyTorch leaves its "
     ".grad None, so the recorder writes no tensor for it and lists it in gradcheck.no_grad at every step",
-    source="DeepDiagnosis (Wardat et al., ICSE 2022) and TheDeepChecker (Ben Braiek & Khomh) 'untrained "
-    "parameters'; Schoop et al., UMLAUT (CHI 2021) frozen layers",
+    source="DeepDiagnosis (Wardat et al., ICSE 2022) symptom 'unchanged weight'; TheDeepChecker (Ben Braiek "
+    "& Khomh, TOSEM 2023) parameter checks (weights that do not change)",
     bug="features = self.encoder(x).detach()",
     fix="features = self.encoder(x)",
 )

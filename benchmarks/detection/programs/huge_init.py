@@ -15,7 +15,8 @@ CLASS = FaultClass(
     expected=("exploding", "nonfinite"),
     shows_in="gradients",
     why="with std 1 instead of ~1/sqrt(fan_in) each ReLU layer multiplies the signal by ~sqrt(fan_in/2) = 8 "
-    "both ways: the logits and the first layers' gradients are thousands of times too large and the first SGD "
+    "both ways: the logits and the first layers' gradients are thousands of times too large and the first "
+    "SGD "
     "steps throw the weights further out",
     source="Glorot & Bengio (AISTATS 2010); He et al. (ICCV 2015) initialisation; TheDeepChecker fault "
     "'wrong_init' (random); AutoTrainer 'exploding gradient'",

@@ -13,9 +13,10 @@ CLASS = FaultClass(
     title="learning rate far too low",
     expected=("update-ratio-low",),
     shows_in="updates",
-    why="the gradients are those of an ordinary untrained net; only the updates are tiny against the weights, "
+    why="the gradients are those of an ordinary untrained net; only the updates are tiny against the weights,"
+    " "
     "so at best the update:parameter ratio (a warning, DL4J's < -4) shows it, never a gradient problem",
-    source="TheDeepChecker fault 'low_lr'; DeepDiagnosis (Wardat et al., ICSE 2022) 'slow convergence'",
+    source="TheDeepChecker fault 'low_lr'; DeepDiagnosis (Wardat et al., ICSE 2022) 'loss not decreasing'",
     bug="torch.optim.Adam(..., lr=1e-6)",
     fix="lr=1e-3",
 )

@@ -14,12 +14,14 @@ CLASS = FaultClass(
     title="saturating sigmoid in a deep plain net",
     expected=("vanishing",),
     shows_in="gradients",
-    why="sigmoid'(x) <= 1/4, so every layer shrinks the backward signal about fourfold or more: twelve layers "
+    why="sigmoid'(x) <= 1/4, so every layer shrinks the backward signal about fourfold or more: twelve "
+    "layers "
     "leave the first ones a millionth of the last one's gradient, and they do not learn. Both variants use "
     "He initialisation (right for the ReLU twin; a 12-layer ReLU net at PyTorch's default init does not "
     "train either, see missing_norm)",
     source="Glorot & Bengio (AISTATS 2010); Hochreiter (1991) vanishing gradients; TheDeepChecker fault "
-    "'wrong_activation'; AutoTrainer (Zhang et al., ICSE 2021) 'vanishing gradient'",
+    "'wrong_activation'; DeepDiagnosis 'saturated activation'; AutoTrainer (Zhang et al., ICSE 2021) "
+    "'vanishing gradient'",
     bug="nn.Sigmoid between the hidden layers",
     fix="nn.ReLU between the hidden layers",
 )

@@ -20,7 +20,7 @@ CLASS = FaultClass(
     "(no layer stands out, mean|g| stays far below the absolute 1e6 bound), so gradient checks have no "
     "reference to call them exploding",
     source="TheDeepChecker fault 'missing_normalization' (inputs); DeepDiagnosis (Wardat et al., ICSE 2022) "
-    "'unnormalized input'; LeCun et al., Efficient BackProp (1998) on input scaling",
+    "root cause 'improper data'; LeCun et al., Efficient BackProp (1998) on input scaling",
     bug="features fed in their raw units (scale 1 to 1000, one offset by 2000)",
     fix="standardize the features (x - mean) / std",
 )

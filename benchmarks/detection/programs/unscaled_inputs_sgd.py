@@ -17,7 +17,7 @@ CLASS = FaultClass(
     why="the first layer's gradient scales with the inputs (up to ~3000 here) and an SGD step with it: at an "
     "lr that suits standardized inputs the first steps overshoot, the weights blow up and turn NaN",
     source="LeCun et al., Efficient BackProp (1998); TheDeepChecker fault 'missing_normalization'; "
-    "DeepDiagnosis (Wardat et al., ICSE 2022) 'unnormalized input'",
+    "DeepDiagnosis (Wardat et al., ICSE 2022) root cause 'improper data'",
     bug="features fed in their raw units (scale 1 to 1000, one offset by 2000)",
     fix="standardize the features (x - mean) / std",
 )
