@@ -18,14 +18,14 @@ CLASS = FaultClass(
     "is 0/0 = NaN: the NaN weights make every gradient NaN from the next step on",
     source="TheDeepChecker (Ben Braiek & Khomh, TOSEM 2023) fault 'low_adam_epsilon'; Kingma & Ba, Adam "
     "(ICLR 2015), eps for numerical stability",
-    bug="torch.optim.Adam(..., eps=0.0)",
+    bug="torch.optim.AdamW(..., eps=0.0)",
     fix="keep the default eps=1e-8",
 )
 
 
 def train(out_dir: Path, *, buggy: bool) -> Outcome:
-    """Fit the digits with Adam."""
-    model = mlp([64, 64, 32, 10])
+    """Fit the digits with AdamW."""
+    model = mlp([64, 48, 48, 10])
     eps = 0.0 if buggy else 1e-8  # the fault: no epsilon in Adam's denominator
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=eps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=eps, weight_decay=0.01)
     return classify(model, optimizer, digits(), out_dir, steps=400, every=20)

@@ -28,8 +28,8 @@ class Classifier(nn.Module):
 
     def __init__(self, detach: bool) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU())
-        self.head = nn.Linear(32, 10)
+        self.encoder = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+        self.head = nn.Linear(64, 10)
         self.detach = detach
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

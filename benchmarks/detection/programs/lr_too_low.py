@@ -24,7 +24,7 @@ CLASS = FaultClass(
 
 def train(out_dir: Path, *, buggy: bool) -> Outcome:
     """Fit the digits with Adam."""
-    model = mlp([64, 64, 32, 10])
+    model = mlp([64, 128, 10])
     lr = 1e-6 if buggy else 1e-3  # the fault: a learning rate 1000x too low
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return classify(model, optimizer, digits(), out_dir, steps=400, every=20)
+    return classify(model, optimizer, digits(), out_dir, steps=400, every=20, batch_size=32)
