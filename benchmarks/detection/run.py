@@ -1,9 +1,9 @@
 """Record every detection program (buggy and healthy twin), run gradcheck on each, print the confusion matrix.
 
-Usage: `python benchmarks/detection/run.py [--jobs N] [--only PROGRAM] [--variant buggy|healthy] [--json]
-[--out DIR]`. Each training run and each `gradcheck inspect --format json` is its own process of THIS Python
-(`sys.executable`), so another checkout's venv evaluates its own checks by running this script with its
-python.
+Usage: `python benchmarks/detection/run.py [--jobs N] [--only PROGRAM[:VARIANT]] [--variant buggy|healthy]
+[--json] [--save FILE] [--out DIR [--reuse]]`. Each training run and each `gradcheck inspect --format json`
+is its own process of THIS Python (`sys.executable`), so another checkout's venv evaluates its own checks by
+running this script with its python (`--out DIR --reuse` judges runs recorded earlier without training).
 """
 
 from __future__ import annotations
@@ -74,12 +74,9 @@ def _inspect(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"gradcheck printed no JSON ({e})"
 
 
-def run_one(program: str, variant: str, root: Path) -> Record:
-    """Train one variant in a fresh process, then inspect what it recorded."""
-    spec = load(program).CLASS
-    out_dir = root / program / variant
+def _train(program: str, variant: str, out_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """Train one variant into out_dir in a fresh process; its Outcome, or the reason it failed."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    start = time.perf_counter()
     trained = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--train", program, variant, str(out_dir)],
         capture_output=True,
@@ -88,12 +85,30 @@ def run_one(program: str, variant: str, root: Path) -> Record:
         timeout=TRAIN_TIMEOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
     )
-    outcome: dict[str, Any] = {}
-    report, failure = None, None
     if trained.returncode != 0:
-        failure = f"training exit {trained.returncode}: {trained.stderr.strip()[-300:]}"
+        return {}, f"training exit {trained.returncode}: {trained.stderr.strip()[-300:]}"
+    return json.loads(trained.stdout.strip().splitlines()[-1]), None
+
+
+def run_one(program: str, variant: str, root: Path, *, reuse: bool = False) -> Record:
+    """Train one variant (or reuse its earlier recording), then inspect what it recorded.
+
+    The Outcome is kept beside the run (`<variant>.outcome.json`, not inside it), so `--reuse` can judge the
+    same recordings with another gradcheck without training again: the programs are deterministic.
+    """
+    spec = load(program).CLASS
+    out_dir = root / program / variant
+    saved = root / program / f"{variant}.outcome.json"
+    start = time.perf_counter()
+    if reuse and saved.is_file() and out_dir.is_dir():
+        outcome, failure = json.loads(saved.read_text(encoding="utf-8")), None
     else:
-        outcome = json.loads(trained.stdout.strip().splitlines()[-1])
+        saved.unlink(missing_ok=True)
+        outcome, failure = _train(program, variant, out_dir)
+        if failure is None:
+            saved.write_text(json.dumps(outcome) + "\n", encoding="utf-8")
+    report = None
+    if failure is None:
         report, failure = _inspect(out_dir)
     return Record(
         program=program,
@@ -140,6 +155,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the records and summary as JSON")
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON document to FILE")
     parser.add_argument("--out", type=Path, help="keep the recorded runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --out: judge the runs already recorded there, train the rest",
+    )
     parser.add_argument("--train", nargs=3, metavar=("PROGRAM", "VARIANT", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -176,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         train_here(program, variant, Path(out))
         return 0
     tasks = _tasks(args)
+    if args.reuse and not args.out:
+        raise SystemExit("--reuse needs --out DIR (the folder of the earlier recordings)")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gradcheck-detection-") as tmp:
         root = args.out or Path(tmp)
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            records = list(pool.map(lambda task: run_one(*task, root), tasks))
+            records = list(pool.map(lambda task: run_one(*task, root, reuse=args.reuse), tasks))
     seconds = time.perf_counter() - start
     summary = summarize(records)
     document = json.dumps(_json_document(records, summary, seconds), indent=2)
