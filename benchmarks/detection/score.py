@@ -119,7 +119,7 @@ def _program_lines(records: list[Record]) -> list[str]:
     """One line per program: buggy verdict and findings, the twin's status and findings, what each reached."""
     by_key = {(r.program, r.variant): r for r in records}
     head = (
-        f"{'program':<21}{'expected':<21}{'buggy':<9}{'buggy findings':<36}{'twin':<6}{'twin findings':<36}"
+        f"{'program':<21}{'expected':<21}{'buggy':<9}{'buggy findings':<40}{'twin':<6}{'twin findings':<36}"
         "trained: buggy / twin"
     )
     lines = [head, "-" * (len(head) + 20)]
@@ -131,7 +131,7 @@ def _program_lines(records: list[Record]) -> list[str]:
         }
         lines.append(
             f"{name:<21}{','.join(any_run.expected):<21}{verdict(bug) if bug else '-':<9}"
-            f"{found.get('buggy', '-'):<36}{(twin.report or {}).get('status', 'FAIL') if twin else '-':<6}"
+            f"{found.get('buggy', '-'):<40}{(twin.report or {}).get('status', 'FAIL') if twin else '-':<6}"
             f"{found.get('healthy', '-'):<36}"
             + " / ".join(_metric(r.outcome) if r else "-" for r in (bug, twin))
         )
