@@ -53,6 +53,8 @@ class FaultClass:
     def __post_init__(self) -> None:
         if self.shows_in not in SIGNALS:
             raise ValueError(f"{self.name}: shows_in {self.shows_in!r} is not one of {SIGNALS}")
+        if self.shows_in == "gradients" and not set(self.expected) <= set(GRADIENT_PROBLEMS):
+            raise ValueError(f"{self.name}: a gradient class expects only {GRADIENT_PROBLEMS}")
 
 
 @dataclass

@@ -44,5 +44,4 @@ def train(out_dir: Path, *, buggy: bool) -> Outcome:
     """Fit the digits with SGD + momentum."""
     model = deep_mlp(batch_norm=not buggy)  # the fault: no normalisation between the layers
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    outcome = classify(model, optimizer, digits(), out_dir, steps=600, every=30)
-    return outcome
+    return classify(model, optimizer, digits(), out_dir, steps=600, every=30)
