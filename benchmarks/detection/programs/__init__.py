@@ -15,6 +15,7 @@ PROGRAMS = (
     "adam_eps_zero",
     "frozen_layer",
     "saturating_sigmoid",
+    "saturating_tanh",
     "missing_norm",
     "huge_init",
     "exploding_rnn",
