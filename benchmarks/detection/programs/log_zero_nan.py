@@ -16,7 +16,7 @@ CLASS = FaultClass(
     shows_in="gradients",
     why="once the model is confident, sigmoid(z) rounds to exactly 1.0 in float32 (z > 16.6): log(1 - p) is "
     "-inf, 0 * -inf is NaN in the loss, and its gradient -1/(1 - p) * p(1 - p) is NaN too; on the digits the "
-    "most confident positive passes z = 17.3 after about 1,300 steps (60 epochs), hence the long run",
+    "most confident positive passes z = 17.3 after about 1,050 steps (50 epochs), hence the long run",
     source="TheDeepChecker (Ben Braiek & Khomh) numerical-instability faults; the TensorFlow MNIST "
     "tutorial's "
     "-sum(y * log(y_hat)) NaN; DeepLocalize (Wardat et al., ICSE 2021) numerical errors",
