@@ -1,0 +1,151 @@
+"""Record a JAX training loop through its optax transformation, jitted or not.
+
+    from gradcheck.recording.optax import record
+    tx = record(optax.adamw(1e-3), "runs/my_run", every=10)
+
+`record` wraps the user's transformation: its `update` passes the gradients on unchanged and, at recorded steps,
+hands the gradients going in, the params passed to `update` and the updates coming out to the host through
+`jax.debug.callback` inside a `lax.cond`, so unrecorded steps copy nothing. Steps are counted in the
+transformation's own state (an int32 counter beside the inner state), from 0, which is what makes the count
+right under `jax.jit`: a Python counter would be read once, at trace time. A step is recorded when
+`step % every == 0`. The training numbers are untouched: the inner transformation computes exactly what it
+would alone, and the callback only reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from gradcheck.analysis.context import (
+    CONTEXT_KEY,
+    SCALARS_KEY,
+    StepContext,
+    context_metadata,
+    scalars_metadata,
+)
+
+from .writer import MODES, save_snapshot
+
+__all__ = ["RecordState", "record"]
+# State types that say nothing about the update rule (wrappers, stateless steps).
+_PLUMBING_STATES = frozenset({"EmptyState", "InjectHyperparamsState", "InjectStatefulHyperparamsState"})
+
+
+class RecordState(NamedTuple):
+    """The wrapped transformation's state and the number of `update` calls before this one."""
+
+    count: Any  # int32 scalar array
+    inner: Any
+
+
+def record(
+    tx: Any,
+    run_dir: str | os.PathLike[str],
+    every: int = 10,
+    *,
+    mode: str = "full",
+    optimizer: str | None = None,
+) -> Any:
+    """Wrap an optax `GradientTransformation` so that every `every`-th update is written to `run_dir`.
+
+    `optimizer` names the rule in the snapshots' context (default: the stateful transformations inside `tx`,
+    e.g. `scale_by_adam`). A `value=` keyword passed to `update` (optax's name for the loss) is stored as the
+    scalar `loss`. Returns a `GradientTransformationExtraArgs`; its state is a `RecordState`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive integer, not {every!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+    inner_tx = optax.with_extra_args_support(tx)
+    writer = _Writer(Path(run_dir), mode)
+
+    def init_fn(params: Any) -> RecordState:
+        return RecordState(count=jnp.zeros([], jnp.int32), inner=inner_tx.init(params))
+
+    def update_fn(
+        grads: Any, state: RecordState, params: Any = None, **extra: Any
+    ) -> tuple[Any, RecordState]:
+        updates, inner = inner_tx.update(grads, state.inner, params, **extra)
+        payload = {
+            "step": state.count,
+            "grads": _named(jax, grads),
+            "params": _named(jax, params),
+            "updates": _named(jax, updates),
+            "lr": _learning_rate(optax, state.inner),
+            "loss": extra.get("value"),
+        }
+        label = optimizer or _rule_name(state.inner)
+
+        def send(values: dict[str, Any]) -> None:
+            jax.debug.callback(lambda host: writer.write(host, label), values)
+
+        jax.lax.cond(state.count % every == 0, send, lambda values: None, payload)
+        return updates, RecordState(count=optax.safe_int32_increment(state.count), inner=inner)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _Writer:
+    """Writes one step's host arrays; runs inside the host callback."""
+
+    def __init__(self, run_dir: Path, mode: str) -> None:
+        self.run_dir, self.mode = run_dir, mode
+
+    def write(self, host: dict[str, Any], label: str | None) -> None:
+        grads = host["grads"]
+        lr = {} if host["lr"] is None else dict.fromkeys(grads, float(host["lr"]))
+        context = StepContext(framework="optax", optimizer=label, lr=lr)
+        metadata = {CONTEXT_KEY: context_metadata(context)}
+        if host["loss"] is not None:
+            metadata[SCALARS_KEY] = scalars_metadata({"loss": float(host["loss"])})
+        save_snapshot(
+            self.run_dir, int(host["step"]), grads=grads, params=host["params"] or None,
+            updates=host["updates"], metadata=metadata, mode=self.mode,
+        )  # fmt: skip
+
+
+def _named(jax: Any, tree: Any) -> dict[str, Any]:
+    """A pytree as dotted key path -> leaf (`params.Dense_0.kernel`); nnx's `.value` suffix dropped."""
+    if tree is None:
+        return {}
+    named: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+            path = path[:-1]  # an nnx Variable's array
+        named[jax.tree_util.keystr(path, simple=True, separator=".") or "param"] = leaf
+    return named
+
+
+def _learning_rate(optax: Any, state: Any) -> Any:
+    """The learning rate of an `optax.inject_hyperparams` state inside `state`, else None."""
+    try:
+        return optax.tree_utils.tree_get(state, "learning_rate")
+    except (KeyError, ValueError, TypeError):  # several, or a tree tree_get cannot walk
+        return None
+
+
+def _rule_name(state: Any) -> str | None:
+    """The stateful transformations in an optax state, `ScaleByAdamState` -> `scale_by_adam`."""
+    names: list[str] = []
+
+    def visit(node: Any) -> None:
+        kind = type(node).__name__
+        if hasattr(node, "_fields") and kind.endswith("State") and kind not in _PLUMBING_STATES:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("State")).lower()
+            names.append(snake)
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(state)
+    return "+".join(dict.fromkeys(names)) or None
