@@ -21,15 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradcheck.analysis.context import (
-    CONTEXT_KEY,
-    SCALARS_KEY,
-    StepContext,
-    context_metadata,
-    scalars_metadata,
-)
+from gradcheck.analysis.context import StepContext
 
-from .writer import MODES, save_snapshot
+from .adapters import check_arguments, step_metadata
+from .writer import save_snapshot
 
 __all__ = ["GradcheckCallback"]  # noqa: F822 (built on first access by __getattr__)
 _WRAPPED = ("apply", "_backend_update_step")  # the optimizer methods the callback shadows during fit()
@@ -52,12 +47,9 @@ class _Step:
 class _KerasRecording:
     """The callback's machinery without the Keras base class, so this module imports without Keras."""
 
-    def __init__(self, run_dir: str | Path, every: int, mode: str) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, not {every!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, every: int, mode: str, overwrite: bool) -> None:
+        self.run_dir = check_arguments(run_dir, every, mode)
+        self.overwrite = overwrite
         self.every = every
         self.mode = mode
         self._pending: list[_Step] = []
@@ -177,12 +169,10 @@ class _KerasRecording:
             accumulation=self._context.accumulation,
             modules={n: kind for n, kind in self._modules.items() if n in recorded.params},
         )
-        metadata = {CONTEXT_KEY: context_metadata(context)}
-        if recorded.scalars:
-            metadata[SCALARS_KEY] = scalars_metadata(recorded.scalars)
+        metadata = step_metadata(context, recorded.scalars)
         save_snapshot(
             self.run_dir, recorded.step, grads=recorded.grads, params=recorded.params,
-            updates=recorded.updates, metadata=metadata, mode=self.mode,
+            updates=recorded.updates, metadata=metadata, mode=self.mode, overwrite=self.overwrite,
         )  # fmt: skip
 
 
@@ -259,9 +249,11 @@ def _callback_class() -> type:
     class GradcheckCallback(keras.callbacks.Callback):
         """Record grads, params and updates every `every` optimizer steps of `fit()` into `run_dir`."""
 
-        def __init__(self, run_dir: str | Path, every: int = 10, *, mode: str = "full") -> None:
+        def __init__(
+            self, run_dir: str | Path, every: int = 10, *, mode: str = "full", overwrite: bool = False
+        ) -> None:
             super().__init__()
-            self._recording = _KerasRecording(run_dir, every, mode)
+            self._recording = _KerasRecording(run_dir, every, mode, overwrite)
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self._recording.install(self.model)

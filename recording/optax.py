@@ -19,15 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gradcheck.analysis.context import (
-    CONTEXT_KEY,
-    SCALARS_KEY,
-    StepContext,
-    context_metadata,
-    scalars_metadata,
-)
+from gradcheck.analysis.context import StepContext
 
-from .writer import MODES, save_snapshot
+from .adapters import check_arguments, step_metadata
+from .writer import save_snapshot
 
 __all__ = ["RecordState", "record"]
 # State types that say nothing about the update rule (wrappers, stateless steps).
@@ -48,23 +43,21 @@ def record(
     *,
     mode: str = "full",
     optimizer: str | None = None,
+    overwrite: bool = False,
 ) -> Any:
     """Wrap an optax `GradientTransformation` so that every `every`-th update is written to `run_dir`.
 
     `optimizer` names the rule in the snapshots' context (default: the stateful transformations inside `tx`,
-    e.g. `scale_by_adam`). A `value=` keyword passed to `update` (optax's name for the loss) is stored as the
+    e.g. `scale_by_adam`). `overwrite=True` replaces step files left by an earlier run instead of failing.
+    A `value=` keyword passed to `update` (optax's name for the loss) is stored as the
     scalar `loss`. Returns a `GradientTransformationExtraArgs`; its state is a `RecordState`.
     """
     import jax
     import jax.numpy as jnp
     import optax
 
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive integer, not {every!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+    writer = _Writer(check_arguments(run_dir, every, mode), mode, overwrite)
     inner_tx = optax.with_extra_args_support(tx)
-    writer = _Writer(Path(run_dir), mode)
 
     def init_fn(params: Any) -> RecordState:
         return RecordState(count=jnp.zeros([], jnp.int32), inner=inner_tx.init(params))
@@ -95,19 +88,18 @@ def record(
 class _Writer:
     """Writes one step's host arrays; runs inside the host callback."""
 
-    def __init__(self, run_dir: Path, mode: str) -> None:
-        self.run_dir, self.mode = run_dir, mode
+    def __init__(self, run_dir: Path, mode: str, overwrite: bool) -> None:
+        self.run_dir, self.mode, self.overwrite = run_dir, mode, overwrite
 
     def write(self, host: dict[str, Any], label: str | None) -> None:
         grads = host["grads"]
         lr = {} if host["lr"] is None else dict.fromkeys(grads, float(host["lr"]))
         context = StepContext(framework="optax", optimizer=label, lr=lr)
-        metadata = {CONTEXT_KEY: context_metadata(context)}
-        if host["loss"] is not None:
-            metadata[SCALARS_KEY] = scalars_metadata({"loss": float(host["loss"])})
+        scalars = {} if host["loss"] is None else {"loss": float(host["loss"])}
+        metadata = step_metadata(context, scalars)
         save_snapshot(
             self.run_dir, int(host["step"]), grads=grads, params=host["params"] or None,
-            updates=host["updates"], metadata=metadata, mode=self.mode,
+            updates=host["updates"], metadata=metadata, mode=self.mode, overwrite=self.overwrite,
         )  # fmt: skip
 
 
