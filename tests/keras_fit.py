@@ -2,7 +2,8 @@
 
 `python tests/keras_fit.py BACKEND OUT` picks the Keras backend before Keras is imported (Keras chooses it once
 per process, hence a subprocess per backend) and writes into OUT:
-- `spy/`: a clipped SGD whose update rule stashes the gradients it uses into `spy.npz` (every=1);
+- `spy/`: a clipped SGD whose update rule stashes the gradients it uses into `spy.npz` (every=1), and the final
+  weights of that training with and without the callback in `weights.npz`;
 - `healthy/`: SGD lr 0.1 inside a LossScaleOptimizer;
 - `broken/`: plain SGD lr 0.1 on the same data with one NaN pixel in the second batch (a corrupt sample);
 - `timing.json`: seconds for the Keras import and for the three fits.
@@ -44,18 +45,22 @@ def main(backend: str, out: Path) -> None:
             lr = keras.ops.cast(learning_rate, variable.dtype)
             variable.assign_sub(keras.ops.multiply(lr, gradient))
 
-    def fit(run: str, optimizer: object, every: int, epochs: int, x: np.ndarray = x) -> None:
+    def fit(run: str | None, optimizer: object, every: int, epochs: int, x: np.ndarray = x) -> list[object]:
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
             [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
         )
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=optimizer, loss=loss)
-        callback = GradcheckCallback(out / run, every=every)  # the adapter: this line and the callbacks=
-        model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False, verbose=0, callbacks=[callback])
+        callbacks = [] if run is None else [GradcheckCallback(out / run, every=every)]  # the adapter
+        model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
+        return [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
 
-    fit("spy", SpySGD(learning_rate=0.5, clipnorm=0.05), every=1, epochs=1)
+    recorded = fit("spy", SpySGD(learning_rate=0.5, clipnorm=0.05), every=1, epochs=1)
     np.savez(out / "spy.npz", **stash)
+    alone = fit(None, SpySGD(learning_rate=0.5, clipnorm=0.05), every=1, epochs=1)
+    np.savez(out / "weights.npz", **{f"recorded{i}": w for i, w in enumerate(recorded)},
+             **{f"alone{i}": w for i, w in enumerate(alone)})  # fmt: skip
     lso = keras.optimizers.LossScaleOptimizer
     fit("healthy", lso(keras.optimizers.SGD(learning_rate=0.1)), every=2, epochs=3)
     corrupt = x.copy()

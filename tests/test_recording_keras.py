@@ -71,6 +71,13 @@ def test_recorded_gradient_is_the_one_the_update_rule_used(trained: Path) -> Non
         assert np.linalg.norm(recorded.astype(np.float64)) <= 0.05 * (1 + 1e-5)
 
 
+def test_recording_does_not_change_training(trained: Path) -> None:
+    weights = np.load(trained / "weights.npz")
+    assert len(weights.files) == 8
+    for i in range(4):
+        np.testing.assert_array_equal(_bits(weights[f"recorded{i}"]), _bits(weights[f"alone{i}"]))
+
+
 def test_update_is_param_after_minus_param_before(trained: Path) -> None:
     steps = _steps(trained / "spy")
     names = [key.removeprefix("param/") for key in steps[0] if key.startswith("param/")]
