@@ -201,3 +201,42 @@ def test_inspect_verdict(digits: tuple[Any, Any], tmp_path: Path, broken: bool, 
     assert result.exit_code == exit_code, result.output
     problems = {finding["problem"] for finding in json.loads(result.stdout)["findings"]}
     assert ("nonfinite" in problems) == broken, problems
+
+
+SHARDED = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from gradcheck.recording.optax import record
+
+mesh = Mesh(np.array(jax.devices()), ("x",))
+w = jax.device_put(jnp.arange(16.0).reshape(8, 2) / 10, NamedSharding(mesh, PartitionSpec("x", None)))
+tx = record(optax.sgd(0.1), sys.argv[1], every=1)
+
+@jax.jit
+def step(params, state):
+    grads = jax.grad(lambda p: (p["w"] ** 3).sum())(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, grads
+
+after, _, grads = step({"w": w}, tx.init({"w": w}))
+jax.effects_barrier()
+assert len(after["w"].sharding.device_set) == 2
+np.save(sys.argv[1] + "/grads.npy", np.asarray(grads["w"]))
+np.save(sys.argv[1] + "/params.npy", np.asarray(w))
+"""
+
+
+def test_sharded_params_under_jit_are_recorded_whole(tmp_path: Path) -> None:
+    """One process, two (virtual CPU) devices: the callback receives the gathered arrays."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-c", SHARDED, str(tmp_path)], check=True, capture_output=True, timeout=300
+    )
+    recorded = load_file(tmp_path / "step_00000000.safetensors")
+    assert recorded["grad/w"].shape == (8, 2)
+    np.testing.assert_array_equal(recorded["grad/w"], np.load(tmp_path / "grads.npy"))
+    np.testing.assert_array_equal(recorded["param/w"], np.load(tmp_path / "params.npy"))
