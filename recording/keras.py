@@ -102,18 +102,22 @@ class _KerasRecording:
         from keras import ops
 
         inner = self._optimizer
-        step = inner.iterations.value
-        traced = _is_tracer(step)
+        # `_iterations` counts apply() calls; with gradient accumulation over k of them, Keras's `iterations`
+        # (our step) counts updates, made at the calls where (calls + 1) % k == 0.
+        calls, k = inner._iterations.value, inner.gradient_accumulation_steps or 1
+        traced = _is_tracer(calls)
         if not traced:
-            step = int(ops.convert_to_numpy(step))  # now: torch increments the variable's tensor in place
-            if step % self.every:
-                return original(grads, variables)
+            calls = int(ops.convert_to_numpy(calls))  # now: torch increments the variable's tensor in place
+        step = calls // k
+        due = (step % self.every == 0) & ((calls + 1) % k == 0)
+        if not traced and not due:
+            return original(grads, variables)
         tracked = list(variables) if variables is not None else list(inner._trainable_variables)
         before = [ops.copy(v.value) for v in tracked]
         self._used = {}
         result = original(grads, variables)
         used, self._used = self._used, {}
-        if not used:  # an accumulation-only step: the optimizer updated nothing
+        if not used:  # the update rule did not run (a LossScaleOptimizer skipping a step never calls apply)
             return result
         names = [v.path for v in tracked]
         payload = (
@@ -125,7 +129,7 @@ class _KerasRecording:
             [ops.subtract(v.value, b) for v, b in zip(tracked, before, strict=True)],
         )
         if traced:
-            _host_callback(self.every, payload, lambda *values: self._receive(names, *values))
+            _host_callback(due, payload, lambda *values: self._receive(names, *values))
         else:
             self._receive(names, *(_to_host(item) for item in payload))
         return result
@@ -224,14 +228,14 @@ def _to_host(item: Any) -> Any:
     return ops.convert_to_numpy(item)
 
 
-def _host_callback(every: int, payload: tuple[Any, ...], receive: Callable[..., None]) -> None:
+def _host_callback(due: Any, payload: tuple[Any, ...], receive: Callable[..., None]) -> None:
     """Inside jit: hand the payload to `receive` on the host at recorded steps only."""
     import jax
 
     def send(values: tuple[Any, ...]) -> None:
         jax.debug.callback(receive, *values)
 
-    jax.lax.cond(payload[0] % every == 0, send, lambda values: None, payload)
+    jax.lax.cond(due, send, lambda values: None, payload)
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@ per process, hence a subprocess per backend) and writes into OUT:
 - `spy/`: a clipped SGD whose update rule stashes the gradients it uses into `spy.npz` (every=1), and the final
   weights of that training with and without the callback in `weights.npz`;
 - `healthy/`: SGD lr 0.1 inside a LossScaleOptimizer;
+- `accumulated/`: SGD accumulating gradients over 2 batches (every=1);
 - `broken/`: plain SGD lr 0.1 on the same data with one NaN pixel in the second batch (a corrupt sample);
 - `timing.json`: seconds for the Keras import and for the three fits.
 """
@@ -61,6 +62,12 @@ def main(backend: str, out: Path) -> None:
     alone = fit(None, SpySGD(learning_rate=0.5, clipnorm=0.05), every=1, epochs=1)
     np.savez(out / "weights.npz", **{f"recorded{i}": w for i, w in enumerate(recorded)},
              **{f"alone{i}": w for i, w in enumerate(alone)})  # fmt: skip
+    fit(
+        "accumulated",
+        keras.optimizers.SGD(learning_rate=0.1, gradient_accumulation_steps=2),
+        every=1,
+        epochs=1,
+    )
     lso = keras.optimizers.LossScaleOptimizer
     fit("healthy", lso(keras.optimizers.SGD(learning_rate=0.1)), every=2, epochs=3)
     corrupt = x.copy()

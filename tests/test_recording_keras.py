@@ -92,6 +92,23 @@ def test_update_is_param_after_minus_param_before(trained: Path) -> None:
             assert np.any(update != 0)
 
 
+def test_accumulation_records_each_update_once(trained: Path) -> None:
+    """10 batches accumulated in pairs: 5 updates, numbered as Keras's `iterations` counts them."""
+    steps = _steps(trained / "accumulated")
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    for step in range(4):
+        for key in (k for k in steps[step] if k.startswith("update/")):
+            name = key.removeprefix("update/")
+            change = steps[step + 1][f"param/{name}"] - steps[step][f"param/{name}"]
+            np.testing.assert_array_equal(_bits(steps[step][key]), _bits(change))
+            # the recorded gradient is the averaged pair SGD used: update = -lr * grad, up to param rounding
+            np.testing.assert_allclose(
+                steps[step][key], -0.1 * steps[step][f"grad/{name}"], rtol=0, atol=1e-7
+            )
+    context, _ = parse_context(_metadata(trained / "accumulated" / "step_00000002.safetensors")[CONTEXT_KEY])
+    assert context.accumulation == 2
+
+
 def test_context_has_optimizer_lr_loss_scale_modules_and_loss(trained: Path) -> None:
     metadata = _metadata(trained / "healthy" / "step_00000004.safetensors")
     context, problems = parse_context(metadata[CONTEXT_KEY])
