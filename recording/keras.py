@@ -141,7 +141,9 @@ class _KerasRecording:
         import numpy as np
 
         def named(values: list[Any]) -> dict[str, Any]:
-            return {n: np.array(v, copy=True) for n, v in zip(names, values, strict=True) if v is not None}
+            # a variable without a gradient gets no tensor at all, as in the torch Recorder
+            pairs = zip(names, grads, values, strict=True)
+            return {n: np.array(v, copy=True) for n, g, v in pairs if g is not None}
 
         recorded = _Step(
             step=int(step),

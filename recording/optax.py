@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,7 +27,10 @@ from .writer import save_snapshot
 
 __all__ = ["RecordState", "record"]
 # State types that say nothing about the update rule (wrappers, stateless steps).
-_PLUMBING_STATES = frozenset({"EmptyState", "InjectHyperparamsState", "InjectStatefulHyperparamsState"})
+_PLUMBING_STATES = frozenset({
+    "EmptyState", "InjectHyperparamsState", "InjectStatefulHyperparamsState", "WrappedScheduleState",
+    "ScaleByScheduleState", "MaskedState", "MultiTransformState",
+})  # fmt: skip
 
 
 class RecordState(NamedTuple):
@@ -71,7 +75,7 @@ def record(
             "grads": _named(jax, grads),
             "params": _named(jax, params),
             "updates": _named(jax, updates),
-            "lr": _learning_rate(optax, state.inner),
+            "lr": _learning_rate(inner),  # the new state holds the values this step used
             "loss": extra.get("value"),
         }
         label = optimizer or _rule_name(state.inner)
@@ -115,29 +119,30 @@ def _named(jax: Any, tree: Any) -> dict[str, Any]:
     return named
 
 
-def _learning_rate(optax: Any, state: Any) -> Any:
-    """The learning rate of an `optax.inject_hyperparams` state inside `state`, else None."""
-    try:
-        return optax.tree_utils.tree_get(state, "learning_rate")
-    except (KeyError, ValueError, TypeError):  # several, or a tree tree_get cannot walk
-        return None
+def _learning_rate(state: Any) -> Any:
+    """The learning rate an `optax.inject_hyperparams` state inside `state` holds, else None."""
+    for node in _nodes(state):
+        hyperparams = getattr(node, "hyperparams", None)
+        if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+            return hyperparams["learning_rate"]
+    return None
 
 
 def _rule_name(state: Any) -> str | None:
     """The stateful transformations in an optax state, `ScaleByAdamState` -> `scale_by_adam`."""
-    names: list[str] = []
-
-    def visit(node: Any) -> None:
+    names = []
+    for node in _nodes(state):
         kind = type(node).__name__
         if hasattr(node, "_fields") and kind.endswith("State") and kind not in _PLUMBING_STATES:
-            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("State")).lower()
-            names.append(snake)
-        if isinstance(node, (tuple, list)):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(state)
+            names.append(re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("State")).lower())
     return "+".join(dict.fromkeys(names)) or None
+
+
+def _nodes(state: Any) -> Iterator[Any]:
+    """The containers of an optax state, outermost first (states are NamedTuples, tuples and dicts)."""
+    yield state
+    children = (
+        state.values() if isinstance(state, dict) else state if isinstance(state, (tuple, list)) else ()
+    )
+    for child in children:
+        yield from _nodes(child)

@@ -134,6 +134,17 @@ def test_context_has_learning_rate_rule_and_loss(digits: tuple[Any, Any], tmp_pa
     assert 0 < scalars["loss"] < np.log(10) + 1
 
 
+def test_scheduled_learning_rate_is_the_one_each_step_used(digits: tuple[Any, Any], tmp_path: Path) -> None:
+    schedule = optax.linear_schedule(0.1, 0.0, 10)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    _train(record(tx, tmp_path, every=1, optimizer="sgd"), digits, steps=4)
+    for step in range(4):
+        with safe_open(str(tmp_path / f"step_{step:08d}.safetensors"), "np") as handle:
+            context, _ = parse_context(handle.metadata()[CONTEXT_KEY])
+        assert context.optimizer == "sgd"
+        assert list(context.lr.values()) == pytest.approx([float(schedule(step))] * 4)
+
+
 def test_flax_linen_names(digits: tuple[Any, Any], tmp_path: Path) -> None:
     nn = pytest.importorskip("flax.linen")
     model = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(10)])
