@@ -145,6 +145,18 @@ def test_scheduled_learning_rate_is_the_one_each_step_used(digits: tuple[Any, An
         assert list(context.lr.values()) == pytest.approx([float(schedule(step))] * 4)
 
 
+def test_multisteps_wrapped_records_every_micro_batch(tmp_path: Path) -> None:
+    tx = record(optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2), tmp_path, every=1)
+    params = {"w": jnp.zeros(2)}
+    state, step = tx.init(params), jax.jit(tx.update)
+    for i in range(4):
+        _, state = step({"w": jnp.full(2, float(i))}, state, params)
+    jax.effects_barrier()
+    recorded = [load_file(tmp_path / f"step_{i:08d}.safetensors") for i in range(4)]
+    assert [float(r["grad/w"][0]) for r in recorded] == [0.0, 1.0, 2.0, 3.0]
+    assert [float(r["update/w"][0]) for r in recorded] == [0.0, -0.5, 0.0, -2.5]  # the mean of each pair
+
+
 def test_flax_linen_names(digits: tuple[Any, Any], tmp_path: Path) -> None:
     nn = pytest.importorskip("flax.linen")
     model = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(10)])
