@@ -263,6 +263,9 @@ def _callback_class() -> type:
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self._recording.install(self.model)
+            # fit() built (or reused) its train function before this call; under jit a function traced by an
+            # earlier fit() would never call the shadowed methods, so build it again around them
+            self.model.make_train_function(force=True)
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self._recording.batch_end(logs)
@@ -276,6 +279,7 @@ def _callback_class() -> type:
                 self._recording.batch_end(None)
             finally:
                 self._recording.uninstall()
+                self.model.make_train_function(force=True)  # a later fit() must not trace our methods in
 
     GradcheckCallback.__module__ = __name__
     return GradcheckCallback

@@ -6,6 +6,7 @@ per process, hence a subprocess per backend) and writes into OUT:
   weights of that training with and without the callback in `weights.npz`;
 - `healthy/`: SGD lr 0.1 inside a LossScaleOptimizer;
 - `accumulated/`: SGD accumulating gradients over 2 batches (every=1);
+- `refit/`: one model fitted three times on 5 batches, only the second time with the callback (every=1);
 - `broken/`: plain SGD lr 0.1 on the same data with one NaN pixel in the second batch (a corrupt sample);
 - `timing.json`: seconds for the Keras import and for the three fits.
 """
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 STEPS_PER_EPOCH = 10
 
@@ -68,6 +70,7 @@ def main(backend: str, out: Path) -> None:
         every=1,
         epochs=1,
     )
+    refit(keras, x[:320], y[:320], GradcheckCallback(out / "refit", every=1))
     lso = keras.optimizers.LossScaleOptimizer
     fit("healthy", lso(keras.optimizers.SGD(learning_rate=0.1)), every=2, epochs=3)
     corrupt = x.copy()
@@ -75,6 +78,16 @@ def main(backend: str, out: Path) -> None:
     fit("broken", keras.optimizers.SGD(learning_rate=0.1), every=2, epochs=3, x=corrupt)
     timing = {"import": imported - start, "fits": time.perf_counter() - imported}
     (out / "timing.json").write_text(json.dumps(timing))
+
+
+def refit(keras: Any, x: Any, y: Any, callback: Any) -> None:
+    """A train function compiled before the callback, and one after it, must not decide what is recorded."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss=loss)
+    for callbacks in ([], [callback], []):
+        model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
 
 def _emit(keras: object, fn: object, *values: object) -> None:

@@ -59,6 +59,10 @@ def test_every_step_of_fit_is_recorded_from_zero(trained: Path) -> None:
     assert sorted(_steps(trained / "healthy")) == list(range(0, 30, 2))
 
 
+def test_only_the_fit_with_the_callback_is_recorded(trained: Path) -> None:
+    assert sorted(_steps(trained / "refit")) == [5, 6, 7, 8, 9]
+
+
 def test_recorded_gradient_is_the_one_the_update_rule_used(trained: Path) -> None:
     used = np.load(trained / "spy.npz")
     steps = _steps(trained / "spy")
