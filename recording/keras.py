@@ -72,6 +72,9 @@ class _KerasRecording:
         self._context = StepContext(
             framework="keras", optimizer=type(inner).__name__, accumulation=accumulation or None
         )
+        for name in _WRAPPED:  # left behind by a fit() that raised before on_train_end
+            if getattr(vars(inner).get(name), "_gradcheck_stale", False):
+                del vars(inner)[name]
         original_apply, original_update = inner.apply, inner._backend_update_step
         self._saved = {name: vars(inner).get(name, _MISSING) for name in _WRAPPED}
 
@@ -83,6 +86,8 @@ class _KerasRecording:
             self._used = {id(v): (g, learning_rate) for g, v in zip(grads, trainable_variables, strict=True)}
             return original_update(grads, trainable_variables, learning_rate)
 
+        for wrapper in (apply, update_step):
+            wrapper._gradcheck_stale = True  # type: ignore[attr-defined]
         inner.apply = apply
         inner._backend_update_step = update_step
 
@@ -117,7 +122,7 @@ class _KerasRecording:
         self._used = {}
         result = original(grads, variables)
         used, self._used = self._used, {}
-        if not used:  # the update rule did not run (a LossScaleOptimizer skipping a step never calls apply)
+        if not used:  # the update rule did not run: no variable had a gradient
             return result
         names = [v.path for v in tracked]
         payload = (

@@ -6,7 +6,8 @@ per process, hence a subprocess per backend) and writes into OUT:
   weights of that training with and without the callback in `weights.npz`;
 - `healthy/`: SGD lr 0.1 inside a LossScaleOptimizer;
 - `accumulated/`: SGD accumulating gradients over 2 batches (every=1);
-- `refit/`: one model fitted three times on 5 batches, only the second time with the callback (every=1);
+- `refit/`: one model fitted three times on 5 batches, only the second time with the callback (every=1); then
+  `crashed/`: a fit of it that raises after its third batch, and `after/`: the next fit, each with a callback;
 - `broken/`: plain SGD lr 0.1 on the same data with one NaN pixel in the second batch (a corrupt sample);
 - `timing.json`: seconds for the Keras import and for the three fits.
 """
@@ -70,7 +71,7 @@ def main(backend: str, out: Path) -> None:
         every=1,
         epochs=1,
     )
-    refit(keras, x[:320], y[:320], GradcheckCallback(out / "refit", every=1))
+    refit(keras, x[:320], y[:320], GradcheckCallback, out)
     lso = keras.optimizers.LossScaleOptimizer
     fit("healthy", lso(keras.optimizers.SGD(learning_rate=0.1)), every=2, epochs=3)
     corrupt = x.copy()
@@ -80,14 +81,26 @@ def main(backend: str, out: Path) -> None:
     (out / "timing.json").write_text(json.dumps(timing))
 
 
-def refit(keras: Any, x: Any, y: Any, callback: Any) -> None:
+def refit(keras: Any, x: Any, y: Any, callback: Any, out: Path) -> None:
     """A train function compiled before the callback, and one after it, must not decide what is recorded."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss=loss)
-    for callbacks in ([], [callback], []):
+    for callbacks in ([], [callback(out / "refit", every=1)], []):
         model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+            if batch == 2:
+                raise KeyboardInterrupt  # on_train_end is not called: the optimizer keeps the wrappers
+
+    try:
+        callbacks = [callback(out / "crashed", every=1), Interrupt()]
+        model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    except KeyboardInterrupt:
+        pass
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback(out / "after", every=1)])
 
 
 def _emit(keras: object, fn: object, *values: object) -> None:

@@ -63,6 +63,12 @@ def test_only_the_fit_with_the_callback_is_recorded(trained: Path) -> None:
     assert sorted(_steps(trained / "refit")) == [5, 6, 7, 8, 9]
 
 
+def test_a_fit_that_raised_leaves_no_recording_behind(trained: Path) -> None:
+    """The next callback replaces the wrappers the interrupted fit() left on the optimizer."""
+    assert sorted(_steps(trained / "crashed")) == [15, 16, 17]
+    assert sorted(_steps(trained / "after")) == [18, 19, 20, 21, 22]
+
+
 def test_recorded_gradient_is_the_one_the_update_rule_used(trained: Path) -> None:
     used = np.load(trained / "spy.npz")
     steps = _steps(trained / "spy")
