@@ -145,6 +145,19 @@ def test_scheduled_learning_rate_is_the_one_each_step_used(digits: tuple[Any, An
         assert list(context.lr.values()) == pytest.approx([float(schedule(step))] * 4)
 
 
+def test_stats_mode_writes_summaries_only(digits: tuple[Any, Any], tmp_path: Path) -> None:
+    _train(record(_adam(), tmp_path, every=2, mode="stats"), digits, steps=4)
+    assert load_file(tmp_path / "step_00000002.safetensors") == {}
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert {p["name"] for p in json.loads(result.stdout)["params"]} == {
+        "hidden.b",
+        "hidden.w",
+        "out.b",
+        "out.w",
+    }
+
+
 def test_multisteps_wrapped_records_every_micro_batch(tmp_path: Path) -> None:
     tx = record(optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2), tmp_path, every=1)
     params = {"w": jnp.zeros(2)}
