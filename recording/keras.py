@@ -163,10 +163,12 @@ class _KerasRecording:
 
     def batch_end(self, logs: dict[str, Any] | None) -> None:
         """Write the steps recorded during this batch, with the loss Keras logged for it."""
+        # the loss first: under JAX reading it waits for the step, whose host callback has then run
+        loss = float(logs["loss"]) if logs and "loss" in logs else None
         with self._lock:
             pending, self._pending = self._pending, []
-        if pending and logs and "loss" in logs:
-            pending[-1].scalars["loss"] = float(logs["loss"])
+        if pending and loss is not None:
+            pending[-1].scalars["loss"] = loss
         for recorded in pending:
             self._write(recorded)
 
