@@ -6,10 +6,11 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key
 from .reader import FileScan
@@ -62,6 +63,10 @@ class Run:
     tensors: dict[tuple[int, str, str], Tensor]
     unreadable: tuple[Note, ...]
     skipped: tuple[Note, ...]
+    # Training context (analysis/context.py) and logged scalars by step, from the first file of the step
+    # that carries them; empty for runs recorded without context.
+    context: dict[int, StepContext] = field(default_factory=dict)
+    scalars: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
@@ -238,17 +243,21 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
+    context: dict[int, StepContext] = {}
+    scalars: dict[int, dict[str, float]] = {}
     for name, scan in scan_files([str(path) for path in find_snapshot_files(root)], options):
         path = Path(name)
         try:
             if isinstance(scan, UnreadableFileError):
                 raise scan
             check_format(path, scan.header.metadata)
-            found = list(pieces_of_scan(scan, step_of(path, scan.header.metadata)))
+            step = step_of(path, scan.header.metadata)
+            found = list(pieces_of_scan(scan, step))
         except UnreadableFileError as error:
             unreadable.append(Note(str(path), error.problem))
             continue
         pieces.extend(found)
+        skipped.extend(_read_context(path, step, scan.header.metadata, context, scalars))
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         declared_order = declared_order or order_of(scan.header.metadata)
     whole, problems = assemble(pieces)
@@ -262,7 +271,27 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         tensors=tensors,
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
+        context={step: context[step] for step in sorted(context)},
+        scalars={step: scalars[step] for step in sorted(scalars)},
     )
+
+
+def _read_context(
+    path: Path,
+    step: int,
+    metadata: Mapping[str, str],
+    context: dict[int, StepContext],
+    scalars: dict[int, dict[str, float]],
+) -> list[Note]:
+    """Parse a file's context and scalars into the run's (first file of a step wins); malformed parts are notes."""
+    problems: list[str] = []
+    if CONTEXT_KEY in metadata and step not in context:
+        context[step], found = parse_context(metadata[CONTEXT_KEY])
+        problems += found
+    if SCALARS_KEY in metadata and step not in scalars:
+        scalars[step], found = parse_scalars(metadata[SCALARS_KEY])
+        problems += found
+    return [Note(str(path), problem) for problem in problems]
 
 
 def _check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
+from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
 from gradcheck.analysis.history import grad_series, steps_until
 from gradcheck.analysis.inspection import Report
@@ -39,6 +40,8 @@ def render_report(
     """Print table, findings and verdict for `step`; history over `selection` (default: every step up to it)."""
     chosen = tuple(selection) if selection else steps_until(report.run.steps, step)
     console.print(parameter_table(console, report, step, chosen))
+    for line in context_lines(report.run.context, report.run.scalars, step):  # training context, if recorded
+        console.print(Text(printable(line), style="dim"))
     if report.findings:
         console.print()
         outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)
