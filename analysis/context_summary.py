@@ -106,7 +106,8 @@ def context_notes(summary: ContextSummary) -> list[str]:
     notes = []
     for step, count in summary.skipped_before:
         listed = [n for n in summary.skipped if n < step]
-        numbers = f" (steps {compact_steps(listed)})" if listed else ""
+        word = "step" if len(listed) == 1 else "steps"
+        numbers = f" ({word} {compact_steps(listed)})" if listed else ""
         notes.append(f"AMP skipped {count} step{'s' * (count != 1)} before step {step}{numbers}")
         summary = _drop_listed(summary, step)
     if summary.clipped_share:
