@@ -92,7 +92,8 @@ def context_caption(summary: ContextSummary, at: StepContext | None = None) -> s
     scale = at.loss_scale if at is not None and at.loss_scale is not None else summary.loss_scale_max
     if scale is not None:
         parts.append(f"loss scale {_plain(scale)}")
-    if summary.clipped_share is not None:
+    if summary.clipped_share is not None and (summary.clipped_steps or summary.max_grad_norm):
+        # a loop that does not clip records coefficient 1.0 at every step: "clipped 0 %" would be noise there
         parts.append(f"clipped {_percent(summary.clipped_share)} of {summary.clip_steps} steps")
     if summary.accumulation_max is not None and summary.accumulation_max > 1:
         parts.append(f"{_span(summary.accumulation_min, summary.accumulation_max)} micro-batches per step")

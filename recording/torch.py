@@ -222,7 +222,7 @@ class Recorder:
         self._step = step + 1
         self._context.stepped(step, optimizer)
         scale = getattr(optimizer, "grad_scale", None)
-        closure = kwargs.get("closure", args[0] if args else None)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
         if not callable(closure):
             with self._torch.no_grad():
                 self._capture = self._capture_before(step, scale)
@@ -239,7 +239,7 @@ class Recorder:
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": capture_after}
-        return (capture_after, *args[1:]), kwargs
+        return (args[0], capture_after, *args[2:]), kwargs
 
     def _after_step(self, optimizer: Any, args: object, kwargs: object) -> None:
         job, self._capture = self._capture, None
