@@ -36,10 +36,8 @@ def _make_callback_class() -> type:
                     f"GradcheckCallback records one optimizer, this module has {len(trainer.optimizers)}"
                 )
             clip = trainer.gradient_clip_val
-            norm_clipping = clip and str(trainer.gradient_clip_algorithm) in (
-                "norm",
-                "GradClipAlgorithmType.NORM",
-            )
+            algorithm = getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm)
+            norm_clipping = clip and algorithm in (None, "norm")  # None: Lightning's default, by norm
             options = {
                 "scaler": getattr(trainer.precision_plugin, "scaler", None),
                 "max_grad_norm": float(clip) if norm_clipping else None,
