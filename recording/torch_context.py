@@ -89,11 +89,8 @@ class ContextProbe:
         self._stepped = False  # optimizer.step() ran since the scaler's last update()
         self._skipped: list[int] = []
         self._maybe_skipped: list[tuple[int, Any]] = []  # (step, found_inf on the device) of fused steps
-        self._handles = [
-            param.register_post_accumulate_grad_hook(self._hook(name))
-            for name, param in params
-            if param.requires_grad
-        ]
+        self._handles = [_hook_on(param, self._hook(name)) for name, param in params if param.requires_grad]
+        self._handles = [handle for handle in self._handles if handle is not None]
         if self._scaler is not None:
             original = self._scaler.update
             self._scaler.update = self._wrap_update(original)
@@ -201,6 +198,14 @@ class ContextProbe:
             skipped += [s for (s, _), flag in zip(self._maybe_skipped, flags, strict=True) if flag]
         self._skipped, self._maybe_skipped = [], []
         return sorted(skipped)
+
+
+def _hook_on(param: Any, hook: Callable[[Any], None]) -> Any:
+    """A post-accumulate-grad hook on `param`, None where autograd does not accumulate into it."""
+    try:
+        return param.register_post_accumulate_grad_hook(hook)
+    except RuntimeError:  # not a leaf (a view or a computed tensor passed as a parameter)
+        return None
 
 
 def _enabled(scaler: Any) -> bool:
