@@ -91,9 +91,10 @@ class ContextProbe:
         self._maybe_skipped: list[tuple[int, Any]] = []  # (step, found_inf on the device) of fused steps
         self._handles = [_hook_on(param, self._hook(name)) for name, param in params if param.requires_grad]
         self._handles = [handle for handle in self._handles if handle is not None]
+        self._own_update = None  # an update() already set on the scaler instance, restored by close()
         if self._scaler is not None:
-            original = self._scaler.update
-            self._scaler.update = self._wrap_update(original)
+            self._own_update = vars(self._scaler).get("update")
+            self._scaler.update = self._wrap_update(self._scaler.update)
 
     def close(self) -> None:
         """Remove the hooks and the scaler wrapper."""
@@ -101,7 +102,10 @@ class ContextProbe:
             handle.remove()
         self._handles = []
         if self._scaler is not None and "update" in vars(self._scaler):
-            del self._scaler.update
+            if self._own_update is not None:
+                self._scaler.update = self._own_update
+            else:
+                del self._scaler.update
 
     def arm(self, armed: bool) -> None:
         """Whether the backward passes until the next optimizer step feed a recorded step."""
@@ -124,7 +128,8 @@ class ContextProbe:
 
     def _wrap_update(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def update(*args: Any, **kwargs: Any) -> Any:
-            state = self._scaler._per_optimizer_states.get(id(self._optimizer))  # type: ignore[union-attr]
+            states = getattr(self._scaler, "_per_optimizer_states", {})  # GradScaler's own, reset by update()
+            state = states.get(id(self._optimizer))
             stage = getattr(state.get("stage") if state else None, "name", None)
             if stage == "STEPPED" and not self._stepped:
                 self._skipped.append(self._on_skip())

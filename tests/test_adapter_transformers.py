@@ -101,6 +101,14 @@ def test_records_what_the_optimizer_applied(tmp_path: Path, runner, bf16: bool) 
         assert run.scalars[step]["grad_norm"] == pytest.approx(context.grad_norm, rel=1e-5)
     assert run.context[2].modules["transformer.wte.weight"] == "Embedding"
     assert run.context[2].modules["transformer.h.0.ln_1.weight"] == "LayerNorm"
+    document = json.loads(runner.invoke(cli, ["inspect", str(run_dir), "--format", "json"]).output)
+    modules = {param["name"]: param["module"] for param in document["params"]}
+    assert (
+        modules["transformer.wte.weight"] == "Embedding"
+        and modules["transformer.h.1.mlp.c_fc.weight"] == "Conv1D"
+    )
+    assert document["context"]["summary"]["accumulation_max"] == 4
+    assert document["context"]["summary"]["clipped_share"] == 1.0
     output = runner.invoke(cli, ["inspect", str(run_dir)]).output
     assert "4 micro-batches per step" in output and "clipped at 100 % of recorded steps" in output
 

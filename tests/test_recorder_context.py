@@ -180,7 +180,7 @@ def test_logged_scalars_land_in_their_snapshot(tmp_path: Path) -> None:
         for step in range(4):
             loss = loss_of(model, step)
             loss.backward()
-            recorder.log(loss=float(loss))  # before step(): this step's snapshot
+            recorder.log(loss=float(loss.detach()))  # before step(): this step's snapshot
             optimizer.step()
             recorder.log(step=step, after=step + 0.5)  # after step(), with the step named
             optimizer.zero_grad()
