@@ -106,6 +106,9 @@ def test_fp16_skipped_steps(tmp_path: Path, runner) -> None:
     assert skipped and trainer.global_step == 24
     assert [n for s in run.steps for n in run.context[s].skipped] == [n for n in skipped if n < run.steps[-1]]
     assert all(run.context[s].loss_scale for s in run.steps)
+    applied = [s for s in range(1, 25) if s not in skipped]  # the optimizer ran only on these
+    for step in run.steps:
+        assert_matches_optimizer(tmp_path, step, applied.index(step) + 1, module, trainer.optimizers[0])
     before = [n for n in skipped if n < run.steps[0]]
     word = "step" if len(before) == 1 else "steps"
     assert (
