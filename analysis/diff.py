@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .errors import RunError
 from .metrics import layer_gradients
 from .naming import layer_of
-from .runs import Run, load_run
+from .runs import Note, Run, load_run
 from .scanning import ScanOptions
 from .stats import TensorStats, merge_all
 
@@ -42,12 +42,35 @@ class LayerDiff:
     flags: tuple[str, ...]  # "grad-norm" and/or "update-ratio" when that change exceeds its factor
 
 
+LayerValues = dict[int, dict[str, float]]  # step -> layer -> log10 of the metric
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What a comparison needs of one run: per step and layer, log10 gradient norm and log10 update ratio.
+
+    Made from a run (`measure`) or read from a baseline file (analysis/baseline.py), so either side of a
+    diff can be a few KB instead of the run.
+    """
+
+    path: str
+    steps: tuple[int, ...]
+    layers: tuple[str, ...]  # model order
+    norms: LayerValues
+    updates: LayerValues
+    unreadable: tuple[Note, ...] = ()
+
+
+class DisjointError(RunError):
+    """Two runs with no layer in common: every layer added or removed would pass a diff by accident."""
+
+
 @dataclass(frozen=True)
 class RunDiff:
     """The comparison of run A with run B."""
 
-    run_a: Run
-    run_b: Run
+    run_a: Measures
+    run_b: Measures
     steps: tuple[int, ...]  # recorded by both runs
     layers: tuple[LayerDiff, ...]  # A's model order, then the layers only B has
     factor: float
@@ -59,38 +82,62 @@ class RunDiff:
         return [layer for layer in self.layers if layer.flags]
 
 
+def measure(run: Run) -> Measures:
+    """The per-layer measures of every recorded step of a loaded run."""
+    steps = run.steps
+    return Measures(
+        path=run.path,
+        steps=steps,
+        layers=tuple(_layers(run)),
+        norms=_per_step(run, steps, _layer_norms),
+        updates=_per_step(run, steps, _update_ratios),
+        unreadable=run.unreadable,
+    )
+
+
 def diff_runs(
-    run_a: str | os.PathLike[str],
-    run_b: str | os.PathLike[str],
+    run_a: str | os.PathLike[str] | Measures,
+    run_b: str | os.PathLike[str] | Measures,
     *,
     factor: float = DEFAULT_FACTOR,
     update_factor: float = DEFAULT_UPDATE_FACTOR,
     scan: ScanOptions | None = None,
+    allow_disjoint: bool = False,
 ) -> RunDiff:
-    """Read both runs and compare them; raises RunError when they have no recorded step in common."""
-    a, b = load_run(run_a, scan), load_run(run_b, scan)
-    return compare_runs(a, b, factor=factor, update_factor=update_factor)
+    """Read both runs (or take their measures) and compare them; RunError when no step or no layer matches."""
+    a, b = (side if isinstance(side, Measures) else measure(load_run(side, scan)) for side in (run_a, run_b))
+    return compare_measures(a, b, factor=factor, update_factor=update_factor, allow_disjoint=allow_disjoint)
 
 
-def compare_runs(a: Run, b: Run, *, factor: float, update_factor: float) -> RunDiff:
+def compare_runs(a: Run | Measures, b: Run | Measures, *, factor: float, update_factor: float) -> RunDiff:
     """Compare two loaded runs at the steps both recorded."""
+    a, b = (side if isinstance(side, Measures) else measure(side) for side in (a, b))
+    return compare_measures(a, b, factor=factor, update_factor=update_factor)
+
+
+def compare_measures(
+    a: Measures, b: Measures, *, factor: float, update_factor: float, allow_disjoint: bool = False
+) -> RunDiff:
+    """Compare two runs' measures at the steps both recorded and the layers both have."""
     steps = tuple(sorted(set(a.steps) & set(b.steps)))
     if not steps:
         raise RunError(
             f"{a.path} (steps {_span(a.steps)}) and {b.path} (steps {_span(b.steps)}) "
             "have no recorded step in common"
         )
-    norms_a, norms_b = _per_step(a, steps, _layer_norms), _per_step(b, steps, _layer_norms)
-    updates_a, updates_b = _per_step(a, steps, _update_ratios), _per_step(b, steps, _update_ratios)
-    layers_a, layers_b = _layers(a), _layers(b)
+    if not allow_disjoint and a.layers and b.layers and set(a.layers).isdisjoint(b.layers):
+        raise DisjointError(
+            f"{a.path} ({len(a.layers)} layers, e.g. {a.layers[0]!r}) and {b.path} ({len(b.layers)} layers, "
+            f"e.g. {b.layers[0]!r}) share no layer: renamed? (--allow-disjoint to compare anyway)"
+        )
     rows = []
-    for layer in list(layers_a) + [name for name in layers_b if name not in layers_a]:
-        if layer not in layers_b or layer not in layers_a:
-            status = "removed" if layer not in layers_b else "added"
+    for layer in list(a.layers) + [name for name in b.layers if name not in a.layers]:
+        if layer not in b.layers or layer not in a.layers:
+            status = "removed" if layer not in b.layers else "added"
             rows.append(LayerDiff(layer, status, None, None, ()))
             continue
-        grad = _change(steps, layer, norms_a, norms_b)
-        update = _change(steps, layer, updates_a, updates_b)
+        grad = _change(steps, layer, a.norms, b.norms)
+        update = _change(steps, layer, a.updates, b.updates)
         flags = tuple(
             name
             for name, change, limit in (("grad-norm", grad, factor), ("update-ratio", update, update_factor))
@@ -106,9 +153,6 @@ def _span(steps: tuple[int, ...]) -> str:
 
 def _layers(run: Run) -> dict[str, None]:
     return dict.fromkeys(layer_of(param) for param in run.params)
-
-
-LayerValues = dict[int, dict[str, float]]  # step -> layer -> log10 of the metric
 
 
 def _per_step(

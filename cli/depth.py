@@ -14,11 +14,12 @@ from gradcheck.analysis.history import LayerDepth, depth_profile
 from gradcheck.analysis.inspection import Report
 
 from .console import printable
+from .names import fit, middle
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 _LABEL = {"error": "ERROR", "warning": "warn"}
-_NAME_WIDTH = 24  # longer layer names are cut with an ellipsis
-_MIN_BAR = 20
+_NAME_SHARE = 3  # layer names get at most a third of the width, shortened by structure (cli/names.py)
+_MIN_BAR = 10  # below this the axis labels collide; the lines still fit from 60 columns
 _LABEL_GAP = 5  # cells between decade labels at least, so "-12" and "-10" never touch
 
 
@@ -51,31 +52,33 @@ def render_depth(console: Console, report: Report, step: int) -> None:
     """Print one bar line per layer at `step`, the axis with the thresholds, and a legend."""
     glyphs = _ASCII if console.no_color or console.color_system is None else _UNICODE
     layers = depth_profile(report.rows, report.run.params, step)
-    console.print(Text(f"{printable(report.run.path)} - step {step}: mean and max |g| per layer, log10 axis"))
+    what = f" - step {step}: mean, max |g| per layer (log10)"
+    console.print(Text(middle(printable(report.run.path), max(8, console.width - len(what))) + what))
     if not layers:
         console.print(f"no gradient recorded at step {step}")
         return
     t = report.config.thresholds
     marks = {"V": math.log10(t.vanishing_mean), "E": math.log10(t.exploding_mean)}
     statuses = {layer.layer: _status(report.findings, layer, step) for layer in layers}
-    names = {layer.layer: _name(layer.layer) for layer in layers}
-    name_width = max(len("layer"), *(len(n) for n in names.values()))
     status_width = max((len(text) for text, _ in statuses.values()), default=0)
+    spare = console.width - 2 * 9 - 2 - _MIN_BAR - (status_width + 1 if status_width else 0) - 1
+    rows = fit([layer.layer for layer in layers], max(20, min(console.width // _NAME_SHARE, spare)))
+    name_width = max(len("layer"), *(len(shown) for _, shown in rows))
     fixed = name_width + 2 * 9 + 2 + (status_width + 1 if status_width else 0)
     axis = _axis(layers, marks, max(_MIN_BAR, console.width - fixed))
     header = f"{'layer':<{name_width}} {'mean|g|':>8} {'max|g|':>8}  "
     console.print(Text(header, style="bold"))
-    for layer in layers:
-        console.print(_line(layer, names, statuses, name_width, axis, marks, glyphs))
+    by_name = {layer.layer: layer for layer in layers}
+    for name, shown in rows:
+        if name is None:
+            console.print(Text(shown, style="bold"))
+        else:
+            line = _line(by_name[name], shown, statuses, name_width, axis, marks, glyphs)
+            console.print(line, no_wrap=True, overflow="ellipsis")  # below 60 columns the status is cut
     pad = " " * len(header)
     console.print(Text(pad) + _axis_line(axis, marks, glyphs))
     console.print(pad + _labels(axis))
     console.print(Text(_legend(glyphs, t.vanishing_mean, t.exploding_mean), style="dim"))
-
-
-def _name(layer: str) -> str:
-    name = printable(layer)
-    return name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 1] + "…"
 
 
 def _status(findings: list[Finding], layer: LayerDepth, step: int) -> tuple[str, str]:
@@ -98,7 +101,7 @@ def _axis(layers: list[LayerDepth], marks: dict[str, float], width: int) -> _Axi
 
 def _line(
     layer: LayerDepth,
-    names: dict[str, str],
+    shown: str,
     statuses: dict[str, tuple[str, str]],
     name_width: int,
     axis: _Axis,
@@ -106,7 +109,7 @@ def _line(
     glyphs: _Glyphs,
 ) -> Text:
     status, style = statuses[layer.layer]
-    text = Text(f"{names[layer.layer]:<{name_width}} ", style=style if status else "")
+    text = Text(f"{shown:<{name_width}} ", style=style if status else "")
     text.append(f"{sci(layer.mean_abs):>8} {sci(layer.max_abs):>8}  ")
     text.append_text(_bar(layer, axis, marks, glyphs, style))
     if status:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from importlib.metadata import version
 from pathlib import Path
@@ -12,18 +13,32 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradcheck.analysis.diff import DEFAULT_FACTOR, DEFAULT_UPDATE_FACTOR, Change, RunDiff, diff_runs
+from gradcheck.analysis.baseline import baseline_document, load_baseline
+from gradcheck.analysis.diff import (
+    DEFAULT_FACTOR,
+    DEFAULT_UPDATE_FACTOR,
+    Change,
+    LayerDiff,
+    RunDiff,
+    diff_runs,
+    measure,
+)
 from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.runs import load_run
 
+from .ci_formats import write_atomically
 from .common import EXIT_FINDINGS, EXIT_OK, InputError, reading_options, scan_options, warn_unreadable
 from .console import make_console, printable
 from .jsonout import SCHEMA_VERSION, dumps
+from .jsonout import finite_values as dumps_ready
+from .names import fit, middle, structural_width
 
 DIFF_HELP = """\b
 Exit codes:
   0  no layer moved more than the factors allow
   1  some layer moved more (flagged)
-  2  usage error, unreadable run, or no recorded step in common
+  2  usage error, unreadable run or baseline, no recorded step
+     in common, or no layer in common (unless --allow-disjoint)
 
 \b
 Per layer, at the steps both runs recorded: log10 of the gradient
@@ -31,7 +46,12 @@ norm ratio B/A and the change of log10 update ratio, each as the
 median over those steps and the worst step. A layer is flagged when
 a median moves more than its factor. Layers only in one run are
 listed as added or removed and do not change the exit code.
-See docs/DIFF_WATCH.md.
+
+\b
+Either side may be a baseline file instead of a run folder:
+  gradcheck baseline RUN -o base.json   (a few KB)
+  gradcheck inspect RUN --format json --output base.json
+More: gradcheck help diff.
 """
 _FACTOR = click.FloatRange(min=1.0, min_open=True)
 _STATUS_STYLE = {"changed": "bold red", "ok": "green", "added": "yellow", "removed": "yellow"}
@@ -40,6 +60,7 @@ _STATUS_STYLE = {"changed": "bold red", "ok": "green", "added": "yellow", "remov
 @click.command(epilog=DIFF_HELP)
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--allow-disjoint", is_flag=True, help="Compare runs that share no layer (else exit 2).")
 @click.option(
     "--factor", type=_FACTOR, default=DEFAULT_FACTOR, show_default=True,
     help="Flag a layer whose gradient norm moved more than this many times, up or down.",
@@ -56,6 +77,7 @@ _STATUS_STYLE = {"changed": "bold red", "ok": "green", "added": "yellow", "remov
 def diff(
     run_a: Path,
     run_b: Path,
+    allow_disjoint: bool,
     factor: float,
     update_factor: float,
     output_format: str,
@@ -66,7 +88,10 @@ def diff(
     """Compare RUN_A with RUN_B layer by layer: gradient norms and update ratios at matching steps."""
     scan = scan_options(jobs, no_cache)
     try:
-        result = diff_runs(run_a, run_b, factor=factor, update_factor=update_factor, scan=scan)
+        a, b = (load_baseline(side) if _is_baseline(side) else side for side in (run_a, run_b))
+        result = diff_runs(
+            a, b, factor=factor, update_factor=update_factor, scan=scan, allow_disjoint=allow_disjoint
+        )
     except GradcheckError as error:
         raise InputError(str(error)) from None
     for run in (result.run_a, result.run_b):
@@ -80,30 +105,55 @@ def diff(
 
 
 def render_diff(console: Console, result: RunDiff) -> None:
-    """Print the per-layer table and a verdict line."""
+    """Print the title, the per-layer table (as many columns as fit, names shortened by structure), a verdict."""
     steps = result.steps
-    title = (
-        f"{printable(result.run_a.path)} → {printable(result.run_b.path)}: "
-        f"{len(steps)} matching step(s) {steps[0]}-{steps[-1]}"
-    )
-    table = Table(title=Text(title), title_justify="left", header_style="bold")
-    table.add_column("layer", overflow="fold")
-    for name in ("‖g‖ B/A", "worst (step)", "upd ratio Δlog10", "worst (step)"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for layer in result.layers:
-        status = layer.status if not layer.flags else f"changed {', '.join(layer.flags)}"
-        table.add_row(
-            Text(printable(layer.layer)),
-            _times(layer.grad_norm.median if layer.grad_norm else None),
-            _worst(layer.grad_norm, _times),
-            _log(layer.update_ratio.median if layer.update_ratio else None),
-            _worst(layer.update_ratio, _log),
-            Text(status, style=_STATUS_STYLE[layer.status]),
-        )
+    what = f": {len(steps)} matching step(s) {steps[0]}-{steps[-1]}"
+    half = max(8, (console.width - len(what) - 3) // 2)
+    sides = (middle(printable(run.path), half) for run in (result.run_a, result.run_b))
+    console.print(Text(" → ".join(sides) + what), no_wrap=True, overflow="ellipsis")
+    cells = {layer.layer: _cells(layer) for layer in result.layers}
+    widths = {n: max([len(n), *(len(row[i]) for row in cells.values())]) for i, n in enumerate(_DIFF_COLUMNS)}
+    names = list(_DIFF_COLUMNS)
+    longest = max((len(printable(layer.layer)) for layer in result.layers), default=5)
+    enough = min(longest, max(structural_width([layer.layer for layer in result.layers]), 12))
+    for dropped in (None, *_DIFF_DROP):
+        if dropped is not None:
+            names.remove(dropped)
+        room = console.width - sum(widths[n] + 3 for n in names) - 4
+        if room >= enough:
+            break
+    table = Table(header_style="bold")
+    table.add_column("layer", no_wrap=True)
+    for name in names:
+        table.add_column(name.rstrip("²"), justify="left" if name == "status" else "right", no_wrap=True)
+    status_of = {layer.layer: layer.status for layer in result.layers}
+    for layer, shown in fit([layer.layer for layer in result.layers], max(5, min(longest, room))):
+        if layer is None:
+            table.add_row(Text(shown, style="bold"), *("" for _ in names))
+            continue
+        row = dict(zip(_DIFF_COLUMNS, cells[layer], strict=True))
+        values = [
+            Text(row[n], style=_STATUS_STYLE[status_of[layer]]) if n == "status" else row[n] for n in names
+        ]
+        table.add_row(Text(shown), *values)
     console.print(table)
     console.print()
     console.print(diff_verdict(result))
+
+
+_DIFF_COLUMNS = ("‖g‖ B/A", "worst (step)", "upd ratio Δlog10", "worst (step)²", "status")
+_DIFF_DROP = ("worst (step)²", "worst (step)", "upd ratio Δlog10")  # the layer and status columns always stay
+
+
+def _cells(layer: LayerDiff) -> tuple[str, ...]:
+    status = layer.status if not layer.flags else f"changed {', '.join(layer.flags)}"
+    return (
+        _times(layer.grad_norm.median if layer.grad_norm else None),
+        _worst(layer.grad_norm, _times),
+        _log(layer.update_ratio.median if layer.update_ratio else None),
+        _worst(layer.update_ratio, _log),
+        status,
+    )
 
 
 def diff_verdict(result: RunDiff) -> Text:
@@ -170,3 +220,34 @@ def _change_document(change: Change | None) -> dict[str, Any] | None:
         "worst_step": change.worst_step,
         "steps": change.steps,
     }
+
+
+@click.command(epilog="\b\nExit codes:\n  0  baseline written\n  2  usage error or no readable snapshot")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), metavar="FILE", required=True,
+    help="Where to write the baseline (JSON, replaced atomically).",
+)  # fmt: skip
+@reading_options
+def baseline(run_dir: Path, output: Path, jobs: int | None, no_cache: bool) -> None:
+    """Write RUN_DIR's per-layer measures to FILE, which `gradcheck diff` takes in place of the run."""
+    try:
+        run = load_run(run_dir, scan_options(jobs, no_cache))
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
+    warn_unreadable(run.unreadable)
+    if not run.steps:
+        raise InputError(f"{run_dir}: no readable snapshot file")
+    text = json.dumps(
+        dumps_ready(baseline_document(measure(run), version("gradcheck"))), separators=(",", ":")
+    )
+    try:
+        write_atomically(output, text + "\n")
+    except OSError as error:
+        raise InputError(f"{output}: cannot write the baseline file: {error.strerror or error}") from None
+    raise SystemExit(EXIT_OK)
+
+
+def _is_baseline(path: Path) -> bool:
+    """A file stands in for a run (a run is a folder); a lone snapshot file is left to the run reader's message."""
+    return path.is_file() and not path.name.endswith(".safetensors")

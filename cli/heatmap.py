@@ -25,6 +25,7 @@ from gradcheck.analysis.inspection import inspect_run
 
 from .common import InputError, progress_bar, reading_options, scan_options, warn_unreadable
 from .console import make_console, printable
+from .names import fit, middle
 
 RAMP = " .:-=+*#%@"  # one character per level, dim to bright, for terminals without colour
 # matplotlib's "inferno" sampled at 0.1, 0.2, ..., 1.0: dark (vanishing) to bright (exploding), and its
@@ -38,7 +39,7 @@ MARKER_STYLES = {NONFINITE: "bold bright_white on blue", ZERO: "grey50", MISSING
 MARKER_NAMES = {NONFINITE: "NaN/Inf", ZERO: "exactly zero", MISSING: "not recorded"}
 MAX_CELL_WIDTH = 12  # few steps get wider cells (the picture fills the width), but one step is no banner
 _TICK_GAP = 2  # spaces at least between two step labels
-MIN_NAME_WIDTH, NAME_SHARE = 6, 4  # layer names get at most a quarter of the width (never under 6)
+MIN_NAME_WIDTH, NAME_SHARE = 6, 3  # layer names get a third of the width at least, more if the grid leaves it
 GUTTER = " │ "
 _LEGEND_NAME = 40  # names in the min/max lines are cut, so each line fits in 80 columns
 EXIT_CODES_HELP = """\b
@@ -90,22 +91,38 @@ def heatmap(
     except GradcheckError as error:
         raise InputError(str(error)) from None
     shape = f"{len(drawn.layers)} layer(s) × {len(report.run.steps)} recorded step(s)"
-    render_heatmap(console, drawn, title=f"{printable(report.run.path)} ({shape})")
+    what = f" ({shape}): {METRIC_LABELS[drawn.metric]}"
+    render_heatmap(
+        console, drawn, title=middle(printable(report.run.path), max(8, console.width - len(what))) + what
+    )
 
 
 def render_heatmap(console: Console, drawn: Heatmap, *, title: str) -> None:
     """Print the title, one row per layer, the step axis and the legend."""
     colour = console.color_system is not None and not console.no_color
-    names = _name_width(drawn.layers, console.width)
     cell = max(1, min(MAX_CELL_WIDTH, _grid_width(drawn.layers, console.width) // len(drawn.columns)))
+    # the name column takes what the grid leaves, never cutting a name while columns stay unused
+    longest = max((len(printable(n)) for n in drawn.layers), default=MIN_NAME_WIDTH)
+    names = max(
+        _name_width(drawn.layers, console.width),
+        min(longest, console.width - len(GUTTER) - cell * len(drawn.columns)),
+    )
+    rows = fit(drawn.layers, names)
     low, high = drawn.extreme(highest=False), drawn.extreme(highest=True)
     lo, hi = (low[0], high[0]) if low and high else (0.0, 0.0)
     codes = scale_levels(drawn.values, drawn.missing, lo, hi, len(RAMP))
-    console.print(Text(f"{title}: {METRIC_LABELS[drawn.metric]}"), soft_wrap=True)
-    console.print(Text(f"{'layer':>{names}}{GUTTER}steps", style="bold"), no_wrap=True)
-    for layer, row in zip(drawn.layers, codes, strict=True):
-        line = Text(f"{shorten(printable(layer), names):>{names}}{GUTTER}")
-        for code in row:
+    console.print(Text(title), no_wrap=True, overflow="ellipsis")
+    align = "<" if len(rows) > len(drawn.layers) else ">"  # indented rows under headers keep their indent
+    console.print(Text(f"{'layer':{align}{names}}{GUTTER}steps", style="bold"), no_wrap=True)
+    by_layer = dict(zip(drawn.layers, codes, strict=True))
+    for layer, shown in rows:
+        if layer is None:
+            console.print(Text(f"{shown:<{names}}", style="bold") + Text(GUTTER.rstrip()), no_wrap=True)
+            continue
+        line = Text(
+            f"{shown:<{names}}{GUTTER}" if len(rows) > len(drawn.layers) else f"{shown:>{names}}{GUTTER}"
+        )
+        for code in by_layer[layer]:
             line.append_text(_cell(int(code), cell, colour))
         console.print(line, no_wrap=True, overflow="crop")
     span = cell * len(drawn.columns)
@@ -118,11 +135,7 @@ def render_heatmap(console: Console, drawn: Heatmap, *, title: str) -> None:
 
 def shorten(name: str, width: int) -> str:
     """`name` cut in the middle with an ellipsis to fit `width` characters (`enc…q`)."""
-    if len(name) <= width:
-        return name
-    head = width // 2
-    tail = width - 1 - head
-    return name[:head] + "…" + (name[-tail:] if tail else "")
+    return middle(name, width)
 
 
 def _name_width(names: tuple[str, ...], width: int) -> int:

@@ -14,6 +14,7 @@ from gradcheck.analysis.history import Point, grad_series, steps_until, trend
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.runs import Run, Tensor
+from gradcheck.analysis.story import tell
 from gradcheck.analysis.thresholds import THRESHOLD_KEYS
 
 SCHEMA_VERSION = 1
@@ -46,6 +47,7 @@ def report_document(
         "shown_step": step,
         "selected_steps": list(selection),
         "findings": [{key: asdict(f)[key] for key in _FINDING_FIELDS} for f in report.findings],
+        "story": story_document(report),
         "params": [_param_document(report, param, selection) for param in run.params],
         "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
@@ -73,6 +75,36 @@ def _context_document(run: Run) -> dict[str, Any]:
         document["skipped"] = list(summary.skipped)
         document["skipped_before"] = [{"step": s, "count": n} for s, n in summary.skipped_before]
     return {"summary": document, "steps": steps}
+
+
+def story_document(report: Report) -> dict[str, Any]:
+    """The findings grouped as the table tells them (analysis/story.py): groups by first step, causes, hints."""
+    story = tell(report.findings, report.run.params)
+    return {
+        "groups": [
+            {
+                "severity": g.severity,
+                "problem": g.problem,
+                "first_step": g.first_step,
+                "last_step": g.last_step,
+                "params": list(g.params),
+                "all_params": g.all_params,
+                "checks": list(g.checks),
+                "message": g.message,
+            }
+            for g in story.groups
+        ],
+        "causes": [
+            {
+                "cause": {"problem": c.cause.problem, "first_step": c.cause.first_step},
+                "effects": [{"problem": e.problem, "first_step": e.first_step} for e in c.effects],
+                "text": c.text,
+                "hint": c.hint,
+            }
+            for c in story.causes
+        ],
+        "hints": [{"problem": problem, "hint": hint} for problem, hint in story.hints],
+    }
 
 
 def dumps(document: dict[str, Any]) -> str:
@@ -154,6 +186,11 @@ def _tensor_document(tensor: Tensor | None) -> dict[str, Any] | None:
         "norm": s.norm,
         "file": tensor.file,
     }
+
+
+def finite_values(value: Any) -> Any:
+    """`value` with NaN/Inf floats replaced by None, in nested dicts and lists."""
+    return _finite(value)
 
 
 def _finite(value: Any) -> Any:

@@ -24,10 +24,13 @@ from .common import (
     settle_config,
     warn_unreadable,
 )
+from .config_cmd import config, warn_config
 from .console import make_console, printable
 from .depth import render_depth
-from .diff import diff
+from .diff import baseline, diff
 from .heatmap import heatmap
+from .help_cmd import help_command
+from .pictures.commands import plot, report
 from .render import render_report
 from .watch import watch
 
@@ -42,7 +45,8 @@ Exit codes:
 Config: [tool.gradcheck] in the nearest pyproject.toml (searched
 from the current directory upwards) or --config FILE; command-line
 options override it. Keys: fail-on, ignore, [thresholds], and
-[[overrides]] with params globs. See docs/CONFIG.md.
+[[overrides]] with params globs. `gradcheck config` shows the
+settings in force; more: gradcheck help config.
 """
 
 
@@ -65,7 +69,7 @@ def cli() -> None:
 )  # fmt: skip
 @click.option(
     "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="table for people, json for machines (docs/JSON.md); github, markdown, junit for CI (docs/CI.md).",
+    help="table for people, json for machines (gradcheck help json); github, markdown, junit for CI (gradcheck help ci).",
 )  # fmt: skip
 @click.option(
     "--output", type=click.Path(path_type=Path), metavar="FILE",
@@ -78,6 +82,7 @@ def cli() -> None:
 )
 @reading_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings stay).")
+@click.option("-v", "--verbose", is_flag=True, help="Findings in full: every parameter, no line cut short.")
 def inspect(
     run_dir: Path,
     step: int | None,
@@ -94,6 +99,7 @@ def inspect(
     jobs: int | None,
     no_cache: bool,
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
     if step is not None and steps_range is not None:
@@ -108,6 +114,7 @@ def inspect(
             if progress is not None:
                 progress.close()
         warn_unreadable(report.run.unreadable)
+        warn_config(config, report.run.params)
         if not quiet:
             _note_skipped(report)
         selection = _selection(report, step, bounds) if report.readable else ()
@@ -127,7 +134,7 @@ def inspect(
     elif shown is not None and view == "depth":
         render_depth(make_console(color=color), report, shown)
     elif shown is not None:
-        render_report(make_console(color=color), report, shown, selection)
+        render_report(make_console(color=color), report, shown, selection, verbose=verbose)
     if output_format == "github":
         append_step_summary(report, shown)
     if problem:
@@ -168,4 +175,9 @@ def _note_skipped(report: Report) -> None:
 
 cli.add_command(heatmap)
 cli.add_command(diff)
+cli.add_command(baseline)
+cli.add_command(config)
+cli.add_command(help_command)
 cli.add_command(watch)
+cli.add_command(report)
+cli.add_command(plot)

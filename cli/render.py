@@ -13,11 +13,14 @@ from rich.text import Text
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import grad_series, steps_until
+from gradcheck.analysis.history import SPARK_WIDTH, grad_series, steps_until
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
+from gradcheck.analysis.naming import layer_of
+from gradcheck.analysis.story import tell, worst_of
 
 from .console import printable
+from .names import fit, middle, structural_width
 from .sparkline import NONFINITE_MARK, ZERO_MARK, history_cell
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
@@ -25,82 +28,145 @@ _LABEL = {"error": "ERROR", "warning": "warn"}
 _MAGNITUDE_PROBLEMS = frozenset({"vanishing", "exploding", "nonfinite", "dead"})
 
 
+_NARROW = "narrow history"  # not a column: the step of _DROP_ORDER that halves the sparkline before `upd ratio` goes
+_NARROW_SPARK = 8
 _COLUMNS = (
     "parameter", "shape", "dtype", "min|g|", "mean|g|", "max|g|", "‖g‖", "log10", "upd ratio", "depth",
     "‖g‖ history", "status",
 )  # fmt: skip
 # On a narrow terminal these go first, in this order, until the table fits; the rest always stay.
-_DROP_ORDER = ("shape", "dtype", "min|g|", "max|g|", "‖g‖", "upd ratio", "depth", "log10")
+_DROP_ORDER = (
+    "shape",
+    "dtype",
+    "min|g|",
+    "max|g|",
+    "‖g‖",
+    "depth",
+    "log10",
+    _NARROW,
+    "upd ratio",
+    "‖g‖ history",
+)
+_MIN_NAME = 12  # a narrower name column first drops a number column
 _LEFT = frozenset({"parameter", "shape", "dtype", "‖g‖ history", "status"})
 
 
 def render_report(
-    console: Console, report: Report, step: int, selection: Sequence[int] | None = None
+    console: Console,
+    report: Report,
+    step: int,
+    selection: Sequence[int] | None = None,
+    *,
+    verbose: bool = False,
 ) -> None:
-    """Print table, findings and verdict for `step`; history over `selection` (default: every step up to it)."""
+    """Print title, table, findings and verdict for `step`; history over `selection` (default: up to `step`)."""
     chosen = tuple(selection) if selection else steps_until(report.run.steps, step)
+    for line in header_lines(report, step, console.width):
+        console.print(line, no_wrap=True, overflow="ellipsis")
     console.print(parameter_table(console, report, step, chosen))
     for line in context_lines(report.run.context, report.run.scalars, step):  # training context, if recorded
         console.print(Text(printable(line), style="dim"))
     if report.findings:
         console.print()
         outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)
-        console.print(_findings_table(report.findings, outside))
-        console.print()
-        for problem, hint in dict.fromkeys((f.problem, f.hint) for f in report.findings):
-            console.print(Text(f"hint ({problem}): {hint}", style="dim"))
+        for line in findings_lines(report, outside, verbose=verbose):
+            console.print(line, no_wrap=line.no_wrap, overflow=line.overflow)  # print() drops a Text's own
     console.print()
     console.print(verdict(report))
 
 
+def header_lines(report: Report, step: int, width: int) -> list[Text]:
+    """The lines above the table: the run and the shown step (the path shortened in the middle to fit)."""
+    where = f" - step {step} ({_count(len(report.run.steps), 'recorded step')})"
+    return [Text(middle(printable(report.run.path), max(8, width - len(where))) + where)]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def parameter_table(console: Console, report: Report, step: int, chosen: tuple[int, ...]) -> Table:
-    """The table of `step` with history over `chosen`, as wide as fits: columns of _DROP_ORDER go first."""
+    """The table of `step` with history over `chosen`, as wide as fits the console.
+
+    Columns of _DROP_ORDER go first; before dropping one, long names are shortened by structure (block
+    prefixes as header rows, see cli/names.py). The parameter and status columns always stay.
+    """
     rows = report.rows_at(step)
-    by_param = _findings_at(report.findings, step)
-    cells = [_row_cells(report, row, by_param.get(row.param, []), chosen) for row in rows]
+    at_step = _findings_at(report.findings, step)
+    over_run = _findings_by_param(report.findings)
+    cells = [
+        _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []), chosen)
+        for row in rows
+    ]
     widths = {name: max([cell_len(name), *(_cell_len(row[name]) for row in cells)]) for name in _COLUMNS}
-    names = list(_COLUMNS)
-    for dropped in _DROP_ORDER:
-        # rich's default box: one border before each column and one after the last, one space of padding a side
-        if sum(widths[name] + 3 for name in names) + 1 <= console.width:
+    params = [row.param for row in rows]
+    longest = max((len(printable(p)) for p in params), default=9)
+    enough = min(longest, max(structural_width(params), _MIN_NAME))
+    names, spark = list(_COLUMNS), SPARK_WIDTH
+    for dropped in (None, *_DROP_ORDER):
+        if dropped == _NARROW:
+            spark = _NARROW_SPARK
+            widths["‖g‖ history"] = _NARROW_SPARK + 2
+        elif dropped is not None:
+            names.remove(dropped)
+        room = _room(console.width, names, widths)
+        if room >= enough:
             break
-        names.remove(dropped)
-    table = _build_table(report, step, chosen, names)
-    for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
-        last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
-        table.add_row(*(row_cells[name] for name in names), end_section=last_of_layer)
+    if spark != SPARK_WIDTH:
+        for row, row_cells in zip(rows, cells, strict=True):
+            row_cells["‖g‖ history"] = history_cell(grad_series(report.rows, row.param, chosen), spark)
+    name_width = max(len("parameter"), min(longest, room))
+    table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
+    fitted = fit(params, name_width)
+    by_param = dict(zip(params, cells, strict=True))
+    grouped = len(fitted) > len(params)
+    for i, (param, shown) in enumerate(fitted):
+        following = fitted[i + 1][0] if i + 1 < len(fitted) else None
+        if param is None:
+            table.add_row(*(Text(shown, style="bold") if n == "parameter" else "" for n in names))
+            continue
+        row_cells = {**by_param[param], "parameter": Text(shown)}
+        if grouped:  # a line above each block header, none above a sub-header (indented)
+            end = i + 1 == len(fitted) or (following is None and not fitted[i + 1][1].startswith(" "))
+        else:
+            end = following is None or layer_of(following) != layer_of(param)
+        table.add_row(*(row_cells[name] for name in names), end_section=end)
     return table
+
+
+def _room(width: int, names: list[str], widths: dict[str, int]) -> int:
+    """Cells left for the parameter column; rich's default box puts a border before each column and one after
+    the last, and one space of padding on either side of a cell."""
+    return width - sum(widths[name] + 3 for name in names if name != "parameter") - 4
 
 
 def _cell_len(cell: Text | str) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def _build_table(report: Report, step: int, chosen: tuple[int, ...], names: list[str]) -> Table:
+def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = False) -> Table:
     span = f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
     table = Table(
-        title=Text(f"{printable(report.run.path)} - step {step} of {len(report.run.steps)} recorded"),
-        title_justify="left",
         header_style="bold",
         caption=Text(
-            f"‖g‖ history: log10 ‖g‖ at steps {span} ({len(chosen)}), each row on its own scale; "
-            f"{NONFINITE_MARK} NaN/Inf, {ZERO_MARK} zero",
+            f"status: the worst finding over the run @ its first step; ‖g‖ history: log10 ‖g‖ at steps {span} "
+            f"({len(chosen)}), each row on its own scale; {NONFINITE_MARK} NaN/Inf, {ZERO_MARK} zero",
             style="dim",
         ),
         caption_justify="left",
     )
-    longest = max((len(printable(p)) for p in report.run.params), default=9)
     for name in names:
-        if name == "parameter":
-            table.add_column(name, overflow="fold", min_width=min(longest, 40))
-        else:
-            table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
+        if narrow and name == "‖g‖ history":  # the header wraps to two lines, the sparkline fits its width
+            table.add_column(name, width=_NARROW_SPARK + 2, no_wrap=False)
+            continue
+        table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
     return table
 
 
 def _row_cells(
-    report: Report, row: ParamStep, found: list[Finding], chosen: tuple[int, ...]
+    report: Report, row: ParamStep, found: list[Finding], over_run: list[Finding], chosen: tuple[int, ...]
 ) -> dict[str, Text | str]:
+    """The cells of one parameter: numbers of the shown step (styled by its findings there), run-wide status."""
     t = report.config.thresholds
     worst = _worst(found)
     magnitude_style = (
@@ -119,7 +185,7 @@ def _row_cells(
         "upd ratio": _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
         "depth": "-" if row.depth is None else f"{row.depth:.1f}",
         "‖g‖ history": history_cell(grad_series(report.rows, row.param, chosen)),
-        "status": _status_cell(found),
+        "status": _status_cell(over_run),
     }
 
 
@@ -131,17 +197,25 @@ def _findings_at(findings: list[Finding], step: int) -> dict[str, list[Finding]]
     return by_param
 
 
+def _findings_by_param(findings: list[Finding]) -> dict[str, list[Finding]]:
+    by_param: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_param.setdefault(finding.param, []).append(finding)
+    return by_param
+
+
 def _worst(found: list[Finding]) -> Finding | None:
     errors = [f for f in found if f.severity == "error"]
     return (errors or found or [None])[0]
 
 
 def _status_cell(found: list[Finding]) -> Text:
-    worst = _worst(found)
+    """The worst finding over the run and its first step: `ERROR exploding @6`, `warn update-ratio-high @0`."""
+    worst = worst_of(found)
     if worst is None:
         return Text("ok", style="green")
-    problems = ", ".join(dict.fromkeys(f.problem for f in found if f.severity == worst.severity))
-    return Text(f"{_LABEL[worst.severity]} {problems}", style=_SEVERITY_STYLE[worst.severity])
+    severity, problem, first = worst
+    return Text(f"{_LABEL[severity]} {problem} @{first}", style=_SEVERITY_STYLE[severity])
 
 
 def _ratio_cell(ratio: float | None, low: float, high: float) -> Text:
@@ -166,37 +240,45 @@ def _dtype(row: ParamStep) -> str:
     return tensor.dtype if tensor else "-"
 
 
-def _findings_table(findings: list[Finding], selected: frozenset[int] | None) -> Table:
-    """One line per (parameter, problem): the checks that found it, all their steps, the earliest detail.
+def findings_lines(
+    report: Report, selected: frozenset[int] | None = None, *, verbose: bool = False
+) -> list[Text]:
+    """The findings as a story: likely causes, then one line per problem and first step, then the hints.
 
-    With a step selection, the findings with no step inside it are dimmed and their steps marked `outside`.
+    A group line never wraps: the console cuts its detail with an ellipsis (unless `verbose`, which also
+    adds a line per finding with its full message). Groups with no step inside `selected` are dimmed, `outside`.
     """
-    table = Table(box=None, title="Findings", title_justify="left", title_style="bold", header_style="bold")
-    for name in ("", "problem", "parameter", "steps", "detail"):
-        table.add_column(name, no_wrap=name != "detail", overflow="fold")
-    groups: dict[tuple[str, str], list[Finding]] = {}
-    for finding in findings:
-        groups.setdefault((finding.param, finding.problem), []).append(finding)
-    for (param, problem), group in groups.items():
-        steps = sorted({step for f in group for step in f.steps})
-        earliest = min(group, key=lambda f: f.step)
-        where = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]} ({len(steps)})"
-        checks = list(dict.fromkeys(f.check for f in group))
+    story = tell(report.findings, report.run.params)
+    lines = [Text("Findings, by first step (--verbose: every parameter in full)", style="bold")]
+    lines += [Text(f"likely cause: {cause.text}", style="bold") for cause in story.causes]
+    problem_width = max((len(group.label) for group in story.groups), default=0)
+    for group in story.groups:
+        steps = {step for f in group.findings for step in f.steps}
         outside = selected is not None and selected.isdisjoint(steps)
-        table.add_row(
-            Text(_LABEL[group[0].severity], style=_SEVERITY_STYLE[group[0].severity]),
-            problem if checks == [problem] else f"{problem} ({', '.join(checks)})",
-            Text(printable(param)),
-            f"{where}, outside" if outside else where,
-            Text(printable(earliest.message)),  # may quote a layer name: never rich markup
-            style="dim" if outside else None,
+        line = Text(f" {_LABEL[group.severity]:<5} ", style=_SEVERITY_STYLE[group.severity])
+        where = group.when + (", outside" if outside else "")
+        line.append(
+            f"{group.label:<{problem_width}}  {printable(group.who)}, {where}: {printable(group.message)}"
         )
-    return table
+        if outside:
+            line.stylize("dim")
+        if not verbose:
+            line.no_wrap, line.overflow = True, "ellipsis"
+        lines.append(line)
+        if verbose:
+            lines += [
+                Text(f"         {printable(f.param)} [{f.check}]: {printable(f.message)}")
+                for f in group.findings
+            ]
+    lines.append(Text())
+    hints = [("likely cause", cause.hint) for cause in story.causes] + list(story.hints)
+    lines += [Text(f"hint ({problem}): {hint}", style="dim") for problem, hint in hints]
+    return lines
 
 
 def verdict(report: Report) -> Text:
     """One line that says whether the run is healthy and, if not, what and since when."""
-    scope = f"{len(report.run.params)} parameters, {len(report.run.steps)} recorded steps"
+    scope = f"{_count(len(report.run.params), 'parameter')}, {_count(len(report.run.steps), 'recorded step')}"
     errors = [f for f in report.findings if f.severity == "error"]
     warnings = [f for f in report.findings if f.severity == "warning"]
     if not report.findings:

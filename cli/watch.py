@@ -18,6 +18,7 @@ from rich.text import Text
 
 from gradcheck.analysis.config import Config
 from gradcheck.analysis.errors import GradcheckError
+from gradcheck.analysis.history import steps_until
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.analysis.runs import Note, is_rank_folder, is_snapshot_name
 from gradcheck.analysis.scanning import ScanOptions
@@ -31,23 +32,27 @@ from .common import (
     settle_config,
     warn_unreadable,
 )
-from .console import make_console
-from .render import render_report, verdict
+from .console import make_console, printable
+from .render import findings_lines, header_lines, parameter_table, render_report, verdict
 
+_NEWEST = 5  # findings pinned on top of the dashboard at most (a quarter of the height at most)
 DEFAULT_INTERVAL = 1.0  # seconds between polls: a recorder writes every few seconds at most, stat is cheap
 WATCH_HELP = """\b
-Exit codes (on --timeout, Ctrl-C, or with --fail-fast):
+Exit codes (on --timeout, --idle, Ctrl-C, or with --fail-fast):
   0  no finding at the --fail-on level so far
   1  findings at the --fail-on level (--fail-fast: at the first
      error finding, right away)
   2  usage error, bad config, or no readable snapshot by the end
 
 \b
-Polls RUN_DIR every --interval seconds. A file whose size or mtime
+Polls RUN_DIR every --interval seconds; waits for it if it does
+not exist yet. On a terminal: title, verdict and the newest findings
+on top, the table cut to the terminal height ("+N rows"), and the
+full report when the watch ends. A file whose size or mtime
 changed since the last poll is still being written: if it reads as
 cut short it is retried, and reported unreadable only once it stops
 changing. On a terminal the table refreshes in place; otherwise one
-line per new step with the verdict so far. See docs/DIFF_WATCH.md.
+line per new step with the verdict so far. More: gradcheck help watch.
 """
 
 Signature = tuple[int, int, int]  # size, mtime in ns, inode: any change means the file is still being written
@@ -64,6 +69,7 @@ class WatchState:
     listed: dict[str, Signature] = field(default_factory=dict)  # the files at the last poll
     steps: tuple[int, ...] = ()
     warned: set[tuple[str, Signature]] = field(default_factory=set)
+    idled: bool = False  # ended by --idle
 
 
 Update = Callable[
@@ -72,8 +78,10 @@ Update = Callable[
 
 
 def list_snapshots(run_dir: Path) -> dict[str, Signature]:
-    """Snapshot files directly in `run_dir` or in its rank folders, with their signatures."""
+    """Snapshot files directly in `run_dir` or in its rank folders, with their signatures (none yet: empty)."""
     found: dict[str, Signature] = {}
+    if not run_dir.exists():  # training has not created it yet: wait for it
+        return found
     with os.scandir(run_dir) as entries:
         for entry in entries:
             if entry.is_dir() and is_rank_folder(entry.name):
@@ -120,24 +128,34 @@ def follow(
     interval: float = DEFAULT_INTERVAL,
     timeout: float | None = None,
     fail_fast: bool = False,
+    idle: float | None = None,
 ) -> WatchState:
-    """Poll until the timeout (Ctrl-C is the caller's to catch), calling `on_update` on every change."""
+    """Poll until the timeout, or `idle` seconds without a new or changed snapshot file once there is one
+    (Ctrl-C is the caller's to catch), calling `on_update` on every change."""
     state = WatchState()
     deadline = math.inf if timeout is None else time.monotonic() + timeout
+    last_change = math.inf  # --idle counts from the first snapshot file: before it, training is starting up
     while True:
+        files = state.listed
         news = poll(run_dir, state, inspect)
+        now = time.monotonic()
+        if state.listed != files:
+            last_change = now
         if news is not None:
             on_update(*news)
             if fail_fast and news[0].errors:
                 return state
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if idle is not None and now - last_change >= idle:
+            state.idled = True
             return state
-        time.sleep(min(interval, remaining))
+        if deadline - now <= 0:
+            return state
+        remaining = min(deadline, math.inf if idle is None else last_change + idle) - now
+        time.sleep(max(0.0, min(interval, remaining)))
 
 
 @click.command(epilog=WATCH_HELP)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--interval", type=click.FloatRange(min=0.01), default=DEFAULT_INTERVAL, show_default=True,
     help="Seconds between polls of the run directory.",
@@ -145,6 +163,10 @@ def follow(
 @click.option(
     "--timeout", type=click.FloatRange(min=0), help="Stop after this many seconds with the verdict so far."
 )
+@click.option(
+    "--idle", type=click.FloatRange(min=0),
+    help="Stop when no snapshot file arrived or changed for this many seconds (training ended).",
+)  # fmt: skip
 @click.option(
     "--fail-fast", is_flag=True, help="Exit 1 at the first error finding (a sidecar next to training)."
 )
@@ -154,6 +176,7 @@ def watch(
     run_dir: Path,
     interval: float,
     timeout: float | None,
+    idle: float | None,
     fail_fast: bool,
     fail_on: str | None,
     config_file: Path | None,
@@ -164,9 +187,12 @@ def watch(
     """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
     console = make_console(color=color)
     scan = scan_options(1, no_cache=False)  # with the cache, each refresh reads only new or changed files
+    if not run_dir.exists():
+        click.echo(f"gradcheck: waiting for {printable(str(run_dir))} to appear", err=True)
     try:
         config = settle_config(config_file, thresholds, ignore, fail_on)
-        state = _run(run_dir, config, scan, console, interval=interval, timeout=timeout, fail_fast=fail_fast)
+        options = {"interval": interval, "timeout": timeout, "fail_fast": fail_fast, "idle": idle}
+        state = _run(run_dir, config, scan, console, **options)
     except GradcheckError as error:
         raise InputError(str(error)) from None
     except OSError as error:
@@ -174,6 +200,8 @@ def watch(
     report = state.report
     if report is None or not report.readable:
         raise InputError(f"{run_dir}: no readable snapshot file")
+    if console.is_terminal or state.idled:  # the dashboard is gone, or training ended: the whole story
+        render_report(console, report, report.run.steps[-1])
     raise SystemExit(EXIT_FINDINGS if report.failed or (fail_fast and report.errors) else EXIT_OK)
 
 
@@ -196,7 +224,8 @@ def _run(
     try:
         if live is not None:
             live.start()
-        follow(run_dir, inspect=inspect, on_update=on_update, **options)  # type: ignore[arg-type]
+        followed = follow(run_dir, inspect=inspect, on_update=on_update, **options)  # type: ignore[arg-type]
+        state.idled = followed.idled
     except KeyboardInterrupt:
         click.echo("gradcheck: watch interrupted", err=True)
     finally:
@@ -216,14 +245,41 @@ def step_line(report: Report, new_steps: list[int]) -> Text:
 
 
 def _view(console: Console, report: Report) -> Text:
-    """The inspect view of the last recorded step, as one renderable with its colours."""
+    """The dashboard of the newest step at the console's size, as one renderable with its colours."""
+    return Text("\n").join(dashboard(report, console.width, console.height, console.color_system))
+
+
+def dashboard(report: Report, width: int, height: int, color_system: str | None = None) -> list[Text]:
+    """At most `height` lines: title, verdict and newest findings on top, then the table cut to what is left.
+
+    A cut table ends with `+N rows`; the full report is printed when the watch ends.
+    """
+    step = report.run.steps[-1]
+    top = [_cut(line, width) for line in (*header_lines(report, step, width), verdict(report))]
+    newest = findings_lines(report)[1:]  # without the heading, causes first
+    groups = [line for line in newest if line.plain.startswith((" ERROR", " warn"))]
+    causes = [line for line in newest if line.plain.startswith("likely cause")]
+    shown = causes[:1] + groups[::-1][: max(0, min(_NEWEST, height // 4) - len(causes[:1]))]
+    top += [_cut(line, width) for line in shown]
     buffer = io.StringIO()
     scratch = Console(
         file=buffer,
-        width=console.width,
-        color_system=console.color_system,
+        width=width,
+        color_system=color_system,
         force_terminal=True,
-        highlight=False,
+        highlight=False,  # type: ignore[arg-type]
     )
-    render_report(scratch, report, report.run.steps[-1])
-    return Text.from_ansi(buffer.getvalue())
+    scratch.print(parameter_table(scratch, report, step, steps_until(report.run.steps, step)))
+    table = [Text.from_ansi(line) for line in buffer.getvalue().splitlines()]
+    room = max(1, height - len(top) - 1)
+    if len(table) > room:
+        kept, cut = table[: room - 1], table[room - 1 :]
+        hidden = sum(line.plain.startswith("│") for line in cut)
+        table = [*kept, Text(f"+{hidden} rows (all of them when the watch ends)", style="dim")]
+    return [*top, Text(), *table]
+
+
+def _cut(line: Text, width: int) -> Text:
+    line = line.copy()
+    line.truncate(width, overflow="ellipsis")
+    return line

@@ -8,7 +8,7 @@ import math
 import os
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gradcheck.analysis.dtypes import DTYPES
@@ -268,11 +268,14 @@ def save_snapshot(
     metadata: Mapping[str, str] | None = None,
     mode: str = "full",
     overwrite: bool = False,
+    order: Sequence[str] | None = None,
 ) -> Path:
     """Record one step from any framework: name -> array mappings (nested ones flatten to dotted names).
 
     `mode="stats"` stores only per-tensor summaries, a few hundred bytes per tensor. None values (a
-    parameter without a gradient) are left out. A user `order` replaces the one made from the mappings.
+    parameter without a gradient) are left out. The model order (first layer to last: the table's rows, the
+    "last layer" of exploding-relative) is `order` when given, else the order of the names in the mappings
+    (grads first). An `order` key in `metadata` replaces both.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
@@ -280,7 +283,10 @@ def save_snapshot(
         named = _named_values({"grad": grads, "param": params, "update": updates})
     except RecordingError as e:
         raise _fail(run_dir, step, str(e)) from e
-    order = json.dumps(list(dict.fromkeys(name for _, name, _ in named)), ensure_ascii=False)
+    names = list(order) if order is not None else list(dict.fromkeys(name for _, name, _ in named))
+    if not all(isinstance(name, str) for name in names):
+        raise _fail(run_dir, step, "order must be a sequence of parameter names (str)")
+    order_text = json.dumps(list(dict.fromkeys(names)), ensure_ascii=False)
     tensors: dict[str, HostTensor] = {}
     summaries: dict[str, dict[str, object]] | None = {} if mode == "stats" else None
     for key, _, value in named:
@@ -292,5 +298,5 @@ def save_snapshot(
             tensors[key] = tensor
         else:
             summaries[key] = summary_entry(summarize_host(tensor), tensor.shape, tensor.dtype)
-    merged = {"order": order, **(metadata or {})}
+    merged = {"order": order_text, **(metadata or {})}
     return write_snapshot(run_dir, step, tensors, metadata=merged, summaries=summaries, overwrite=overwrite)

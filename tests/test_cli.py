@@ -161,7 +161,7 @@ def test_empty_directory_exits_2(runner: CliRunner, tmp_path: Path) -> None:
 def test_step_option(runner: CliRunner, healthy: Path) -> None:
     result = invoke(runner, "inspect", healthy, "--step", "10", "--format", "json")
     assert json.loads(result.stdout)["shown_step"] == 10
-    assert "step 10 of 4" in invoke(runner, "inspect", healthy, "--step", "10").stdout
+    assert "step 10 (4 recorded steps)" in invoke(runner, "inspect", healthy, "--step", "10").stdout
     missing = invoke(runner, "inspect", healthy, "--step", "11")
     assert missing.exit_code == 2 and "step 11 was not recorded" in missing.stderr
 
@@ -221,7 +221,10 @@ def test_warnings_fail_only_with_fail_on_warning(runner: CliRunner, tmp_path: Pa
     assert invoke(runner, "inspect", tmp_path / "warn", "--fail-on", "warning").exit_code == 1
 
 
-def test_hostile_names_print_literally(runner: CliRunner, tmp_path: Path) -> None:
+def test_hostile_names_print_literally(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # whole names: narrower, "[red]x[/" would be a block header
     names = ["[red]x[/red].weight", "evil\x1b[2J\r.weight", "link\x1b]8;;http://x\x07.weight"]
     run = {0: {"grad": {n: np.full((2, 2), 0.01, np.float32) for n in names}}}
     write_run(tmp_path / "hostile", run)

@@ -21,7 +21,7 @@ from rich.console import Console
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.cli.depth import render_depth
 from gradcheck.cli.main import cli
-from gradcheck.cli.render import parameter_table
+from gradcheck.cli.render import header_lines, parameter_table
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "history"
@@ -46,6 +46,8 @@ def render(view: str, run: str, width: int, color: bool) -> str:
     if view == "depth":
         render_depth(console, report, step)
     else:
+        for line in header_lines(report, step, width):
+            console.print(line)
         console.print(parameter_table(console, report, step, report.run.steps))
     return console.file.getvalue()  # type: ignore[attr-defined]
 
@@ -196,9 +198,9 @@ def test_findings_outside_the_range_are_marked(runner: CliRunner, monkeypatch: p
     code, out, _ = _inspect(runner, "--steps", ":5")
     assert 1 == code
     lines = out.splitlines()
-    assert "step 5 of 15 recorded" in lines[0]
-    nonfinite = [line for line in lines if line.startswith(" ERROR  nonfinite ")]
-    assert nonfinite and all("11-14 (4), outside" in line for line in nonfinite)
+    assert "step 5 (15 recorded steps)" in lines[0]
+    nonfinite = [line for line in lines if line.startswith(" ERROR nonfinite ")]
+    assert nonfinite and all("steps 11-14, outside" in line for line in nonfinite)
     update = [line for line in lines if "update-ratio-high" in line and "median" in line]
     assert update and not any("outside" in line for line in update)  # steps 0-10 meet 0-5
 
@@ -212,7 +214,7 @@ def test_depth_view_on_the_command_line(runner: CliRunner, monkeypatch: pytest.M
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = _inspect(runner, "--view", "depth", "--step", "9")
     assert 1 == code
-    assert "step 9: mean and max |g| per layer" in out.splitlines()[0]
+    assert "step 9: mean, max |g| per layer" in out.splitlines()[0]
     assert sum("ERROR exploding" in line for line in out.splitlines()) == 3
     assert max(len(line) for line in out.splitlines()) <= 80
 

@@ -184,6 +184,77 @@ def test_missing_directory_is_exit_2(runner: CliRunner, tmp_path: Path) -> None:
 def test_step_line_and_live_view(sample_runs: Path) -> None:
     report = inspect_run(sample_runs / "healthy_mlp")
     assert step_line(report, [360]).plain.startswith("step 360: ✓ healthy")
-    console = Console(width=120, color_system=None, force_terminal=False)
+    console = Console(width=120, height=40, color_system=None, force_terminal=False)
     view = watch_module._view(console, report)
-    assert "4.bias" in view.plain and view.plain.rstrip().endswith("7 recorded steps)")
+    assert "4.bias" in view.plain and view.plain.splitlines()[1].startswith("✓ healthy")
+
+
+# --- the dashboard, waiting for the run folder, --idle (issue #12) --------------------------------------------
+
+
+def _wide_run(run: Path, steps: range, params: int = 100, nan_at: int | None = None) -> None:
+    rng = np.random.default_rng(0)
+    names = [
+        f"transformer.h.{i // 4}.{('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')[i % 4]}.weight"
+        for i in range(params)
+    ]
+    for step in steps:
+        grads = {name: rng.normal(0, 1e-2, (4, 4)).astype(np.float32) for name in names}
+        if step == nan_at:
+            grads[names[0]][0, 0] = np.nan
+        save_snapshot(run, step, grads=grads, params={n: np.ones((4, 4), np.float32) for n in names})
+
+
+def test_dashboard_fits_80x24_with_verdict_findings_and_a_cut_table(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _wide_run(run, range(4), nan_at=3)
+    report = inspect_run(run)
+    lines = watch_module.dashboard(report, 80, 24)
+    plain = [line.plain for line in lines]
+    assert len(plain) <= 24 and max(map(len, plain)) <= 80
+    assert plain[1].startswith("✗ unhealthy: nonfinite")  # the verdict, right under the title
+    assert plain[2].startswith(" ERROR nonfinite")  # the newest finding pinned on top
+    hidden = int(plain[-1].split()[0].lstrip("+"))
+    shown = sum(line.startswith("│") for line in plain)
+    assert shown + hidden == 100 + 25  # every parameter row and block header row is shown or counted
+
+
+def test_small_run_is_not_cut(sample_runs: Path) -> None:
+    plain = [line.plain for line in watch_module.dashboard(inspect_run(sample_runs / "healthy_mlp"), 80, 24)]
+    assert not any(line.startswith("+") for line in plain) and sum("│ " in line for line in plain) == 6
+
+
+def test_waits_for_the_run_folder_then_idle_ends_it_with_the_full_report(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    run = tmp_path / "not-yet"
+
+    def writer() -> None:
+        time.sleep(0.3)
+        _save(run, 0)
+        time.sleep(0.2)
+        _save(run, 10)
+
+    thread = threading.Thread(target=writer)
+    started = time.monotonic()
+    thread.start()
+    result = runner.invoke(cli, ["watch", str(run), "--interval", "0.05", "--idle", "1.0", "--timeout", "30"])
+    thread.join()
+    elapsed = time.monotonic() - started
+    assert 0 == result.exit_code, result.output
+    assert result.stderr == f"gradcheck: waiting for {run} to appear\n"
+    assert 1.4 <= elapsed < 10  # 0.5 s of writing, then 1 s idle: not the 30 s timeout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("step 0: ✓ healthy") and lines[1].startswith("step 10: ✓ healthy")
+    assert any("step 10 (2 recorded steps)" in line for line in lines)  # the full report at the end
+    assert lines[-1].startswith("✓ healthy")
+
+
+def test_idle_counts_from_the_first_snapshot_timeout_bounds_the_wait(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    args = ["watch", str(tmp_path / "never"), "--interval", "0.05", "--idle", "0.2", "--timeout", "1"]
+    result = runner.invoke(cli, args)
+    assert 2 == result.exit_code and 1 <= time.monotonic() - started < 5  # --timeout ended it, not --idle
+    assert "no readable snapshot file" in result.stderr

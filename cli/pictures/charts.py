@@ -1,0 +1,183 @@
+"""The numbers behind every picture, taken from the analysis results the table shows (no second computation).
+
+`chart_data` is the one place the report and the static plots read a run from: the HTML page and matplotlib
+draw the same series, so a chart never disagrees with `gradcheck inspect`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradcheck.analysis.checks import Finding
+from gradcheck.analysis.errors import RunError
+from gradcheck.analysis.heatmap import METRICS, Heatmap, build_heatmap
+from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profile, grad_series
+from gradcheck.analysis.inspection import Report
+
+# One colour per layer, cycled in model order: Tableau 10, which is both matplotlib's default cycle ("tab10")
+# and Vega's "tableau10" scheme, so the HTML report and `gradcheck plot` colour a layer alike.
+LAYER_COLOURS = (
+    "#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b",
+    "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac",
+)  # fmt: skip
+NONFINITE_COLOUR = "#d62728"  # NaN/Inf markers: red, the table's error colour
+ZERO_COLOUR = "#7f7f7f"  # exactly-zero markers: grey, the heatmap's "0"
+BAND_COLOUR = "#54a24b"  # the healthy update-ratio band
+HEATMAP_SCHEME = "inferno"  # dark = vanishing, bright = exploding, as `gradcheck heatmap`
+# Heatmap columns in the report: a wider run is binned as `gradcheck heatmap` bins it (each cell the max of its
+# bin, NaN/Inf winning), so a 10,000-step run still gives a page of a few MB at most.
+MAX_HEATMAP_COLUMNS = 400
+# A finding links to the chart that shows it: update-ratio findings to the ratio chart, the rest to ‖g‖.
+CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"}
+
+
+@dataclass(frozen=True)
+class ParamSeries:
+    """One parameter over the recorded steps: log10 values (None where undefined) and marker states."""
+
+    param: str
+    layer: str
+    grad_log_norm: tuple[float | None, ...]  # log10 ‖g‖, from history.grad_series as in the table
+    grad_state: tuple[str, ...]  # ok, zero, nonfinite, missing
+    update_ratio: tuple[float | None, ...]  # log10 mean|update| / mean|param| (metrics.ParamStep)
+    param_log_mean: tuple[float | None, ...]  # log10 mean|param|
+
+
+@dataclass(frozen=True)
+class ChartData:
+    """Everything a chart of a run draws, as plain data."""
+
+    run: str
+    steps: tuple[int, ...]
+    layers: tuple[str, ...]  # model order
+    series: tuple[ParamSeries, ...]  # model order
+    flow: Mapping[int, list[LayerDepth]]  # step -> mean and max |g| per layer (history.depth_profile)
+    heatmaps: Mapping[str, Heatmap]  # metric -> heatmap, for each metric the run has values for
+    band: tuple[float, float]  # healthy log10 update ratio, the thresholds of the update-ratio checks
+    vanishing_mean: float
+    exploding_mean: float
+    context: Mapping[str, tuple[tuple[int, float], ...]]  # name -> (step, value): lr, loss scale, loss, ...
+
+    def colour(self, layer: str) -> str:
+        """The colour of a layer, the same in every chart and in both renderers."""
+        return LAYER_COLOURS[self.layers.index(layer) % len(LAYER_COLOURS)]
+
+
+def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) -> ChartData:
+    """The series of a report over all its recorded steps."""
+    run = report.run
+    series = tuple(_param_series(report, param) for param in run.params)
+    t = report.config.thresholds
+    return ChartData(
+        run=run.path,
+        steps=run.steps,
+        layers=tuple(dict.fromkeys(s.layer for s in series)),
+        series=series,
+        flow={step: depth_profile(report.rows, run.params, step) for step in run.steps},
+        heatmaps=_heatmaps(report, heatmap_columns),
+        band=(t.update_ratio_low, t.update_ratio_high),
+        vanishing_mean=t.vanishing_mean,
+        exploding_mean=t.exploding_mean,
+        context=context_series(*recorded_context(report)),
+    )
+
+
+def grouped_findings(report: Report) -> list[tuple[str, list[Finding]]]:
+    """The findings as the terminal groups them: (heading, findings) pairs.
+
+    The one place the pictures group findings. Until the story grouping of issue #12 lands (analysis/story.py),
+    this is one untitled group with the findings in the order `inspect` lists them.
+    """
+    return [("", list(report.findings))] if report.findings else []
+
+
+def recorded_context(report: Report) -> tuple[Mapping[int, Any], Mapping[int, Mapping[str, float]]]:
+    """Per step, the StepContext and the scalars (loss, ...) the reader found, when it exposes them.
+
+    Hook: the reader is being taught to keep `gradcheck.context` / `gradcheck.scalars` (analysis/context.py,
+    issue #10). Until `Run` has them, both are empty and the report leaves its context section out.
+    """
+    contexts = getattr(report.run, "contexts", None) or {}
+    scalars = getattr(report.run, "scalars", None) or {}
+    return contexts, scalars
+
+
+def context_series(
+    contexts: Mapping[int, Any], scalars: Mapping[int, Mapping[str, float]]
+) -> dict[str, tuple[tuple[int, float], ...]]:
+    """Scalar series over the steps: learning rate (the largest of the param groups), loss scale, gradient norm
+    before clipping, clip factor, AMP-skipped steps, and every recorded scalar; series with no value are left out.
+    """
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step in sorted(contexts):
+        context = contexts[step]
+        lrs = [lr for lr in context.lr.values() if math.isfinite(lr)]
+        values = {
+            "learning rate": max(lrs) if lrs else None,
+            "loss scale": context.loss_scale,
+            "grad norm before clipping": context.grad_norm,
+            "clip factor": context.clip_coef,
+            "AMP-skipped steps": float(context.skipped_count) if context.skipped_count else None,
+        }
+        for name, value in values.items():
+            if value is not None:
+                out.setdefault(name, []).append((step, float(value)))
+    for step in sorted(scalars):
+        for name, value in scalars[step].items():
+            out.setdefault(name, []).append((step, float(value)))
+    return {name: tuple(points) for name, points in out.items()}
+
+
+def _param_series(report: Report, param: str) -> ParamSeries:
+    steps = report.run.steps
+    points = grad_series(report.rows, param, steps)
+    rows = [report.rows.get((step, param)) for step in steps]
+    layer = next((row.layer for row in rows if row is not None), param)
+    return ParamSeries(
+        param=param,
+        layer=layer,
+        grad_log_norm=tuple(p.log_norm for p in points),
+        grad_state=tuple(p.state for p in points),
+        update_ratio=tuple(row.update_ratio if row else None for row in rows),
+        param_log_mean=tuple(
+            _log_mean(row.value.stats.mean_abs if row and row.value else None) for row in rows
+        ),
+    )
+
+
+def _log_mean(value: float | None) -> float | None:
+    return math.log10(value) if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _heatmaps(report: Report, columns: int) -> dict[str, Heatmap]:
+    out = {}
+    for metric in METRICS:
+        try:
+            out[metric] = build_heatmap(report, metric, max_columns=columns)
+        except RunError:  # no layer has this metric (no update tensors recorded): the choice is left out
+            continue
+    return out
+
+
+def marked_steps(series: ParamSeries) -> tuple[list[int], list[int]]:
+    """Indices of the steps whose gradient was NaN/Inf, and of those where it was exactly zero."""
+    bad = [i for i, state in enumerate(series.grad_state) if state == NONFINITE]
+    zero = [i for i, state in enumerate(series.grad_state) if state == ZERO]
+    return bad, zero
+
+
+def heatmap_cells(drawn: Heatmap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of the marker cells of a heatmap: NaN/Inf, exactly zero, nothing recorded."""
+    bad = np.isnan(drawn.values) & ~drawn.missing
+    zero = np.isneginf(drawn.values) & ~drawn.missing
+    return bad, zero, drawn.missing
+
+
+def rounded(values: Sequence[float | None], digits: int = 3) -> list[float | None]:
+    """log10 values rounded for the page: 0.001 decade is 0.2 %, far below what a chart can show."""
+    return [None if v is None or not math.isfinite(v) else round(v, digits) for v in values]

@@ -1,0 +1,199 @@
+"""The self-contained HTML report: verdict, findings linked to their charts, the charts, all inlined."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+from importlib.metadata import version
+from importlib.resources import files
+from typing import Any
+
+from gradcheck.analysis.checks import Finding
+from gradcheck.analysis.inspection import Report
+
+from ..ci_formats import count_steps, problem_of, verdict_line
+from ..console import printable
+from .charts import CHART_OF_CHECK, ChartData, grouped_findings
+from .specs import datasets, specs
+
+VENDORED = ("vega.min.js", "vega-lite.min.js")
+TITLES = {
+    "norms": "Gradient norm per parameter over the recorded steps",
+    "ratio": "Update ratio (log10 mean|update| / mean|param|), healthy band shaded",
+    "param": "Mean |param| per parameter",
+    "flow": "Gradient flow: mean and max |g| per layer in model order",
+    "heatmap": "Layers × recorded steps",
+    "context": "Training context recorded with the snapshots",
+}
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1000px;padding:16px;color:#222}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 6px}
+.verdict{font-weight:600;padding:8px 10px;border-radius:4px;margin:10px 0}
+.ok{background:#e6f4ea;color:#1e6b32}.warn{background:#fff4d6;color:#7a5200}.error{background:#fde7e7;color:#9b1c1c}
+#findings li{margin:3px 0}#findings .sev{font-weight:600;display:inline-block;min-width:4.5em}
+.sev-error{color:#b42318}.sev-warning{color:#8a6100}.hint{color:#555;font-size:13px}
+.chart{min-height:120px}.muted{color:#666;font-size:13px}
+.vega-bind{display:inline-block;margin:4px 12px 0 0;font-size:13px}
+"""
+# Glue only: unzip the data (the browser's DecompressionStream), compile each Vega-Lite spec with the shared
+# datasets, render it, and let finding links pick a layer.
+_SCRIPT = """
+(function () {
+  var views = {};
+  window.gradcheckViews = views;
+  function inflate(id) {
+    var text = atob(document.getElementById(id).textContent.trim());
+    var bytes = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) { bytes[i] = text.charCodeAt(i); }
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+    return new Response(stream).text().then(JSON.parse);
+  }
+  inflate('gradcheck-data').then(draw).catch(function (error) {
+    console.error('gradcheck report: cannot read the embedded data: ' + error);
+  });
+  function draw(data) {
+  var charts = JSON.parse(document.getElementById('gradcheck-specs').textContent);
+  var pending = Object.keys(charts).map(function (id) {
+    var spec = charts[id];
+    spec.datasets = data;
+    var compiled = vegaLite.compile(spec).spec;
+    var view = new vega.View(vega.parse(compiled), {
+      renderer: 'canvas', container: '#chart-' + id, hover: true, logLevel: vega.Warn
+    });
+    views[id] = view;
+    return view.runAsync();
+  });
+  Promise.all(pending).then(function () {
+    document.body.setAttribute('data-rendered', String(pending.length));
+  }, function (error) {
+    console.error('gradcheck report: a chart failed to render: ' + error);
+  });
+  }
+  document.querySelectorAll('a[data-layer]').forEach(function (link) {
+    link.addEventListener('click', function () {
+      var view = views[link.getAttribute('data-chart')];
+      if (view) { view.signal('layer', link.getAttribute('data-layer')).runAsync(); }
+    });
+  });
+})();
+"""
+
+
+def report_html(report: Report, data: ChartData, *, heatmap_metric: str = "grad-norm") -> str:
+    """The whole page as one string: no external reference, the libraries and data inlined."""
+    charts = specs(data)
+    if "heatmap" in charts:
+        _choose_metric(charts["heatmap"], heatmap_metric)
+    run = html.escape(printable(data.run))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>gradcheck report: {run}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>gradcheck report: {run}</h1>",
+        _shape_line(data),
+        f'<div class="verdict {report.status}" id="verdict">{html.escape(verdict_line(report))}</div>',
+        _findings_html(report, charts),
+        _context_note(data),
+        *(_chart_html(chart_id) for chart_id in charts),
+        _zipped_script("gradcheck-data", datasets(data)),
+        _json_script("gradcheck-specs", charts),
+        *(f"<script>{_vendored(name)}</script>" for name in VENDORED),
+        f"<script>{_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(part for part in parts if part) + "\n"
+
+
+def _choose_metric(spec: dict[str, Any], metric: str) -> None:
+    """Start the heatmap on the metric asked for (`--metric`, as `gradcheck heatmap`)."""
+    param = spec["params"][0]
+    key = metric.replace("-", "_")
+    if key in param["bind"]["options"]:
+        param["value"] = key
+
+
+def _shape_line(data: ChartData) -> str:
+    span = f"({data.steps[0]} to {data.steps[-1]})" if data.steps else ""
+    return (
+        f'<p class="muted">{len(data.series)} parameter(s), {len(data.layers)} layer(s), '
+        f"{len(data.steps)} recorded step(s) {span}; gradcheck {version('gradcheck')}</p>"
+    )
+
+
+def _findings_html(report: Report, charts: dict[str, Any]) -> str:
+    groups = grouped_findings(report)
+    if not groups:
+        return '<h2 id="findings-title">Findings</h2><p>No findings.</p>'
+    out = ['<h2 id="findings-title">Findings</h2>']
+    for heading, findings in groups:
+        if heading:
+            out.append(f"<h3>{html.escape(heading)}</h3>")
+        out.append('<ol id="findings">' if len(groups) == 1 else '<ol class="findings">')
+        out += [_finding_html(f, charts) for f in findings]
+        out.append("</ol>")
+    hints = dict.fromkeys((f.problem, f.hint) for f in report.findings)
+    out += [f'<p class="hint">{html.escape(p)}: {html.escape(h)}</p>' for p, h in hints]
+    return "\n".join(out)
+
+
+def _finding_html(finding: Finding, charts: dict[str, Any]) -> str:
+    chart = CHART_OF_CHECK.get(finding.check, "norms")
+    chart = chart if chart in charts else "norms"
+    attributes = " ".join(
+        f'data-{name}="{html.escape(str(value))}"'
+        for name, value in (
+            ("severity", finding.severity), ("check", finding.check), ("param", finding.param),
+            ("step", finding.step), ("count", finding.count),
+        )
+    )  # fmt: skip
+    link = (
+        f'<a href="#{chart}" data-chart="{chart}" data-layer="{html.escape(finding.layer)}">'
+        f"{html.escape(printable(finding.param))}</a>"
+    )
+    return (
+        f'<li {attributes}><span class="sev sev-{finding.severity}">{finding.severity}</span> '
+        f"{html.escape(problem_of(finding))} in {link}: {html.escape(printable(finding.message))} "
+        f'<span class="muted">({html.escape(count_steps(finding))})</span></li>'
+    )
+
+
+def _context_note(data: ChartData) -> str:
+    if data.context:
+        return ""
+    return (
+        '<p class="muted" id="context-note">No training context (learning rate, loss scale, loss) was recorded '
+        "with these snapshots.</p>"
+    )
+
+
+def _chart_html(chart_id: str) -> str:
+    return f'<h2 id="{chart_id}">{html.escape(TITLES[chart_id])}</h2><div class="chart" id="chart-{chart_id}"></div>'
+
+
+def _json_script(element_id: str, value: Any) -> str:
+    """JSON in a script element; `<` escaped so no text of a name can close the element or open a comment."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).replace(
+        "<", "\\u003c"
+    )
+    return f'<script type="application/json" id="{element_id}">{text}</script>'
+
+
+def _zipped_script(element_id: str, value: Any) -> str:
+    """JSON, gzipped and base64-encoded: a 100 x 200 run's 1 MB of numbers becomes 0.3 MB (issue #15's budget)."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
+    return f'<script type="application/gzip-base64-json" id="{element_id}">{packed}</script>'
+
+
+def read_zipped(packed: str) -> Any:
+    """The value `_zipped_script` embedded (for tests and tools that read a report back)."""
+    return json.loads(gzip.decompress(base64.b64decode(packed)))
+
+
+def _vendored(name: str) -> str:
+    text = files("gradcheck.cli.pictures").joinpath("vendor", name).read_text(encoding="utf-8")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("//# sourceMappingURL="))
