@@ -65,7 +65,7 @@ class Run:
     skipped: tuple[Note, ...]
     # Training context (analysis/context.py) and logged scalars by step, from the first file of the step
     # that carries them; empty for runs recorded without context.
-    context: dict[int, StepContext] = field(default_factory=dict)
+    contexts: dict[int, StepContext] = field(default_factory=dict)
     scalars: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
@@ -271,7 +271,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         tensors=tensors,
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
-        context={step: context[step] for step in sorted(context)},
+        contexts={step: context[step] for step in sorted(context)},
         scalars={step: scalars[step] for step in sorted(scalars)},
     )
 

@@ -58,11 +58,11 @@ def report_document(
 
 def _context_document(run: Run) -> dict[str, Any]:
     """The recorded training context: a run summary and, per recorded step, the context and the scalars."""
-    summary = summarize_context(run.context, run.scalars)
+    summary = summarize_context(run.contexts, run.scalars)
     steps = []
-    for step in sorted(set(run.context) | set(run.scalars)):
+    for step in sorted(set(run.contexts) | set(run.scalars)):
         entry: dict[str, Any] = {"step": step}
-        context = run.context.get(step)
+        context = run.contexts.get(step)
         if context is not None:
             entry.update({key: value for key, value in asdict(context).items() if key != "modules"})
             entry["skipped"] = list(context.skipped)
@@ -144,7 +144,7 @@ def _param_document(report: Report, param: str, selection: Sequence[int]) -> dic
 
 def _module_of(run: Run, param: str) -> str | None:
     """The module type the latest recorded context gives the parameter (`Linear`), None if none does."""
-    return next((c.modules[param] for c in reversed(run.context.values()) if param in c.modules), None)
+    return next((c.modules[param] for c in reversed(run.contexts.values()) if param in c.modules), None)
 
 
 def _history_document(series: Sequence[Point]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def render_report(
     for line in header_lines(report, step, console.width):
         console.print(line, no_wrap=True, overflow="ellipsis")
     console.print(parameter_table(console, report, step, chosen))
-    for line in context_lines(report.run.context, report.run.scalars, step):  # training context, if recorded
+    for line in context_lines(report.run.contexts, report.run.scalars, step):  # training context, if recorded
         console.print(Text(printable(line), style="dim"))
     if report.findings:
         console.print()

@@ -76,7 +76,7 @@ def test_records_what_the_optimizer_applied(tmp_path: Path, runner, precision: s
     assert trainer.global_step == optimizer.calls == 8 and run.steps == (2, 4, 6, 8)
     for step in run.steps:  # numbered like global_step after the update: optimizer call `step`
         assert_matches_optimizer(tmp_path, step, step, module, optimizer)
-        context = run.context[step]
+        context = run.contexts[step]
         assert (context.framework, context.accumulation, context.max_grad_norm) == ("lightning", 3, 0.3)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g, _, _ in optimizer.used[step].values()]))
         assert norm <= 0.3 * (1 + 1e-5) and (context.clip_coef < 1) == (context.grad_norm > 0.3)
@@ -104,8 +104,10 @@ def test_fp16_skipped_steps(tmp_path: Path, runner) -> None:
     skipped = [number + 1 for number, was in enumerate(scales) if was]  # global_step after the update
     run = load_run(tmp_path)
     assert skipped and trainer.global_step == 24
-    assert [n for s in run.steps for n in run.context[s].skipped] == [n for n in skipped if n < run.steps[-1]]
-    assert all(run.context[s].loss_scale for s in run.steps)
+    assert [n for s in run.steps for n in run.contexts[s].skipped] == [
+        n for n in skipped if n < run.steps[-1]
+    ]
+    assert all(run.contexts[s].loss_scale for s in run.steps)
     applied = [s for s in range(1, 25) if s not in skipped]  # the optimizer ran only on these
     for step in run.steps:
         assert_matches_optimizer(tmp_path, step, applied.index(step) + 1, module, trainer.optimizers[0])

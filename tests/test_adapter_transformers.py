@@ -92,15 +92,15 @@ def test_records_what_the_optimizer_applied(tmp_path: Path, runner, bf16: bool) 
     assert trainer.state.global_step == optimizer.calls == 8 and run.steps == (2, 4, 6, 8)
     for step in run.steps:  # numbered by global_step after the update: optimizer call `step`
         assert_matches_optimizer(run_dir, step, step, model, optimizer)
-        context = run.context[step]
+        context = run.contexts[step]
         assert (context.framework, context.optimizer) == ("transformers", "LoggingSGD")
         assert context.accumulation == 4
         assert context.max_grad_norm == 0.5 and context.grad_norm > 0.5 and context.clipped
         logged = next(e for e in trainer.state.log_history if e.get("step") == step and "loss" in e)
         assert run.scalars[step]["loss"] == logged["loss"]
         assert run.scalars[step]["grad_norm"] == pytest.approx(context.grad_norm, rel=1e-5)
-    assert run.context[2].modules["transformer.wte.weight"] == "Embedding"
-    assert run.context[2].modules["transformer.h.0.ln_1.weight"] == "LayerNorm"
+    assert run.contexts[2].modules["transformer.wte.weight"] == "Embedding"
+    assert run.contexts[2].modules["transformer.h.0.ln_1.weight"] == "LayerNorm"
     document = json.loads(runner.invoke(cli, ["inspect", str(run_dir), "--format", "json"]).output)
     modules = {param["name"]: param["module"] for param in document["params"]}
     assert (

@@ -62,7 +62,7 @@ def test_accelerate_prepared_optimizer_with_accumulation(tmp_path: Path, runner)
     run = load_run(tmp_path)
     assert run.steps == (0, 2, 4, 6) and optimizer.calls == 8
     for step in run.steps:
-        context = run.context[step]
+        context = run.contexts[step]
         assert (context.framework, context.optimizer, context.accumulation) == ("accelerate", "LoggingSGD", 2)
         assert_matches_optimizer(tmp_path, step, step + 1, model, optimizer)
     assert "2 micro-batches per step" in runner.invoke(cli, ["inspect", str(tmp_path)]).output
@@ -74,7 +74,9 @@ def test_accelerate_grad_scaler_skipped_steps(tmp_path: Path, runner) -> None:
     model, optimizer, skipped = train_accelerate(tmp_path, 40, scaler)
     run = load_run(tmp_path)
     assert skipped and run.steps
-    assert [n for s in run.steps for n in run.context[s].skipped] == [n for n in skipped if n < run.steps[-1]]
+    assert [n for s in run.steps for n in run.contexts[s].skipped] == [
+        n for n in skipped if n < run.steps[-1]
+    ]
     applied = [s for s in range(20) if s not in skipped]
     for step in run.steps:
         assert_matches_optimizer(tmp_path, step, applied.index(step) + 1, model, optimizer)
@@ -118,4 +120,4 @@ def test_torch_compile_same_statistics_and_no_recompiles(tmp_path: Path) -> None
         assert (a.count, a.nan, a.inf, a.zeros) == (b.count, b.nan, b.inf, b.zeros)
         for name in ("norm", "mean_abs", "max_abs"):
             assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-5), (key, name)
-    assert compiled.context[3].modules == eager.context[3].modules
+    assert compiled.contexts[3].modules == eager.contexts[3].modules

@@ -69,7 +69,7 @@ def test_lr_per_param_group_optimizer_and_module_types(tmp_path: Path) -> None:
             zip(NAMES, ["Linear", "Linear", "LayerNorm", "LayerNorm", "Linear", "Linear"], strict=True)
         )
         assert context.accumulation == 1 and context.clip_coef == 1.0 and context.loss_scale is None
-    caption = context_lines(load_run(tmp_path).context, {}, 4)[0]
+    caption = context_lines(load_run(tmp_path).contexts, {}, 4)[0]
     assert (
         caption == "context: AdamW (torch), lr 2.5e-4..5.0e-3"
     )  # nothing clipped, no max_grad_norm: not shown
@@ -144,10 +144,10 @@ def test_amp_skipped_steps_are_numbered_and_shown(tmp_path: Path, runner) -> Non
     run = load_run(tmp_path)
     recorded = [s for s in range(40) if s % 5 == 0 and s not in skipped]
     assert list(run.steps) == recorded
-    listed = [n for s in run.steps for n in run.context[s].skipped]
+    listed = [n for s in run.steps for n in run.contexts[s].skipped]
     assert listed == [n for n in skipped if n < run.steps[-1]]
     for step in run.steps:
-        assert run.context[step].loss_scale == scales[step]
+        assert run.contexts[step].loss_scale == scales[step]
         assert run.scalars[step]["loss"] > 0
     # the optimizer ran only on the steps that were not skipped; its calls are counted from 1
     calls = [s for s in range(40) if s not in skipped]
@@ -169,7 +169,7 @@ def test_fused_optimizer_skips_are_read_from_found_inf(tmp_path: Path) -> None:
     """A fused Adam is stepped even when the scaler skips (with found_inf set): still counted as skipped."""
     _, _, skipped, _ = train_fp16(tmp_path, lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), steps=40)
     run = load_run(tmp_path)
-    listed = sorted({n for s in run.steps for n in run.context[s].skipped})
+    listed = sorted({n for s in run.steps for n in run.contexts[s].skipped})
     assert skipped and listed == [n for n in skipped if n <= run.steps[-1]]
 
 
