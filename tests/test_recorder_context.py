@@ -101,13 +101,18 @@ def test_clipping_norm_and_coefficient_match_clip_grad_norm(tmp_path: Path, runn
     assert "clipped 67 % of 3 steps" in result.output
 
 
-def test_accumulated_micro_batches_are_counted_and_the_used_gradient_recorded(tmp_path: Path, runner) -> None:
-    model = mlp()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16-weights"])
+def test_accumulated_micro_batches_are_counted_and_the_used_gradient_recorded(
+    tmp_path: Path, runner, dtype: torch.dtype
+) -> None:
+    """Also for a model whose weights are bf16: the gradients and updates are stored in bf16, bit for bit."""
+    model = mlp().to(dtype)
     optimizer = LoggingSGD(model.parameters(), lr=0.1)
     with Recorder(model, optimizer, tmp_path, every=2):
         for step in range(5):
             for micro in range(3):
-                (loss_of(model, 3 * step + micro, 8) / 3).backward()
+                x, y = batch(3 * step + micro, 8)
+                (torch.nn.functional.cross_entropy(model(x.to(dtype)), y) / 3).backward()
             optimizer.step()
             optimizer.zero_grad()
     for step in (0, 2, 4):
