@@ -54,8 +54,15 @@ def module_types(model: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for prefix, module in model.named_modules():
         for name, _ in module.named_parameters(recurse=False):
-            out.setdefault(f"{prefix}.{name}" if prefix else name, type(module).__name__)
+            out.setdefault(f"{prefix}.{name}" if prefix else name, _class_name(module))
     return out
+
+
+def _class_name(module: Any) -> str:
+    """The module's class name; for FSDP2's `fully_shard` swapped-in subclass `FSDPLinear`, `Linear`."""
+    cls = type(module)
+    base = next((b for b in cls.__mro__[1:] if cls.__name__ == f"FSDP{b.__name__}"), cls)
+    return base.__name__
 
 
 class ContextProbe:
