@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .context import CONTEXT_KEY, parse_context
+from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key, strip_wrappers
 from .reader import FileScan
@@ -65,6 +65,10 @@ class Run:
     skipped: tuple[Note, ...]
     ordered: bool = False  # whether `params` follows a recorded model order (`order` metadata)
     modules: Mapping[str, str] = field(default_factory=dict)  # parameter -> module type, when recorded
+    # Training context (analysis/context.py) and logged scalars by step, from the first file of the step
+    # that carries them; empty for runs recorded without context.
+    contexts: dict[int, StepContext] = field(default_factory=dict)
+    scalars: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
@@ -287,21 +291,25 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     modules: dict[str, str] = {}
     files, unreadable_folders = find_snapshots(root)
     unreadable.extend(unreadable_folders)
+    context: dict[int, StepContext] = {}
+    scalars: dict[int, dict[str, float]] = {}
     for name, scan in scan_files([str(path) for path in files], options):
         path = Path(name)
         try:
             if isinstance(scan, UnreadableFileError):
                 raise scan
             check_format(path, scan.header.metadata)
-            found = list(pieces_of_scan(scan, step_of(path, scan.header.metadata)))
+            step = step_of(path, scan.header.metadata)
+            found = list(pieces_of_scan(scan, step))
         except UnreadableFileError as error:
             unreadable.append(Note(str(path), error.problem))
             continue
         pieces.extend(found)
+        skipped.extend(_read_context(path, step, scan.header.metadata, context, scalars))
+        modules.update(context[step].modules if step in context else {})
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
         declared_order = declared_order or order_of(scan.header.metadata)
-        modules.update(_modules_of(scan.header.metadata))
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
     names = _display_names(whole)
@@ -319,13 +327,9 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         skipped=tuple(skipped),
         ordered=any(name in present for name in order),
         modules={names.get(name, name): kind for name, kind in modules.items()},
+        contexts={step: context[step] for step in sorted(context)},
+        scalars={step: scalars[step] for step in sorted(scalars)},
     )
-
-
-def _modules_of(metadata: Mapping[str, str]) -> Mapping[str, str]:
-    """Module type per parameter from the file's training context, {} without one."""
-    text = metadata.get(CONTEXT_KEY)
-    return parse_context(text)[0].modules if text is not None else {}
 
 
 def _display_names(whole: Mapping[tuple[int, str, str], object]) -> dict[str, str]:
@@ -338,6 +342,24 @@ def _display_names(whole: Mapping[tuple[int, str, str], object]) -> dict[str, st
     if any(len({names[p] for p in group}) < len(group) for group in by_kind.values()):
         return {name: name for name in raw}
     return names
+
+
+def _read_context(
+    path: Path,
+    step: int,
+    metadata: Mapping[str, str],
+    context: dict[int, StepContext],
+    scalars: dict[int, dict[str, float]],
+) -> list[Note]:
+    """Parse a file's context and scalars into the run's (first file of a step wins); malformed parts are notes."""
+    problems: list[str] = []
+    if CONTEXT_KEY in metadata and step not in context:
+        context[step], found = parse_context(metadata[CONTEXT_KEY])
+        problems += found
+    if SCALARS_KEY in metadata and step not in scalars:
+        scalars[step], found = parse_scalars(metadata[SCALARS_KEY])
+        problems += found
+    return [Note(str(path), problem) for problem in problems]
 
 
 def _check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:

@@ -9,10 +9,11 @@ from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
+from gradcheck.analysis.context_summary import summarize_context
 from gradcheck.analysis.history import Point, grad_series, steps_until, trend
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
-from gradcheck.analysis.runs import Tensor
+from gradcheck.analysis.runs import Run, Tensor
 from gradcheck.analysis.story import tell
 from gradcheck.analysis.thresholds import THRESHOLD_KEYS
 
@@ -51,7 +52,29 @@ def report_document(
         "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
         "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
+        "context": _context_document(run),
     }
+
+
+def _context_document(run: Run) -> dict[str, Any]:
+    """The recorded training context: a run summary and, per recorded step, the context and the scalars."""
+    summary = summarize_context(run.contexts, run.scalars)
+    steps = []
+    for step in sorted(set(run.contexts) | set(run.scalars)):
+        entry: dict[str, Any] = {"step": step}
+        context = run.contexts.get(step)
+        if context is not None:
+            entry.update({key: value for key, value in asdict(context).items() if key != "modules"})
+            entry["skipped"] = list(context.skipped)
+            entry["clipped"] = context.clipped
+        entry["scalars"] = run.scalars.get(step, {})
+        steps.append(entry)
+    document = None
+    if summary is not None:
+        document = {**asdict(summary), "clipped_share": summary.clipped_share}
+        document["skipped"] = list(summary.skipped)
+        document["skipped_before"] = [{"step": s, "count": n} for s, n in summary.skipped_before]
+    return {"summary": document, "steps": steps}
 
 
 def story_document(report: Report) -> dict[str, Any]:
@@ -115,9 +138,15 @@ def _param_document(report: Report, param: str, selection: Sequence[int]) -> dic
         "layer": rows[0].layer if rows else param,
         "shape": list(first.shape) if first else None,
         "dtype": first.dtype if first else None,
+        "module": _module_of(report.run, param),
         "steps": [_row_document(row) for row in rows],
         "history": _history_document(grad_series(report.rows, param, selection)),
     }
+
+
+def _module_of(run: Run, param: str) -> str | None:
+    """The module type the latest recorded context gives the parameter (`Linear`), None if none does."""
+    return next((c.modules[param] for c in reversed(run.contexts.values()) if param in c.modules), None)
 
 
 def _history_document(series: Sequence[Point]) -> dict[str, Any]:

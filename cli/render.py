@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
+from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
 from gradcheck.analysis.history import SPARK_WIDTH, grad_series, steps_until
 from gradcheck.analysis.inspection import Report
@@ -63,6 +64,8 @@ def render_report(
     for line in header_lines(report, step, console.width):
         console.print(line, no_wrap=True, overflow="ellipsis")
     console.print(parameter_table(console, report, step, chosen))
+    for line in context_lines(report.run.contexts, report.run.scalars, step):  # training context, if recorded
+        console.print(Text(printable(line), style="dim"))
     if report.findings:
         console.print()
         outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)

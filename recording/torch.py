@@ -48,10 +48,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradcheck.analysis import units
+from gradcheck.analysis.context import CONTEXT_KEY, SCALARS_KEY, context_metadata, scalars_metadata
 from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats, merge_all
 
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
+from .torch_context import ContextProbe, module_types, unwrap_model, unwrap_optimizer
 from .writer import MODES, write_snapshot
 
 if TYPE_CHECKING:
@@ -102,6 +104,9 @@ class Recorder:
         overwrite: bool = False,
         queue_size: int = 2,
         all_ranks: bool = False,
+        scaler: Any = None,
+        max_grad_norm: float | None = None,
+        framework: str | None = None,
     ) -> None:
         import torch
 
@@ -119,6 +124,10 @@ class Recorder:
         self._later_failures = 0
         self._lock = threading.Lock()
         self._closed = False
+        model = unwrap_model(model)
+        optimizer, wrapped_by, wrapper_scaler = unwrap_optimizer(optimizer)
+        self._pending: _Job | None = None  # the last recorded step, written at the next step (see log())
+        self._scalars: dict[int, dict[str, float]] = {}
         self._order = [name for name, _ in model.named_parameters()]
         self._base_metadata = {"order": json.dumps(self._order)}
         self._dir = Path(run_dir)
@@ -132,6 +141,18 @@ class Recorder:
         self._queue: queue.Queue[_Job | None] = queue.Queue(queue_size)
         self._thread = threading.Thread(target=self._drain, name="gradcheck-recorder", daemon=True)
         self._thread.start()
+        self._context = ContextProbe(
+            torch,
+            list(model.named_parameters()),
+            optimizer,
+            framework=framework or wrapped_by or "torch",
+            modules=module_types(model),
+            on_skip=self._skipped_step,
+            scaler=scaler if scaler is not None else wrapper_scaler,
+            max_grad_norm=max_grad_norm,
+            measure_norms=rank is None or torch.distributed.get_world_size() == 1,
+        )
+        self._context.arm(self._next_step() % every == 0)
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -148,8 +169,21 @@ class Recorder:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def log(self, step: int | None = None, **scalars: float) -> None:
+        """Store scalars (`loss=...`) with the snapshot of `step`, by default the next optimizer step.
+
+        Call it before `optimizer.step()` (e.g. right after backward), or pass the step: a snapshot is written
+        at the following optimizer step (or at flush/close), so values for it can arrive until then. Values
+        for steps that are not recorded are dropped; a later value of the same name replaces an earlier one.
+        """
+        step = self._next_step() if step is None else step
+        if step % self._every == 0 and (self._pending is None or step >= self._pending.step):
+            values = self._scalars.setdefault(step, {})
+            values.update({name: float(value) for name, value in scalars.items()})
+
     def flush(self) -> None:
         """Wait until every recorded step is on disk; raise a write failure, if any."""
+        self._submit_pending()
         self._queue.join()
         self._raise_failure()
 
@@ -160,26 +194,60 @@ class Recorder:
         self._closed = True
         for handle in self._hooks:
             handle.remove()
+        self._context.close()
+        self._submit_pending()
         self._queue.put(None)
         self._thread.join()
         self._raise_failure()
 
     # --- training thread -------------------------------------------------------------------------------
 
-    def _before_step(self, optimizer: Any, args: object, kwargs: object) -> None:
-        step = self._step
+    def _next_step(self) -> int:
+        """The number of the next optimizer step (the framework adapters number steps their own way)."""
+        return self._step
+
+    def _skipped_step(self) -> int:
+        """Count a step AMP skipped (optimizer.step() never ran) and return its number."""
+        step = self._next_step()
+        self._step = step + 1
+        self._context.arm((step + 1) % self._every == 0)
+        return step
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        self._submit_pending()
+        step = self._next_step()
         self._capture = None
         if step % self._every:
-            self._step += 1
-            return
+            self._step = step + 1
+            self._context.stepped(step, optimizer)
+            return None
         self._raise_failure()  # before counting, so a step that never happened is not counted either
-        self._step += 1
+        self._step = step + 1
+        self._context.stepped(step, optimizer)
         scale = getattr(optimizer, "grad_scale", None)
-        with self._torch.no_grad():
-            self._capture = self._capture_before(step, scale)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if not callable(closure):
+            with self._torch.no_grad():
+                self._capture = self._capture_before(step, scale)
+            return None
+
+        # The optimizer runs backward inside step() (Lightning passes forward, backward and clipping as the
+        # closure): capture once the closure has returned, before the optimizer uses the gradients.
+        def capture_after(*inner: Any, **named: Any) -> Any:
+            loss = closure(*inner, **named)
+            if self._capture is None:
+                with self._torch.no_grad():
+                    self._capture = self._capture_before(step, getattr(optimizer, "grad_scale", scale))
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": capture_after}
+        return (args[0], capture_after, *args[2:]), kwargs
 
     def _after_step(self, optimizer: Any, args: object, kwargs: object) -> None:
         job, self._capture = self._capture, None
+        self._context.reset_window()
+        self._context.arm(self._step % self._every == 0)  # the next step's number is this one's + 1
         if job is None:
             return
         with self._torch.no_grad():
@@ -193,12 +261,23 @@ class Recorder:
         if self._mode == "stats":
             self._fetch_rows(job)
             _fetch_units(self._torch, job)
+        self._pending = job
+
+    def _submit_pending(self) -> None:
+        """Queue the last recorded step for writing, with the scalars logged for it."""
+        job, self._pending = self._pending, None
+        if job is None:
+            return
+        scalars = self._scalars.pop(job.step, None)
+        self._scalars = {step: values for step, values in self._scalars.items() if step > job.step}
+        if scalars:
+            job.metadata[SCALARS_KEY] = scalars_metadata(scalars)
         self._queue.put(job)
 
     def _capture_before(self, step: int, scale: Any) -> _Job:
         job = _Job(step, dict(self._base_metadata))
         self._before = {}
-        no_grad, shards = [], {}
+        no_grad, shards, grads = [], {}, {}
         for target in self._targets:
             grad = _local_grad(target.param)  # a collective when placements differ: every rank calls it
             if not target.owned:
@@ -208,9 +287,10 @@ class Recorder:
                 continue
             if target.shard is not None:
                 shards[target.name] = target.shard
+            if scale is not None:
+                grad = _unscale(grad, scale)
+            grads[target.name] = grad
             if "grad" in self._kinds:
-                if scale is not None:
-                    grad = _unscale(grad, scale)
                 self._add(job, "grad", target.name, grad, owned=scale is not None)
             param, owned = _local(target.param), False
             if "update" in self._kinds:
@@ -219,6 +299,7 @@ class Recorder:
             if "param" in self._kinds:
                 self._add(job, "param", target.name, param, owned=owned)
         job.metadata["gradcheck.no_grad"] = json.dumps(no_grad)
+        job.metadata[CONTEXT_KEY] = context_metadata(self._context.collect(step, grads, scale))
         if shards:
             job.metadata["gradcheck.shards"] = json.dumps(shards)
         return job

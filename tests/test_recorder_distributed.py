@@ -172,3 +172,19 @@ def _assert_stats_close(actual: TensorStats, expected: TensorStats) -> None:
     np.testing.assert_allclose(
         [actual.abs_sum, actual.sq_sum], [expected.abs_sum, expected.sq_sum], rtol=1e-12
     )
+
+
+def test_context_under_fsdp2(run_root: Path) -> None:
+    """Learning rates, module types and micro-batches per rank; no pre-clip norm under several processes."""
+    from gradcheck.analysis.context import CONTEXT_KEY, parse_context
+
+    for rank in range(WORLD):
+        metadata, tensors = _header(run_root / "full" / f"rank{rank:05d}" / f"step_{EVERY:08d}.safetensors")
+        context, problems = parse_context(metadata[CONTEXT_KEY])
+        names = {key.split("/", 1)[1] for key in tensors}
+        assert problems == [] and context.optimizer == "Adam" and context.framework == "torch"
+        assert context.lr == dict.fromkeys(names, 1e-2)
+        assert set(context.modules) == names
+        assert set(context.modules.values()) == {"Linear"}  # not FSDP2's swapped-in FSDPLinear
+        assert context.grad_norm is None and context.clip_coef is None
+        assert context.accumulation == 1  # the post-accumulate-grad hooks fire on FSDP2's sharded parameters
