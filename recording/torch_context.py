@@ -96,7 +96,11 @@ class ContextProbe:
         self._stepped = False  # optimizer.step() ran since the scaler's last update()
         self._skipped: list[int] = []
         self._maybe_skipped: list[tuple[int, Any]] = []  # (step, found_inf on the device) of fused steps
-        self._handles = [_hook_on(param, self._hook(name)) for name, param in params if param.requires_grad]
+        self._handles = [
+            _hook_on(param, self._hook(name))
+            for name, param in params
+            if param.requires_grad and param.is_floating_point()
+        ]
         self._handles = [handle for handle in self._handles if handle is not None]
         self._own_update = None  # an update() already set on the scaler instance, restored by close()
         if self._scaler is not None:
