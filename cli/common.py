@@ -18,6 +18,7 @@ from gradcheck.analysis.config import (
     parse_threshold_option,
     with_thresholds,
 )
+from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.runs import Note
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
@@ -85,9 +86,17 @@ class InputError(click.ClickException):
 def settle_config(
     config_file: Path | None, thresholds: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
 ) -> Config:
-    """The config file (or the nearest pyproject.toml) with the command-line options on top."""
-    config = load_config(config_file)
-    config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
+    """The config file (or the nearest pyproject.toml) with the command-line options on top.
+
+    A bad config is exit 2 here, so no command can let a ConfigError escape as an internal error (exit 3).
+    """
+    try:
+        config = load_config(config_file)
+        config = with_thresholds(
+            config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True
+        )
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
     config = replace(config, ignore=config.ignore | frozenset(ignore))
     return replace(config, fail_on=fail_on) if fail_on else config
 

@@ -241,7 +241,7 @@ def baseline(run_dir: Path, output: Path, jobs: int | None, no_cache: bool) -> N
         raise InputError(f"{run_dir}: no readable snapshot file")
     text = json.dumps(
         dumps_ready(baseline_document(measure(run), version("gradcheck"))), separators=(",", ":")
-    )
+    ).replace("##[", "#\\u0023[")  # as in --format json: the file may be printed to a CI log; reads the same
     try:
         write_atomically(output, text + "\n")
     except OSError as error:

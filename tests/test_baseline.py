@@ -92,7 +92,10 @@ def test_all_zero_gradient_survives_the_round_trip(tmp_path: Path) -> None:
     ("content", "message"),
     [("not json", "not a JSON baseline file"), ('{"a": 1}', "neither a gradcheck baseline file"),
      (('{"gradcheck_baseline": 1, "steps": [0], "layers": ["x"], "grad_norm_log10": {"x": [1, 2]}, '
-      '"update_ratio_log10": {}}'), "malformed baseline file")],
+      '"update_ratio_log10": {}}'), "malformed baseline file"),
+     # found by tests/adversarial/test_property_bad_inputs.py: both were exit 3 (internal error)
+     ('{"gradcheck_baseline": 1, "steps": [1e400], "layers": {}}', "malformed baseline file (OverflowError"),
+     ("[" * 100_000, "not a JSON baseline file (nested too deeply)")],
 )  # fmt: skip
 def test_bad_baseline_is_exit_2_with_one_line(
     runner: CliRunner, tmp_path: Path, sample_runs: Path, content: str, message: str
@@ -103,3 +106,17 @@ def test_bad_baseline_is_exit_2_with_one_line(
     assert 2 == result.exit_code and message in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(RunError):
         load_baseline(bad)
+
+
+def test_a_baseline_is_read_as_a_capped_regular_file(
+    runner: CliRunner, tmp_path: Path, sample_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #13 class 5 for the new input: a file over the cap is refused, not loaded whole into memory."""
+    import gradcheck.analysis.baseline as baseline_module
+
+    big = tmp_path / "big.json"
+    big.write_text('{"x": "' + "y" * 4096 + '"}')
+    monkeypatch.setattr(baseline_module, "MAX_BASELINE_BYTES", 1024)
+    result = runner.invoke(cli, ["diff", str(big), str(sample_runs / "healthy_mlp")])
+    assert 2 == result.exit_code
+    assert result.stderr == f"gradcheck: error: {big}: cannot read the baseline file (is larger than 0 MiB)\n"

@@ -144,14 +144,14 @@ def _finding_html(finding: Finding, charts: dict[str, Any]) -> str:
     chart = CHART_OF_CHECK.get(finding.check, "norms")
     chart = chart if chart in charts else "norms"
     attributes = " ".join(
-        f'data-{name}="{html.escape(str(value))}"'
+        f'data-{name}="{_attribute(str(value))}"'
         for name, value in (
             ("severity", finding.severity), ("check", finding.check), ("param", finding.param),
             ("step", finding.step), ("count", finding.count),
         )
     )  # fmt: skip
     link = (
-        f'<a href="#{chart}" data-chart="{chart}" data-layer="{html.escape(finding.layer)}">'
+        f'<a href="#{chart}" data-chart="{chart}" data-layer="{_attribute(finding.layer)}">'
         f"{html.escape(printable(finding.param))}</a>"
     )
     return (
@@ -159,6 +159,15 @@ def _finding_html(finding: Finding, charts: dict[str, Any]) -> str:
         f"{html.escape(problem_of(finding))} in {link}: {html.escape(printable(finding.message))} "
         f'<span class="muted">({html.escape(count_steps(finding))})</span></li>'
     )
+
+
+def _attribute(text: str) -> str:
+    """An attribute value the page's script reads back unchanged (a layer to select), defused for CI logs.
+
+    The HTML may reach a log (`-o /dev/stdout`, `cat report.html`): a `::` at a line start or a `##[` is a
+    GitHub workflow command (issue #13, class 6), and character references decode to the same name.
+    """
+    return html.escape(text).replace("::", ":&#58;").replace("##[", "#&#35;[")
 
 
 def _context_note(data: ChartData) -> str:
@@ -179,6 +188,8 @@ def _json_script(element_id: str, value: Any) -> str:
     text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).replace(
         "<", "\\u003c"
     )
+    # `::` and `##[` only occur inside JSON strings; \u003a and \u0023 parse back to the same name
+    text = text.replace("::", ":\\u003a").replace("##[", "#\\u0023[")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 
