@@ -37,11 +37,11 @@ DIFF_HELP = """\b
 Exit codes:
   0  no layer moved more than the factors allow
   1  some layer moved more (flagged)
-  2  usage error, unreadable run or baseline, no recorded step
-     in common, or no layer in common (unless --allow-disjoint)
+  2  usage error, unreadable run or baseline, no step
+     in common, or no layer in common (unless
+     --allow-disjoint)
   3  internal error (rerun with gradcheck --debug)
 
-\b
 Per layer, at the steps both runs recorded: log10 of the gradient
 norm ratio B/A and the change of log10 update ratio, each as the
 median over those steps and the worst step. A layer is flagged when
@@ -49,9 +49,10 @@ a median moves more than its factor. Layers only in one run are
 listed as added or removed and do not change the exit code.
 
 \b
-Either side may be a baseline file instead of a run folder:
-  gradcheck baseline RUN -o base.json   (a few KB)
+Either side may be a baseline file, not a run folder:
+  gradcheck baseline RUN -o base.json  (a few KB)
   gradcheck inspect RUN --format json --output base.json
+
 More: gradcheck help diff.
 """
 _FACTOR = click.FloatRange(min=1.0, min_open=True)

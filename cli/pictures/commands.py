@@ -41,7 +41,8 @@ Exit codes:
   0  image written (it shows, it does not judge: use
      gradcheck inspect or report to gate CI)
   2  usage error, no readable snapshot, matplotlib missing
-     (pip install 'gradcheck[report]'), or the file cannot be written
+     (pip install 'gradcheck[report]'), or the file cannot
+     be written
 """
 
 
