@@ -110,8 +110,7 @@ def render_diff(console: Console, result: RunDiff) -> None:
     """Print the title, the per-layer table (as many columns as fit, names shortened by structure), a verdict."""
     steps = result.steps
     what = f": {len(steps)} matching step(s) {steps[0]}-{steps[-1]}"
-    half = max(8, (console.width - len(what) - 3) // 2)
-    sides = (middle(printable(run.path), half) for run in (result.run_a, result.run_b))
+    sides = _sides(printable(result.run_a.path), printable(result.run_b.path), console.width - len(what) - 3)
     console.print(Text(" → ".join(sides) + what), no_wrap=True, overflow="ellipsis")
     cells = {layer.layer: _cells(layer) for layer in result.layers}
     widths = {n: max([len(n), *(len(row[i]) for row in cells.values())]) for i, n in enumerate(_DIFF_COLUMNS)}
@@ -156,6 +155,22 @@ def _cells(layer: LayerDiff) -> tuple[str, ...]:
         _worst(layer.update_ratio, _log),
         status,
     )
+
+
+def _sides(a: str, b: str, room: int) -> tuple[str, str]:
+    """Both run paths in `room` cells: a short side lends the long one what it does not use.
+
+    Halving the room alone cut `base.json (baseline of lora_ok)` to `base.json (ba… of lora_ok)` at 80 columns
+    next to a 7-letter run B, with 30 columns unused.
+    """
+    if len(a) + len(b) <= room:
+        return a, b
+    half = max(8, room // 2)
+    if len(a) <= half:
+        return a, middle(b, max(8, room - len(a)))
+    if len(b) <= half:
+        return middle(a, max(8, room - len(b))), b
+    return middle(a, half), middle(b, half)
 
 
 def diff_verdict(result: RunDiff) -> Text:

@@ -13,6 +13,7 @@ from gradcheck.analysis.baseline import load_baseline
 from gradcheck.analysis.diff import diff_runs, measure
 from gradcheck.analysis.errors import RunError
 from gradcheck.analysis.runs import load_run
+from gradcheck.cli.diff import _sides
 from gradcheck.cli.main import cli
 from gradcheck.recording.writer import save_snapshot
 
@@ -120,3 +121,22 @@ def test_a_baseline_is_read_as_a_capped_regular_file(
     result = runner.invoke(cli, ["diff", str(big), str(sample_runs / "healthy_mlp")])
     assert 2 == result.exit_code
     assert result.stderr == f"gradcheck: error: {big}: cannot read the baseline file (is larger than 0 MiB)\n"
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_diff_title_with_a_baseline_uses_the_room_the_short_side_leaves(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """The title gave each side half the width: `base.json (ba… of healthy_mlp)` at 80 columns, 30 unused."""
+    monkeypatch.chdir(sample_runs)
+    runner.invoke(cli, ["baseline", "healthy_mlp", "-o", str(tmp_path / "base.json")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "healthy_mlp").symlink_to(sample_runs / "healthy_mlp")
+    result = runner.invoke(cli, ["diff", "base.json", "healthy_mlp"], env={"COLUMNS": str(width)})
+    title = result.stdout.splitlines()[0]
+    assert len(title) <= width
+    if width >= 80:
+        assert title.startswith("base.json (baseline of healthy_mlp) → ")
+    assert _sides("a" * 50, "b" * 5, 40) == ("a" * 17 + "…" + "a" * 17, "b" * 5)
+    assert _sides("a" * 5, "b" * 50, 40) == ("a" * 5, "b" * 17 + "…" + "b" * 17)
+    assert _sides("a" * 50, "b" * 50, 40) == ("a" * 10 + "…" + "a" * 9, "b" * 10 + "…" + "b" * 9)
