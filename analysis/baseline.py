@@ -14,11 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import read_regular
 from .diff import LayerValues, Measures
 from .errors import RunError
 
 FORMAT = 1
 _KEY = "gradcheck_baseline"
+# A baseline of a 53-parameter, 30-step run is ~10 KB and an `inspect --format json` document of 1,000
+# parameters x 1,000 steps ~200 MB; past this the file is not one of ours (issue #13, class 5: size-capped reads)
+MAX_BASELINE_BYTES = 512 << 20
 
 
 def baseline_document(measures: Measures, version: str) -> dict[str, Any]:
@@ -36,18 +40,20 @@ def baseline_document(measures: Measures, version: str) -> dict[str, Any]:
 
 def load_baseline(path: str | Path) -> Measures:
     """Measures from a baseline file or an `inspect --format json` document; RunError naming what is wrong."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:  # non-blocking, regular files only, capped: a FIFO or /dev/zero cannot hang or swamp us
+        document = json.loads(read_regular(path, MAX_BASELINE_BYTES).decode("utf-8"))
     except OSError as error:
         raise RunError(f"{path}: cannot read the baseline file ({error.strerror or error})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RunError(f"{path}: not a JSON baseline file ({error})") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise RunError(f"{path}: not a JSON baseline file (nested too deeply)") from None
     try:
         if isinstance(document, Mapping) and document.get(_KEY) == FORMAT:
             return _from_baseline(document, str(path))
         if isinstance(document, Mapping) and "params" in document and "schema" in document:
             return _from_report(document, str(path))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:  # int(1e400): Overflow
         raise RunError(f"{path}: malformed baseline file ({type(error).__name__}: {error})") from None
     raise RunError(f"{path}: neither a gradcheck baseline file nor an `inspect --format json` document")
 

@@ -340,10 +340,15 @@ def _unreadable_case(file: str, reason: str) -> ET.Element:
 # Files ------------------------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write UTF-8 text under a temporary name beside `path`, then rename it into place (raises OSError)."""
+def write_atomically(path: Path, text: str | bytes) -> None:
+    """Write text (as UTF-8) or bytes under a temporary name beside `path`, then rename it into place.
+
+    Raises OSError. Every command's output file goes through here, so a FIFO, a device, a symlink or a
+    255-byte name behaves the same for `inspect --output`, `report`, `plot` and `baseline`.
+    """
     # mkstemp makes 0600; a report is as readable as any new file. Devices and FIFOs are written in place.
-    write_output(Path(path), text.encode("utf-8"), mode=0o666 & ~_umask())
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    write_output(Path(path), data, mode=0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -18,6 +18,7 @@ from gradcheck.analysis.config import (
     parse_threshold_option,
     with_thresholds,
 )
+from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.runs import Note
 from gradcheck.analysis.scanning import ScanOptions, available_cores
 
@@ -46,7 +47,12 @@ def config_options(command: Command) -> Command:
             help="Override a threshold.",
         ),
         click.option(
-            "--ignore", multiple=True, type=click.Choice(CHECK_IDS), help="Skip a check (repeatable)."
+            "--ignore",
+            multiple=True,
+            type=click.Choice(CHECK_IDS),
+            # the choices as a metavar made a 117-column line in every --help; listed in the text, click wraps it
+            metavar="CHECK",
+            help=f"Skip a check (repeatable): {', '.join(CHECK_IDS)}.",
         ),
     )
     for option in reversed(options):
@@ -85,9 +91,17 @@ class InputError(click.ClickException):
 def settle_config(
     config_file: Path | None, thresholds: tuple[str, ...], ignore: tuple[str, ...], fail_on: str | None
 ) -> Config:
-    """The config file (or the nearest pyproject.toml) with the command-line options on top."""
-    config = load_config(config_file)
-    config = with_thresholds(config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True)
+    """The config file (or the nearest pyproject.toml) with the command-line options on top.
+
+    A bad config is exit 2 here, so no command can let a ConfigError escape as an internal error (exit 3).
+    """
+    try:
+        config = load_config(config_file)
+        config = with_thresholds(
+            config, dict(map(parse_threshold_option, thresholds)), "--threshold", pin=True
+        )
+    except GradcheckError as error:
+        raise InputError(str(error)) from None
     config = replace(config, ignore=config.ignore | frozenset(ignore))
     return replace(config, fail_on=fail_on) if fail_on else config
 

@@ -26,7 +26,6 @@ Exit codes:
   0  settings printed (warnings go to stderr)
   2  bad config, or RUN_DIR unreadable
 
-\b
 Lowest to highest: defaults, one config file (--config FILE, else
 the nearest pyproject.toml with [tool.gradcheck] from the current
 directory upwards), command-line options. More: gradcheck help config.

@@ -37,11 +37,11 @@ DIFF_HELP = """\b
 Exit codes:
   0  no layer moved more than the factors allow
   1  some layer moved more (flagged)
-  2  usage error, unreadable run or baseline, no recorded step
-     in common, or no layer in common (unless --allow-disjoint)
+  2  usage error, unreadable run or baseline, no step
+     in common, or no layer in common (unless
+     --allow-disjoint)
   3  internal error (rerun with gradcheck --debug)
 
-\b
 Per layer, at the steps both runs recorded: log10 of the gradient
 norm ratio B/A and the change of log10 update ratio, each as the
 median over those steps and the worst step. A layer is flagged when
@@ -49,9 +49,10 @@ a median moves more than its factor. Layers only in one run are
 listed as added or removed and do not change the exit code.
 
 \b
-Either side may be a baseline file instead of a run folder:
-  gradcheck baseline RUN -o base.json   (a few KB)
+Either side may be a baseline file, not a run folder:
+  gradcheck baseline RUN -o base.json  (a few KB)
   gradcheck inspect RUN --format json --output base.json
+
 More: gradcheck help diff.
 """
 _FACTOR = click.FloatRange(min=1.0, min_open=True)
@@ -109,8 +110,7 @@ def render_diff(console: Console, result: RunDiff) -> None:
     """Print the title, the per-layer table (as many columns as fit, names shortened by structure), a verdict."""
     steps = result.steps
     what = f": {len(steps)} matching step(s) {steps[0]}-{steps[-1]}"
-    half = max(8, (console.width - len(what) - 3) // 2)
-    sides = (middle(printable(run.path), half) for run in (result.run_a, result.run_b))
+    sides = _sides(printable(result.run_a.path), printable(result.run_b.path), console.width - len(what) - 3)
     console.print(Text(" → ".join(sides) + what), no_wrap=True, overflow="ellipsis")
     cells = {layer.layer: _cells(layer) for layer in result.layers}
     widths = {n: max([len(n), *(len(row[i]) for row in cells.values())]) for i, n in enumerate(_DIFF_COLUMNS)}
@@ -155,6 +155,22 @@ def _cells(layer: LayerDiff) -> tuple[str, ...]:
         _worst(layer.update_ratio, _log),
         status,
     )
+
+
+def _sides(a: str, b: str, room: int) -> tuple[str, str]:
+    """Both run paths in `room` cells: a short side lends the long one what it does not use.
+
+    Halving the room alone cut `base.json (baseline of lora_ok)` to `base.json (ba… of lora_ok)` at 80 columns
+    next to a 7-letter run B, with 30 columns unused.
+    """
+    if len(a) + len(b) <= room:
+        return a, b
+    half = max(8, room // 2)
+    if len(a) <= half:
+        return a, middle(b, max(8, room - len(a)))
+    if len(b) <= half:
+        return middle(a, max(8, room - len(b))), b
+    return middle(a, half), middle(b, half)
 
 
 def diff_verdict(result: RunDiff) -> Text:
@@ -241,7 +257,7 @@ def baseline(run_dir: Path, output: Path, jobs: int | None, no_cache: bool) -> N
         raise InputError(f"{run_dir}: no readable snapshot file")
     text = json.dumps(
         dumps_ready(baseline_document(measure(run), version("gradcheck"))), separators=(",", ":")
-    )
+    ).replace("##[", "#\\u0023[")  # as in --format json: the file may be printed to a CI log; reads the same
     try:
         write_atomically(output, text + "\n")
     except OSError as error:

@@ -46,8 +46,8 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  heatmap drawn (it shows, it does not judge: use
      gradcheck inspect to gate CI)
-  2  usage error, missing run directory, no readable snapshot,
-     or nothing recorded for the metric
+  2  usage error, missing run directory, no readable
+     snapshot, or nothing recorded for the metric
   3  internal error (rerun with gradcheck --debug)
 """
 

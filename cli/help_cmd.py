@@ -5,8 +5,10 @@ from __future__ import annotations
 from importlib.resources import files
 
 import click
+from rich.markdown import Markdown
 
 from .common import EXIT_OK, InputError
+from .console import make_console
 
 # topic -> file under docs/ (shipped as the package gradcheck.docs)
 TOPICS = {
@@ -43,5 +45,12 @@ def help_command(topic: str | None) -> None:
         raise SystemExit(EXIT_OK)
     if topic not in TOPICS:
         raise InputError(f"no help topic {topic!r} (topics: {', '.join(TOPICS)})")
-    click.echo(doc_text(topic), nl=False)
+    text = doc_text(topic)
+    console = make_console(color=None)
+    if console.is_terminal:
+        # the pages are Markdown wrapped at 120 columns: on a terminal, render them to its width (issue #12:
+        # no line wider than the screen); piped, they stay Markdown (`gradcheck help json > JSON.md`)
+        console.print(Markdown(text))
+    else:
+        click.echo(text, nl=False)
     raise SystemExit(EXIT_OK)

@@ -41,20 +41,17 @@ Exit codes:
   1  findings at the --fail-on level
   2  usage error, bad config, or no readable snapshot
      (with --strict: any unreadable file)
-  3  internal error (a bug): one line on stderr; rerun with
-     `gradcheck --debug ...` for the traceback
+  3  internal error (a bug): one line on stderr; rerun
+     with `gradcheck --debug ...` for the traceback
 
-\b
 Config: [tool.gradcheck] in the nearest pyproject.toml (searched
 from the current directory upwards) or --config FILE; command-line
 options override it. Keys: fail-on, ignore, [thresholds], and
 [[overrides]] with params globs. `gradcheck config` shows the
 settings in force; more: gradcheck help config.
 """
-GROUP_HELP = """\b
-Exit codes: 0 healthy, 1 findings, 2 bad input or usage,
-3 internal error (one line on stderr; rerun with --debug,
-anywhere on the command line, for the traceback). See docs/BAD_INPUT.md.
+GROUP_HELP = """Exit codes: 0 healthy, 1 findings, 2 bad input or usage, 3 internal error (one line on stderr;
+rerun with --debug, anywhere on the command line, for the traceback). More: gradcheck help bad-input.
 """
 
 

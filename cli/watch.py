@@ -38,14 +38,14 @@ from .render import findings_lines, header_lines, parameter_table, render_report
 _NEWEST = 5  # findings pinned on top of the dashboard at most (a quarter of the height at most)
 DEFAULT_INTERVAL = 1.0  # seconds between polls: a recorder writes every few seconds at most, stat is cheap
 WATCH_HELP = """\b
-Exit codes (on --timeout, --idle, Ctrl-C, or with --fail-fast):
+Exit codes (on --timeout, --idle, Ctrl-C or --fail-fast):
   0  no finding at the --fail-on level so far
-  1  findings at the --fail-on level (--fail-fast: at the first
-     error finding, right away)
-  2  usage error, bad config, or no readable snapshot by the end
+  1  findings at the --fail-on level (--fail-fast: at the
+     first error finding, right away)
+  2  usage error, bad config, or no readable snapshot by
+     the end
   3  internal error (rerun with gradcheck --debug)
 
-\b
 Polls RUN_DIR every --interval seconds; waits for it if it does
 not exist yet. On a terminal: title, verdict and the newest findings
 on top, the table cut to the terminal height ("+N rows"), and the

@@ -13,6 +13,7 @@ from gradcheck.analysis.baseline import load_baseline
 from gradcheck.analysis.diff import diff_runs, measure
 from gradcheck.analysis.errors import RunError
 from gradcheck.analysis.runs import load_run
+from gradcheck.cli.diff import _sides
 from gradcheck.cli.main import cli
 from gradcheck.recording.writer import save_snapshot
 
@@ -92,7 +93,10 @@ def test_all_zero_gradient_survives_the_round_trip(tmp_path: Path) -> None:
     ("content", "message"),
     [("not json", "not a JSON baseline file"), ('{"a": 1}', "neither a gradcheck baseline file"),
      (('{"gradcheck_baseline": 1, "steps": [0], "layers": ["x"], "grad_norm_log10": {"x": [1, 2]}, '
-      '"update_ratio_log10": {}}'), "malformed baseline file")],
+      '"update_ratio_log10": {}}'), "malformed baseline file"),
+     # found by tests/adversarial/test_property_bad_inputs.py: both were exit 3 (internal error)
+     ('{"gradcheck_baseline": 1, "steps": [1e400], "layers": {}}', "malformed baseline file (OverflowError"),
+     ("[" * 100_000, "not a JSON baseline file (nested too deeply)")],
 )  # fmt: skip
 def test_bad_baseline_is_exit_2_with_one_line(
     runner: CliRunner, tmp_path: Path, sample_runs: Path, content: str, message: str
@@ -103,3 +107,36 @@ def test_bad_baseline_is_exit_2_with_one_line(
     assert 2 == result.exit_code and message in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(RunError):
         load_baseline(bad)
+
+
+def test_a_baseline_is_read_as_a_capped_regular_file(
+    runner: CliRunner, tmp_path: Path, sample_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #13 class 5 for the new input: a file over the cap is refused, not loaded whole into memory."""
+    import gradcheck.analysis.baseline as baseline_module
+
+    big = tmp_path / "big.json"
+    big.write_text('{"x": "' + "y" * 4096 + '"}')
+    monkeypatch.setattr(baseline_module, "MAX_BASELINE_BYTES", 1024)
+    result = runner.invoke(cli, ["diff", str(big), str(sample_runs / "healthy_mlp")])
+    assert 2 == result.exit_code
+    assert result.stderr == f"gradcheck: error: {big}: cannot read the baseline file (is larger than 0 MiB)\n"
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_diff_title_with_a_baseline_uses_the_room_the_short_side_leaves(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """The title gave each side half the width: `base.json (ba… of healthy_mlp)` at 80 columns, 30 unused."""
+    monkeypatch.chdir(sample_runs)
+    runner.invoke(cli, ["baseline", "healthy_mlp", "-o", str(tmp_path / "base.json")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "healthy_mlp").symlink_to(sample_runs / "healthy_mlp")
+    result = runner.invoke(cli, ["diff", "base.json", "healthy_mlp"], env={"COLUMNS": str(width)})
+    title = result.stdout.splitlines()[0]
+    assert len(title) <= width
+    if width >= 80:
+        assert title.startswith("base.json (baseline of healthy_mlp) → ")
+    assert _sides("a" * 50, "b" * 5, 40) == ("a" * 17 + "…" + "a" * 17, "b" * 5)
+    assert _sides("a" * 5, "b" * 50, 40) == ("a" * 5, "b" * 17 + "…" + "b" * 17)
+    assert _sides("a" * 50, "b" * 50, 40) == ("a" * 10 + "…" + "a" * 9, "b" * 10 + "…" + "b" * 9)

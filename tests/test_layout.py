@@ -9,6 +9,7 @@ terminal, the name and status columns present, and (from 80 columns) one line pe
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.analysis.story import tell
 from gradcheck.cli import watch as watch_module
+from gradcheck.cli.help_cmd import TOPICS, doc_text
 from gradcheck.cli.main import cli
 from gradcheck.recording.writer import save_snapshot
 
@@ -181,3 +183,26 @@ def test_a_run_path_longer_than_the_terminal_is_shortened(
     out = runner.invoke(cli, args).stdout
     assert len(str(deep)) > 100 and "…" in out.splitlines()[0]
     assert max(len(line) for line in out.splitlines()) <= 60
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;[^\x1b]*\x1b\\")  # colours and hyperlinks
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_help_text_fits(runner: CliRunner, width: int) -> None:
+    """--help of every command (epilogs were hand-wrapped at 70, --ignore's choices made 117 columns) and
+    `gradcheck help TOPIC` on a terminal (the pages are Markdown wrapped at 120) fit the screen."""
+    env = {"COLUMNS": str(width)}
+    for name in ["", *cli.commands]:
+        # CliRunner pins click's help width to 80 unless terminal_width is given; a terminal sets it from COLUMNS
+        arguments = [name, "--help"] if name else ["--help"]
+        result = runner.invoke(cli, arguments, env=env, terminal_width=width)
+        assert result.exit_code == 0
+        assert max(map(len, result.stdout.splitlines())) <= width, name
+        assert "docs/" not in result.stdout, name  # an installed wheel has no docs folder: gradcheck help
+    for topic in TOPICS:
+        shown = runner.invoke(cli, ["help", topic], env={**env, "FORCE_COLOR": "1"})
+        lines = ANSI.sub("", shown.stdout).splitlines()
+        assert shown.exit_code == 0 and len(lines) > 3 and max(map(len, lines)) <= width, topic
+        piped = runner.invoke(cli, ["help", topic], env=env)
+        assert piped.stdout == doc_text(topic)  # piped, the page stays Markdown

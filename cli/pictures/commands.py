@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gradcheck.analysis.atomic import append_regular
 from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.heatmap import METRICS
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
@@ -26,7 +27,7 @@ from ..common import (
 from ..console import printable
 from .charts import chart_data
 from .page import report_html
-from .static import CHARTS, figure, save
+from .static import CHARTS, figure, image_bytes
 
 REPORT_EXIT_HELP = """\b
 Exit codes:
@@ -40,7 +41,8 @@ Exit codes:
   0  image written (it shows, it does not judge: use
      gradcheck inspect or report to gate CI)
   2  usage error, no readable snapshot, matplotlib missing
-     (pip install 'gradcheck[report]'), or the file cannot be written
+     (pip install 'gradcheck[report]'), or the file cannot
+     be written
 """
 
 
@@ -74,7 +76,10 @@ def report(
     except OSError as error:
         raise InputError(f"{output}: cannot write the report: {error.strerror or error}") from None
     if not quiet:
-        click.echo(f"gradcheck: report written to {output} ({len(page.encode()) / 1e6:.2f} MB)", err=True)
+        click.echo(
+            f"gradcheck: report written to {printable(str(output))} ({len(page.encode()) / 1e6:.2f} MB)",
+            err=True,
+        )
     _note_in_step_summary(result, output, artifact)
     raise SystemExit(EXIT_FINDINGS if result.failed else EXIT_OK)
 
@@ -110,8 +115,9 @@ def plot(
         raise InputError(
             f"gradcheck plot needs {(error.name or 'matplotlib').split('.')[0]}: pip install 'gradcheck[report]'"
         ) from None
+    image = image_bytes(drawn, output.suffix.lstrip(".").lower())
     try:
-        save(drawn, output)
+        write_atomically(output, image)  # the same writer as inspect --output: FIFOs, devices, symlinks
     except OSError as error:
         raise InputError(f"{output}: cannot write the image: {error.strerror or error}") from None
 
@@ -129,9 +135,8 @@ def _note_in_step_summary(result: Report, output: Path, artifact: str | None) ->
         f"Charts of every layer: `{escape_markdown(printable(str(output)))}`, in {where}{link} "
         "(one HTML file, opens offline).\n\n"
     )
-    try:
-        with open(target, "a", encoding="utf-8") as summary:
-            summary.write(text)
+    try:  # as inspect's summary: a regular file only, so a FIFO or /dev/zero there cannot hang the command
+        append_regular(target, text.encode("utf-8"))
     except OSError as error:
         click.echo(
             f"gradcheck: warning: {printable(target)}: step summary not written: {error.strerror or error}",

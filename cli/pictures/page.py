@@ -156,7 +156,7 @@ def _chart_of(group: Group, charts: dict[str, Any]) -> str:
 def _group_html(group: Group, chart: str, layers: dict[str, str]) -> str:
     """One group as the terminal's line; a group of several parameters lists each, linked to its own layer."""
     attributes = " ".join(
-        f'data-{name}="{html.escape(str(value))}"'
+        f'data-{name}="{_attribute(str(value))}"'
         for name, value in (
             ("severity", group.severity), ("problem", group.problem), ("label", group.label),
             ("first-step", group.first_step), ("last-step", group.last_step),
@@ -182,9 +182,16 @@ def _link(chart: str, params: tuple[str, ...], layers: dict[str, str], text: str
     """A link to `chart` that selects the layer of `params`, or every layer when they span several."""
     chosen = {layers.get(param, param) for param in params}
     layer = chosen.pop() if len(chosen) == 1 else ALL_LAYERS
-    return (
-        f'<a href="#{chart}" data-chart="{chart}" data-layer="{html.escape(layer)}">{html.escape(text)}</a>'
-    )
+    return f'<a href="#{chart}" data-chart="{chart}" data-layer="{_attribute(layer)}">{html.escape(text)}</a>'
+
+
+def _attribute(text: str) -> str:
+    """An attribute value the page's script reads back unchanged (a layer to select), defused for CI logs.
+
+    The HTML may reach a log (`-o /dev/stdout`, `cat report.html`): a `::` at a line start or a `##[` is a
+    GitHub workflow command (issue #13, class 6), and character references decode to the same name.
+    """
+    return html.escape(text).replace("::", ":&#58;").replace("##[", "#&#35;[")
 
 
 def _context_note(data: ChartData) -> str:
@@ -205,6 +212,8 @@ def _json_script(element_id: str, value: Any) -> str:
     text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).replace(
         "<", "\\u003c"
     )
+    # `::` and `##[` only occur inside JSON strings; \u003a and \u0023 parse back to the same name
+    text = text.replace("::", ":\\u003a").replace("##[", "#\\u0023[")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

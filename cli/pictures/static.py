@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,16 +51,19 @@ def figure(data: ChartData, chart: str, *, step: int | None = None, metric: str 
     return fig
 
 
-def save(fig: Figure, path: Path) -> None:
-    """Write PNG or SVG by the file's suffix; SVG ids and dates are fixed so the same run gives the same file."""
+def image_bytes(fig: Figure, image_format: str) -> bytes:
+    """The PNG or SVG file of a figure; SVG ids and dates are fixed so the same run gives the same file."""
     import matplotlib
 
+    buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "gradcheck"}):
-        fig.savefig(
-            path,
-            format=path.suffix.lstrip(".").lower(),
-            metadata={"Date": None} if path.suffix.lower() == ".svg" else None,
-        )
+        fig.savefig(buffer, format=image_format, metadata={"Date": None} if image_format == "svg" else None)
+    data = buffer.getvalue()
+    if image_format == "svg":
+        # matplotlib copies names raw into XML comments: `cat`ed into a CI log, a `::` at a line start or a
+        # `##[` would be a workflow command (issue #13, class 6). Character references read the same in XML.
+        data = data.replace(b"::", b":&#58;").replace(b"##[", b"#&#35;[")
+    return data
 
 
 _TITLES = {

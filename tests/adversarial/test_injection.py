@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from st_files import entry, file_bytes
 
 from gradcheck.cli.console import printable
 from gradcheck.cli.main import cli
+from gradcheck.cli.pictures.static import CHARTS
 
 HOSTILE = [
     "::error::boom",
@@ -84,3 +88,88 @@ def test_the_escape_is_visible_and_reversible() -> None:
     assert printable("a::b") == "a:\\x3ab"
     assert printable("x##[y") == "x#\\x23[y"
     assert printable("plain.name") == "plain.name"
+
+
+def _check_file(path: Path) -> None:
+    """A file we write can reach a log too (`-o /dev/stdout`, `cat report.html`): the same rules apply."""
+    _check(path.read_bytes().decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("columns", ["60", "80", "200"])
+def test_report_plot_and_baseline_files_and_messages_are_defused(tmp_path: Path, columns: str) -> None:
+    run = _hostile_run(tmp_path / "a run ::error::title ##[x]")
+    out = tmp_path / "out ::error::o ##[z]"
+    out.mkdir()
+    env = {"COLUMNS": columns}
+    commands = [
+        ["report", str(run), "-o", str(out / "r ##[a].html")],
+        ["baseline", str(run), "-o", str(out / "b ##[b].json")],
+    ]
+    if importlib.util.find_spec("matplotlib") is not None:  # the report extra
+        commands += [
+            ["plot", str(run), "--chart", chart, "-o", str(out / f"{chart}.svg")] for chart in CHARTS
+        ]
+    for arguments in commands:
+        result = CliRunner().invoke(cli, arguments, env=env)
+        assert result.exit_code in (0, 1), (arguments, result.stderr)
+        _check(result.stdout)
+        _check(result.stderr)
+    written = sorted(out.iterdir())
+    assert len(written) == len(commands)
+    for path in written:
+        _check_file(path)
+
+
+def test_the_report_still_selects_hostile_layers(tmp_path: Path) -> None:
+    """The defused attributes and JSON decode to the names the charts' data holds."""
+    run = _hostile_run(tmp_path / "run")
+    page = tmp_path / "r.html"
+    CliRunner().invoke(cli, ["report", str(run), "-o", str(page)])
+    parser = _Links()
+    parser.feed(page.read_text())
+    assert "::error::boom" in parser.layers and "a##[error]b" in parser.params
+    specs = re.search(r'id="gradcheck-specs">(.*?)</script>', page.read_text()).group(1)
+    assert "::error::boom" in json.dumps(json.loads(specs), ensure_ascii=False)
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers: set[str] = set()
+        self.params: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.layers.add(values.get("data-layer") or "")
+        self.params.update(json.loads(values.get("data-params") or "[]"))  # a findings group's parameters
+
+
+def test_diff_against_a_hostile_baseline_and_config_output_are_defused(tmp_path: Path) -> None:
+    run = _hostile_run(tmp_path / "run ::error::r ##[r]")
+    base = tmp_path / "base.json"
+    assert CliRunner().invoke(cli, ["baseline", str(run), "-o", str(base)]).exit_code == 0
+    # a baseline written by hand (or by an older gradcheck) with the raw names
+    raw = tmp_path / "raw ##[q].json"
+    raw.write_text(base.read_text().replace("#\\u0023[", "##["))
+    config = tmp_path / "gc ::error::c ##[c].toml"
+    config.write_text(
+        '[[overrides]]\nparams = ["::error::glob", "x##[y]*", "  ::warning::indented"]\nignore = ["spike"]\n'
+        "[thresholds]\nspike-factor = 9\n"
+    )
+    for columns in ("60", "80", "200"):
+        for arguments in (
+            ["diff", str(base), str(run)],
+            ["diff", str(raw), str(run), "--format", "json"],
+            ["diff", str(raw), str(run)],
+            ["config", "--config", str(config)],
+            ["config", str(run), "--config", str(config), "-t", "spike-factor=3"],
+            ["inspect", str(run), "--config", str(config)],
+            ["help", "::error::topic ##[t]"],
+        ):
+            result = CliRunner().invoke(cli, arguments, env={"COLUMNS": columns})
+            assert result.exit_code in (0, 1, 2) and "Traceback" not in result.stderr, (
+                arguments,
+                result.stderr,
+            )
+            _check(result.stdout)
+            _check(result.stderr)

@@ -86,11 +86,19 @@ CONFIGS = st.one_of(
     st.binary(max_size=40),
     st.just('fail-on = "caf\xe9"\n'.encode("latin-1")),
     st.sampled_from(["fifo", "/dev/zero", "directory"]),
+    st.sampled_from(
+        [
+            b'[[overrides]]\nparams = ["[", "**", "::error::x##[y"]\nignore = ["spike"]\n',
+            b"[[overrides]]\nparams = 5\n",
+            b'[[overrides]]\nparams = ["grad/*"]\n[overrides.thresholds]\nspike-factor = 1e400\n',
+            b'[tool.gradchek]\nfail-on = 3\n[tool.gradcheck]\nignore = "x"\n',
+        ]
+    ),
 )
 OUTPUTS = st.one_of(
     st.none(),
     st.sampled_from(
-        ["file", "directory", "/dev/null", "/dev/full", "symlink", "fifo", "missing/parent", "x" * 255]
+        ["file", "directory", "/dev/null", "/dev/full", "symlink", "fifo", "missing/parent", "255 bytes"]
     ),
 )
 SUMMARIES = st.one_of(st.none(), st.sampled_from(["file", "fifo", "/dev/zero", "directory"]))
@@ -102,31 +110,45 @@ COMMANDS = st.sampled_from(
         ["inspect", "--strict"], ["inspect", "--steps", "all"], ["inspect", "-j", "2"],
         ["heatmap"], ["heatmap", "--metric", "update-ratio"], ["heatmap", "--metric", "param-norm"],
         ["diff"], ["watch", "--timeout", "0", "--interval", "0.01"],
+        # the commands that came with issues #12 and #15: they take --output/-o, --config, a baseline file
+        ["baseline"], ["diff", "--baseline"], ["diff", "--baseline", "--format", "json"], ["config"],
+        ["config", "--run"], ["config", "-t", "spike-factor=1e400"], ["help"], ["help", "config"],
+        ["help", "::error::x"], ["report"], ["report", "--metric", "update-ratio"], ["plot", "--chart", "flow"],
+        ["plot", "--chart", "heatmap"], ["plot", "--chart", "ratio", "--step", "5"],
     ]
 )  # fmt: skip
+BASELINES = st.one_of(
+    st.just(b"written by gradcheck baseline"),
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b'{"gradcheck_baseline":1,"layers":["::error::x"],"steps":[0]}',
+            b'{"gradcheck_baseline":99}',
+            b'{"gradcheck_baseline":1,"gradcheck_version":"0","run":"r","steps":[1e400],"layers":{}}',
+            b"[]",
+            '{"run": "caf\u00e9"}'.encode("latin-1"),
+        ]
+    ),
+)
+# The file each command writes: report and plot need their suffix, so a kind of target keeps the name's end
+OUTPUT_NAMES = {"inspect": "out.json", "report": "report.html", "plot": "chart.svg", "baseline": "base.json"}
 
 
 def _target(root: Path, kind: str | None, name: str) -> str | None:
-    """A path of the given kind under `root` (or a system device)."""
+    """A path of the given kind under `root` (or a system device), its name ending in `name`."""
     if kind is None:
         return None
     if kind.startswith("/dev/"):
         return kind
-    path = root / (
-        name
-        if kind in ("file", "missing/parent", "symlink")
-        else kind
-        if len(kind) > 20
-        else f"{name}.{kind}"
-    )
+    if kind == "missing/parent":
+        return str(root / "missing" / name)
+    path = root / {"255 bytes": "x" * (255 - len(name)) + name, "file": name}.get(kind, f"{kind}-{name}")
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "directory":
         path.mkdir()
     elif kind == "symlink":
         path.symlink_to(root / "elsewhere.txt")
-    elif kind == "missing/parent":
-        path = root / "missing" / name
     return str(path)
 
 
@@ -160,9 +182,20 @@ def _environment(root: Path, summary: str | None, cache: str, columns: int) -> d
     cache=CACHES,
     columns=st.integers(20, 260),
     command=COMMANDS,
+    baseline=BASELINES,
+    as_pyproject=st.booleans(),
 )
 def test_every_command_over_bad_inputs_exits_0_1_or_2(
-    files: list[bytes], healthy: bool, config, output, summary, cache, columns: int, command: list[str]
+    files: list[bytes],
+    healthy: bool,
+    config,
+    output,
+    summary,
+    cache,
+    columns: int,
+    command: list[str],
+    baseline: bytes,
+    as_pyproject: bool,
 ) -> None:
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
@@ -177,19 +210,15 @@ def test_every_command_over_bad_inputs_exits_0_1_or_2(
                 )
         for index, data in enumerate(files):
             (run / f"grads_{index + 5}.safetensors").write_bytes(data)
-        arguments = [command[0], str(run), *([str(run)] if command[0] == "diff" else []), *command[1:]]
-        if isinstance(config, bytes):
-            (root / "gradcheck.toml").write_bytes(config)
-            config = str(root / "gradcheck.toml")
-        elif config is not None:
-            config = _target(root, config, "config.toml")
-        if config is not None and command[0] in ("inspect", "watch"):
-            arguments += ["--config", config]
-        target = _target(root, output, "report.out")
-        if target is not None and command[0] == "inspect":
-            arguments += ["--output", target]
         env = _environment(root, summary, cache, columns)
-        result = CliRunner().invoke(cli, arguments, env=env)
+        config = _config(root, config, as_pyproject)
+        arguments = _arguments(root, run, command, config, output, baseline, env)
+        previous = Path.cwd()
+        os.chdir(root)  # the pyproject.toml search (and `config`'s near-miss warning) starts here
+        try:
+            result = CliRunner().invoke(cli, arguments, env=env)
+        finally:
+            os.chdir(previous)
         assert result.exit_code in (0, 1, 2), (
             arguments,
             result.exit_code,
@@ -198,3 +227,48 @@ def test_every_command_over_bad_inputs_exits_0_1_or_2(
         )
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
         assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def _config(root: Path, config, as_pyproject: bool) -> str | None:  # type: ignore[no-untyped-def]
+    """--config's value; a generated file is sometimes a pyproject.toml found by the search instead."""
+    if not isinstance(config, bytes):
+        return _target(root, config, "config.toml")
+    if as_pyproject:
+        (root / "pyproject.toml").write_bytes(
+            b"[tool.gradcheck]\n" + config if b"[tool" not in config else config
+        )
+        return None
+    (root / "gradcheck.toml").write_bytes(config)
+    return str(root / "gradcheck.toml")
+
+
+def _arguments(  # type: ignore[no-untyped-def]
+    root: Path, run: Path, command: list[str], config, output, baseline: bytes, env
+) -> list[str]:
+    """The command line: the run (twice for diff, or a baseline file first), --config, the output target."""
+    name, *options = command
+    if name == "help":
+        return command
+    first = [str(run)]
+    if name == "diff" and "--baseline" in options:
+        options.remove("--baseline")
+        file = root / "base.json"
+        if baseline == b"written by gradcheck baseline":
+            CliRunner().invoke(cli, ["baseline", str(run), "-o", str(file)], env=env)
+        if not file.exists():
+            file.write_bytes(baseline)
+        first = [str(file)]
+    if name == "diff":
+        first.append(str(run))
+    if name == "config":
+        first = [str(run)] if "--run" in options else []
+        options = [o for o in options if o != "--run"]
+    arguments = [name, *first, *options]
+    if config is not None and name in ("inspect", "watch", "config", "report"):
+        arguments += ["--config", config]
+    if name in OUTPUT_NAMES:
+        target = _target(root, output, OUTPUT_NAMES[name])
+        if target is None and name != "inspect":
+            target = str(root / OUTPUT_NAMES[name])  # -o is required: a plain new file
+        arguments += ["--output", target] if target is not None else []
+    return arguments
