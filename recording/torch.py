@@ -39,7 +39,6 @@ torch is imported when a Recorder is built, never when this module is imported.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 from collections.abc import Iterable
@@ -48,18 +47,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradcheck.analysis.runs import KINDS
-from gradcheck.analysis.stats import TensorStats, merge_all
+from gradcheck.analysis.stats import TensorStats
 
+from ._summary import HostSummarizer, device_row, rows_to_stats
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .writer import MODES, write_snapshot
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-# Elements per chunk when summarising: bounds the float64 scratch memory to ~128 MiB per tensor.
-STATS_CHUNK = 1 << 24
-# Devices whose tensors stats mode copies and summarises on the writer thread; elsewhere it summarises on
-# the device, on the training thread, and reads back 8 numbers per tensor.
+# Devices whose tensors stats mode summarises at once on the training thread, from the tensors themselves
+# (see _summary); elsewhere it enqueues the summary on the device and reads back 8 numbers per tensor.
 HOST_DEVICES = ("cpu",)
 
 
@@ -111,6 +109,8 @@ class Recorder:
         self._step = 0
         self._capture: _Job | None = None
         self._before: dict[str, Any] = {}
+        self._before_buffers: dict[str, Any] = {}  # stats mode on the host: `_before` copies, reused
+        self._summarizer = HostSummarizer(torch)
         self._error: BaseException | None = None
         self._error_step = 0
         self._later_failures = 0
@@ -183,7 +183,7 @@ class Recorder:
             for target in self._targets:
                 before = self._before.get(target.name)
                 if before is not None:
-                    self._add(job, "update", target.name, _local(target.param) - before, owned=True)
+                    self._add(job, "update", target.name, _local(target.param), owned=True, before=before)
         self._before = {}
         if not self._writes:
             return
@@ -210,7 +210,7 @@ class Recorder:
                 self._add(job, "grad", target.name, grad, owned=scale is not None)
             param, owned = _local(target.param), False
             if "update" in self._kinds:
-                param = param.clone(memory_format=self._torch.contiguous_format)
+                param = self._copy_before(target.name, param)
                 self._before[target.name], owned = param, True
             if "param" in self._kinds:
                 self._add(job, "param", target.name, param, owned=owned)
@@ -219,13 +219,29 @@ class Recorder:
             job.metadata["gradcheck.shards"] = json.dumps(shards)
         return job
 
-    def _add(self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool) -> None:
-        """Queue one tensor: a host copy (full mode, and stats mode on the CPU) or a device summary row.
+    def _copy_before(self, name: str, param: Any) -> Any:
+        """A copy of a parameter before the step, for its update; reused across steps where it can be."""
+        torch = self._torch
+        if self._mode != "stats" or param.device.type not in HOST_DEVICES or param.layout != torch.strided:
+            return param.clone(memory_format=torch.contiguous_format)  # full mode hands it to the writer
+        buffer = self._before_buffers.get(name)
+        if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
+            buffer = self._before_buffers[name] = torch.empty_like(
+                param, memory_format=torch.contiguous_format
+            )
+        return buffer.copy_(param)  # no page faults of a fresh allocation, which cost more than the copy
+
+    def _add(self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool, before: Any = None) -> None:
+        """Queue one tensor (or, given `before`, the update `tensor - before`): a host copy, or its summary.
 
         `owned` says the tensor is the recorder's own (a clone or a result), so it needs no further copy.
+        Stats mode summarises host tensors here, on the training thread, and device tensors on the device.
         """
-        key = f"{kind}/{name}"
-        if tensor.layout != self._torch.strided:
+        torch, key = self._torch, f"{kind}/{name}"
+        summarize_here = self._mode == "stats" and tensor.device.type in HOST_DEVICES
+        if before is not None and (not summarize_here or tensor.layout != torch.strided):
+            tensor, before, owned = tensor - before, None, True
+        if tensor.layout != torch.strided:
             tensor, owned = tensor.to_dense(), True
         if self._mode == "full":
             job.tensors[key] = tensor.to("cpu", copy=not owned).contiguous()
@@ -236,23 +252,16 @@ class Recorder:
                 f"cannot record step {job.step} to {self._dir}: {key} is a {tensor.dtype} tensor, "
                 "and stats mode summarises float tensors only"
             )
-        if tensor.device.type in HOST_DEVICES:  # summarised by the writer thread, off the training thread
-            summary = tensor if owned else tensor.clone()
-        else:
-            summary = _device_row(self._torch, tensor.reshape(-1))
+        summary = self._summarizer.summarize(tensor, before) if summarize_here else device_row(torch, tensor)
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:
         """Bring the summary rows computed on a device to the host, all in one transfer."""
-        pending = [
-            key for key, (value, _, _) in job.summaries.items() if value.device.type not in HOST_DEVICES
-        ]
-        if not pending:
-            return
-        rows = self._torch.stack([job.summaries[key][0] for key in pending]).cpu().tolist()
-        for key, row in zip(pending, rows, strict=True):
+        pending = [key for key, (value, _, _) in job.summaries.items() if not isinstance(value, TensorStats)]
+        stats = rows_to_stats(self._torch, [job.summaries[key][0] for key in pending])
+        for key, value in zip(pending, stats, strict=True):
             _, shape, dtype = job.summaries[key]
-            job.summaries[key] = (_stats_of_row(row), shape, dtype)
+            job.summaries[key] = (value, shape, dtype)
 
     def _raise_failure(self) -> None:
         with self._lock:
@@ -287,10 +296,7 @@ class Recorder:
     def _write(self, job: _Job) -> None:
         tensors = {key: host_tensor(tensor, copy=False) for key, tensor in job.tensors.items()}
         summaries = {
-            key: summary_entry(
-                value if isinstance(value, TensorStats) else _host_stats(self._torch, value), shape, dtype
-            )
-            for key, (value, shape, dtype) in job.summaries.items()
+            key: summary_entry(value, shape, dtype) for key, (value, shape, dtype) in job.summaries.items()
         }
         write_snapshot(
             self._dir,
@@ -376,80 +382,3 @@ def _unscale(grad: Any, scale: Any) -> Any:
     if hasattr(scale, "reshape"):
         scale = scale.to(grad.device, grad.dtype).reshape(())
     return grad / scale
-
-
-def _host_stats(torch: Any, tensor: Any) -> TensorStats:
-    """TensorStats of a CPU tensor, chunk by chunk so the float64 scratch stays bounded."""
-    return merge_all(_host_chunk_stats(torch, chunk) for chunk in tensor.reshape(-1).split(STATS_CHUNK))
-
-
-def _host_chunk_stats(torch: Any, chunk: Any) -> TensorStats:
-    """As analysis.stats.summarize_array: only a chunk holding NaN or Inf takes the masking pass."""
-    count = chunk.numel()
-    if count == 0:
-        return TensorStats()
-    if chunk.element_size() == 1:
-        chunk = chunk.float()  # float8 has few kernels; float32 holds its values exactly
-    mags = chunk.abs()
-    low, high = (float(value) for value in mags.aminmax())
-    nan = inf = 0
-    if not math.isfinite(high):
-        nan = int(torch.isnan(mags).sum())
-        mags = mags[torch.isfinite(mags)]
-        inf = count - nan - mags.numel()
-        if mags.numel() == 0:
-            return TensorStats(count=count, nan=nan, inf=inf)
-        low, high = (float(value) for value in mags.aminmax())
-    zeros = mags.numel() - int(torch.count_nonzero(mags)) if low == 0.0 else 0
-    wide = mags.to(torch.float64)
-    return TensorStats(
-        count=count,
-        nan=nan,
-        inf=inf,
-        zeros=zeros,
-        abs_min=low,
-        abs_max=high,
-        abs_sum=float(wide.sum()),
-        sq_sum=float(wide.dot(wide)),
-    )
-
-
-def _device_row(torch: Any, flat: Any) -> Any:
-    """TensorStats of a flat device tensor as a float64 row on the device, read nothing back (no sync)."""
-    rows = [_device_chunk_row(torch, chunk) for chunk in flat.split(STATS_CHUNK)]
-    if len(rows) == 1:
-        return rows[0]
-    table = torch.stack(rows)
-    total = table.sum(dim=0)
-    return torch.cat([total[:4], table[:, 4].min().reshape(1), table[:, 5].max().reshape(1), total[6:]])
-
-
-def _device_chunk_row(torch: Any, chunk: Any) -> Any:
-    """count, nan, inf, zeros, abs_min, abs_max, abs_sum, sq_sum of a chunk, in float64 on its device."""
-    if chunk.numel() == 0:
-        row = torch.zeros(8, dtype=torch.float64, device=chunk.device)  # fills, not host-to-device copies
-        row[4] = math.inf
-        return row
-    mags = chunk.to(torch.float64).abs()
-    finite = torch.isfinite(mags)
-    kept = torch.where(finite, mags, 0.0)
-    counts = torch.stack([torch.isnan(mags).sum(), finite.sum(), (mags == 0).sum()]).to(torch.float64)
-    numel = float(chunk.numel())
-    return torch.stack(
-        [
-            torch.full((), numel, dtype=torch.float64, device=chunk.device),
-            counts[0],
-            numel - counts[0] - counts[1],
-            counts[2],
-            torch.where(finite, mags, math.inf).min(),
-            kept.max(),
-            kept.sum(),
-            kept.dot(kept),
-        ]
-    )
-
-
-def _stats_of_row(row: list[float]) -> TensorStats:
-    """TensorStats from a row fetched from the device (its counts are exact in float64 below 2**53)."""
-    count, nan, inf, zeros = (int(value) for value in row[:4])
-    return TensorStats(count, nan, inf, zeros, *row[4:])
