@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import itertools
 import os
 import shutil
@@ -198,9 +199,18 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def available(config: str) -> bool:
+    """Whether the peer's package is installed; says so when it is not."""
+    module = {"tb_hist": "tensorboard", "wandb": "wandb"}.get(config.partition("@")[0])
+    if module is None or importlib.util.find_spec(module) is not None:
+        return True
+    print(f"{config}: skipped, {module} is not installed")
+    return False
+
+
 def main() -> None:
     args = parse_arguments()
-    configs = args.configs.split(",")
+    configs = [config for config in args.configs.split(",") if available(config)]
     shape = {"vocab": 16384, "width": 384, "layers": 6, "context": 64}
     if args.quick:
         shape, args.repeats, args.steps = {"vocab": 64, "width": 32, "layers": 1, "context": 8}, 2, 20
