@@ -7,6 +7,8 @@ repetitions of `--steps` steps of each configuration:
   base          no recording
   full@N        Recorder(mode="full", every=N), N = 10 and 100: grads, params and updates on disk
   stats@N       Recorder(mode="stats", every=N): their summaries only
+  full-inline@N, stats-inline@N   the same, but each step file is written on the training thread instead
+                of the recorder's writer thread (a diagnostic: the thread-or-no-thread choice on the CPU)
   save_file@10  safetensors.torch.save_file of the gradients, on the training thread
   tb_hist@10    TensorBoard SummaryWriter.add_histogram of every gradient
   wandb@10      wandb.watch(model, log="all", log_freq=10) offline (WANDB_MODE=offline), wandb.log each step
@@ -44,6 +46,7 @@ from scan_speed import bench_lock
 from gradcheck.recording.torch import Recorder
 
 CONFIGS = ("base", "full@10", "stats@10", "full@100", "stats@100", "save_file@10", "tb_hist@10", "wandb@10")
+DIAGNOSTICS = ("full-inline@100", "stats-inline@10")  # not run by default
 CLOCKS = ("wall", "thread CPU", "process CPU")
 
 
@@ -108,6 +111,25 @@ def step_hook(optimizer: torch.optim.Optimizer, every: int, action: Callable[[in
         handle.remove()
 
 
+class _Inline:
+    """Stands in for a Recorder's queue: writes each job at once, on the calling (training) thread."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder, self._queue = recorder, recorder._queue
+
+    def put(self, job: object) -> None:
+        if job is None:
+            self._queue.put(None)  # stops the writer thread
+        else:
+            self._recorder._write(job)  # a failure raises here, from optimizer.step()
+
+    def join(self) -> None:
+        self._queue.join()
+
+    def task_done(self) -> None:
+        self._queue.task_done()
+
+
 def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
@@ -117,8 +139,10 @@ def recording(config: str, model: GPT, optimizer: torch.optim.Optimizer, folder:
     """Record one repetition the way `config` says."""
     name, _, every_text = config.partition("@")
     every = int(every_text or 1)
-    if name in ("full", "stats"):
-        with Recorder(model, optimizer, folder, every=every, mode=name):
+    if name.partition("-")[0] in ("full", "stats"):
+        with Recorder(model, optimizer, folder, every=every, mode=name.partition("-")[0]) as recorder:
+            if name.endswith("-inline"):
+                recorder._queue = _Inline(recorder)
             yield
     elif name == "save_file":
         from safetensors.torch import save_file
@@ -193,7 +217,11 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=5, help="repetitions of each configuration")
     parser.add_argument("--steps", type=int, default=100, help="training steps per repetition")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, base first")
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated, base first; also {', '.join(DIAGNOSTICS)}",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 repetitions of 20 steps, no lock")
     parser.add_argument("--dir", type=Path, default=None, help="where runs are written (default: temp dir)")
     return parser.parse_args()
