@@ -8,7 +8,8 @@ copying it into an existing buffer 15 ms), and a writer thread doing this work c
 the same cores. An update is summarised from `after - before` chunk by chunk, without materialising it.
 
 Device tensors are summarised on their device without synchronising (the training thread only enqueues
-kernels) into a float64 row of 8 numbers; `rows_to_stats` brings all rows of a step back in one transfer.
+kernels) into a float64 row of 8 numbers; `RowsOnTheWay` brings all rows of a step back in one transfer,
+which only the writer thread waits for.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ class HostSummarizer:
     def summarize(self, tensor: Any, before: Any = None) -> TensorStats:
         """TensorStats of `tensor`, or of `tensor - before` (an update, computed in `tensor`'s dtype)."""
         torch = self._torch
-        if before is not None and tensor.element_size() == 1:
-            tensor, before = tensor - before, None  # float8 has no subtraction kernel with a float64 output
         flat, base = tensor.reshape(-1), None if before is None else before.reshape(-1)
         if self._scratch is None or self._scratch.numel() != HOST_CHUNK:
             self._scratch = torch.empty(HOST_CHUNK, dtype=torch.float64)
@@ -121,9 +120,35 @@ def _device_chunk_row(torch: Any, chunk: Any) -> Any:
     )
 
 
-def rows_to_stats(torch: Any, rows: list[Any]) -> list[TensorStats]:
-    """TensorStats of device rows, fetched in one transfer (counts are exact in float64 below 2**53)."""
-    if not rows:
-        return []
-    values = torch.stack(rows).cpu().tolist()
-    return [TensorStats(*(int(value) for value in row[:4]), *row[4:]) for row in values]
+class RowsOnTheWay:
+    """Device rows being copied to the host in one transfer, without making the training thread wait.
+
+    The copy is enqueued after the kernels that compute the rows, and an event after it; `stats()`, called
+    on the writer thread, waits for that event only. A `.cpu()` on the training thread would instead stall
+    it until the device has finished all queued work, once per recorded step.
+    """
+
+    def __init__(self, torch: Any, rows: dict[str, Any]) -> None:
+        self._keys = list(rows)
+        table = torch.stack(list(rows.values()))
+        self._host, self._done = table, None
+        if table.device.type == "cpu":  # rows computed on the host (tests): nothing to wait for
+            return
+        try:
+            done = torch.Event(device=table.device)
+        except RuntimeError:  # a backend without events: copy now, which waits for the device
+            self._host = table.cpu()
+            return
+        self._host = table.to("cpu", non_blocking=True)
+        done.record()
+        self._done = done
+
+    def stats(self) -> dict[str, TensorStats]:
+        """key -> TensorStats, once the copy has arrived (counts are exact in float64 below 2**53)."""
+        if self._done is not None:
+            self._done.synchronize()
+        values = self._host.tolist()
+        return {
+            key: TensorStats(*(int(v) for v in row[:4]), *row[4:])
+            for key, row in zip(self._keys, values, strict=True)
+        }

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats
 
-from ._summary import HostSummarizer, device_row, rows_to_stats
+from ._summary import HostSummarizer, RowsOnTheWay, device_row
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .writer import MODES, write_snapshot
 
@@ -80,6 +80,7 @@ class _Job:
     tensors: dict[str, Any] = field(default_factory=dict)  # key -> contiguous CPU tensor (mode="full")
     # key -> (TensorStats, or a float64 row still on the device; shape; dtype) (mode="stats")
     summaries: dict[str, tuple[Any, tuple[int, ...], str]] = field(default_factory=dict)
+    rows: RowsOnTheWay | None = None  # the device rows' copy to the host, which the writer thread waits for
 
 
 class Recorder:
@@ -256,12 +257,12 @@ class Recorder:
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:
-        """Bring the summary rows computed on a device to the host, all in one transfer."""
-        pending = [key for key, (value, _, _) in job.summaries.items() if not isinstance(value, TensorStats)]
-        stats = rows_to_stats(self._torch, [job.summaries[key][0] for key in pending])
-        for key, value in zip(pending, stats, strict=True):
-            _, shape, dtype = job.summaries[key]
-            job.summaries[key] = (value, shape, dtype)
+        """Start the one transfer of the device rows to the host; the writer thread waits for it, not us."""
+        rows = {
+            key: value for key, (value, _, _) in job.summaries.items() if not isinstance(value, TensorStats)
+        }
+        if rows:
+            job.rows = RowsOnTheWay(self._torch, rows)
 
     def _raise_failure(self) -> None:
         with self._lock:
@@ -295,6 +296,9 @@ class Recorder:
 
     def _write(self, job: _Job) -> None:
         tensors = {key: host_tensor(tensor, copy=False) for key, tensor in job.tensors.items()}
+        for key, stats in job.rows.stats().items() if job.rows is not None else ():
+            _, shape, dtype = job.summaries[key]
+            job.summaries[key] = (stats, shape, dtype)
         summaries = {
             key: summary_entry(value, shape, dtype) for key, (value, shape, dtype) in job.summaries.items()
         }
