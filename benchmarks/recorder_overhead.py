@@ -35,6 +35,7 @@ import itertools
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -209,6 +210,7 @@ def report(seconds: dict[str, list[tuple[float, ...]]], steps: int) -> None:
             cells.append(f"{mid:+6.1f}% ({low:+6.1f} .. {high:+6.1f})")
         print(f"{config:>12}  {rate:7.2f}  " + "  ".join(f"{c:>26}" for c in cells))
     print("median (quartiles) over repetitions; targets: stats@10 <= save_file@10 + 1 point, full@100 <= 3%")
+    sys.stdout.flush()
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -260,12 +262,12 @@ def main() -> None:
                 for config in configs[shift:] + configs[:shift]:
                     folder = root / f"{config}-{repeat}"
                     seconds[config].append(timed(config, model, optimizer, batches, args.steps, folder))
-            print(f"repetition {repeat + 1}/{args.repeats} done", flush=True)
+            print(f"after repetition {repeat + 1}/{args.repeats}:", end="")
+            report(seconds, args.steps)
     finally:
         if finish_wandb is not None:
             finish_wandb()
         shutil.rmtree(root, ignore_errors=True)
-    report(seconds, args.steps)
 
 
 if __name__ == "__main__":
