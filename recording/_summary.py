@@ -1,11 +1,12 @@
 """Stats mode's summaries of torch tensors: the numbers the reader would compute from the written data.
 
-Host tensors (CPU) are summarised on the training thread, in one pass per tensor, chunk by chunk through two
-scratch buffers the summarizer keeps: |x| in the tensor's own dtype (exact, so min and max need no cast),
-then a float64 copy of the chunk for the two sums. No full-size temporary is allocated: on the CPU a fresh
-multi-MB allocation costs more in page faults than the arithmetic (cloning 68 MB took 45-105 ms here,
-copying it into an existing buffer 15 ms), and a writer thread doing this work competes with training for
-the same cores. An update is summarised from `after - before` chunk by chunk, without materialising it.
+Host tensors (CPU) are summarised on the training thread, in one pass per tensor, chunk by chunk through one
+float64 scratch buffer (2 MiB) the summarizer keeps: each chunk is widened into it (exact), then |x|,
+min/max, the sum and the dot product run on that cache-resident copy. An update is summarised from
+`after - before` chunk by chunk (the subtraction in the parameter's dtype, widened on store), never
+materialised. No full-size temporary is allocated: on the CPU a fresh multi-MB allocation costs more in
+page faults than the arithmetic (cloning 68 MB took 45-105 ms here, copying it into an existing buffer
+8-15 ms), and a writer thread doing this work competes with training for the same cores.
 
 Device tensors are summarised on their device without synchronising (the training thread only enqueues
 kernels) into a float64 row of 8 numbers; `RowsOnTheWay` brings all rows of a step back in one transfer,

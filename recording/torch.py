@@ -20,13 +20,14 @@ because of Inf/NaN never call `optimizer.step()` with unfused optimizers, so not
 not count as steps; fused optimizers are called anyway (with `optimizer.found_inf` set and no update), so such
 a step is recorded with its non-finite gradients and a zero update.
 
-Threads. Device-to-host copies happen on the training thread; serialising and writing the file happen on a
-daemon thread fed by a bounded queue (`queue_size` steps), so a slow disk holds training back instead of
-filling memory. `mode="stats"` writes no tensor data, only the statistics gradcheck reports (float64
-accumulation): on an accelerator they are computed on the device and only 8 numbers per tensor reach the
-host; CPU tensors are copied (as in full mode) and summarised on the writer thread. A failed write is raised
-as `RecordingError` (the original exception as `__cause__`) at the next recorded step or at
-`flush()`/`close()`.
+Threads. At recorded steps the training thread takes the tensors: in full mode host copies, which a daemon
+writer thread, fed by a bounded queue (`queue_size` steps), serialises and writes, so a slow disk holds
+training back instead of filling memory. `mode="stats"` writes no tensor data, only the statistics gradcheck
+reports (float64 sums): CPU tensors are summarised at once on the training thread, in one chunked pass with
+no full-size temporaries (on the CPU a writer thread doing this work competes with training for the same
+cores); on an accelerator the summaries are enqueued on the device and only 8 numbers per tensor come back,
+in one transfer that the writer thread waits for (see `_summary`). A failed write is raised as
+`RecordingError` (the original exception as `__cause__`) at the next recorded step or at `flush()`/`close()`.
 
 Several processes. Under `torch.distributed`, each rank writes into `run_dir/rank{rank:05d}/`. A sharded
 parameter (a DTensor, as FSDP2's `fully_shard` makes) is recorded as this rank's local shard under the
