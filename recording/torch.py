@@ -161,6 +161,7 @@ class Recorder:
             handle.remove()
         self._queue.put(None)
         self._thread.join()
+        self._before_buffers.clear()
         self._raise_failure()
 
     # --- training thread -------------------------------------------------------------------------------
