@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import importlib.util
 import itertools
+import math
 import os
 import shutil
 import statistics
@@ -48,7 +49,7 @@ from gradcheck.recording.torch import Recorder
 
 CONFIGS = ("base", "full@10", "stats@10", "full@100", "stats@100", "save_file@10", "tb_hist@10", "wandb@10")
 DIAGNOSTICS = ("full-inline@100", "stats-inline@10")  # not run by default
-CLOCKS = ("wall", "thread CPU", "process CPU")
+COLUMNS = ("wall time", "training-thread CPU", "process CPU", "CPU in optimizer hooks")
 
 
 class Block(torch.nn.Module):
@@ -136,20 +137,24 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def recording(config: str, model: GPT, optimizer: torch.optim.Optimizer, folder: Path) -> Iterator[None]:
-    """Record one repetition the way `config` says."""
+def recording(
+    config: str, model: GPT, optimizer: torch.optim.Optimizer, folder: Path, ready: Callable[[], None]
+) -> Iterator[None]:
+    """Record one repetition the way `config` says; call `ready` once its optimizer hooks are registered."""
     name, _, every_text = config.partition("@")
     every = int(every_text or 1)
     if name.partition("-")[0] in ("full", "stats"):
         with Recorder(model, optimizer, folder, every=every, mode=name.partition("-")[0]) as recorder:
             if name.endswith("-inline"):
                 recorder._queue = _Inline(recorder)
+            ready()
             yield
     elif name == "save_file":
         from safetensors.torch import save_file
 
         folder.mkdir()
         with step_hook(optimizer, every, lambda s: save_file(grads(model), folder / f"{s}.safetensors")):
+            ready()
             yield
     elif name == "tb_hist":
         from torch.utils.tensorboard import SummaryWriter
@@ -161,6 +166,7 @@ def recording(config: str, model: GPT, optimizer: torch.optim.Optimizer, folder:
                 writer.add_histogram(f"grad/{key}", grad, step)
 
         with step_hook(optimizer, every, histograms):
+            ready()
             yield
         writer.close()
     elif name == "wandb":
@@ -168,20 +174,54 @@ def recording(config: str, model: GPT, optimizer: torch.optim.Optimizer, folder:
 
         wandb.watch(model, log="all", log_freq=every)
         with step_hook(optimizer, 1, lambda s: wandb.log({"step": s})):
-            yield
+            yield  # its histograms are made in tensor hooks during backward, which HookClock cannot see
         wandb.unwatch(model)
     else:
+        ready()
         yield
 
 
+class HookClock:
+    """Training-thread CPU time spent in the optimizer step hooks registered between its two brackets.
+
+    Hooks run in the order they were registered: this opening bracket, the recorder's hooks, the closing one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.seconds, self._mark, self._optimizer = math.nan, 0.0, optimizer
+        self._handles = [
+            optimizer.register_step_pre_hook(self._open),
+            optimizer.register_step_post_hook(self._open),
+        ]
+
+    def close_bracket(self) -> None:
+        self.seconds = 0.0
+        self._handles += [
+            self._optimizer.register_step_pre_hook(self._close),
+            self._optimizer.register_step_post_hook(self._close),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _open(self, *_: object) -> None:
+        self._mark = time.thread_time()
+
+    def _close(self, *_: object) -> None:
+        self.seconds += time.thread_time() - self._mark
+
+
 def timed(config: str, model: GPT, optimizer, batches, steps: int, folder: Path) -> tuple[float, ...]:
-    """(wall, training-thread CPU, process CPU) seconds of `steps` steps under `config`."""
+    """(wall, training-thread CPU, process CPU, CPU in the optimizer hooks) seconds of `steps` steps."""
+    clock = HookClock(optimizer)
     began = time.perf_counter(), time.thread_time(), time.process_time()
-    with recording(config, model, optimizer, folder):
+    with recording(config, model, optimizer, folder, clock.close_bracket):
         train(model, optimizer, batches, steps)
     ended = time.perf_counter(), time.thread_time(), time.process_time()
+    clock.remove()
     shutil.rmtree(folder, ignore_errors=True)
-    return tuple(end - begin for end, begin in zip(ended, began, strict=True))
+    return (*(end - begin for end, begin in zip(ended, began, strict=True)), clock.seconds)
 
 
 def start_wandb(folder: Path) -> Callable[[], None]:
@@ -196,19 +236,24 @@ def start_wandb(folder: Path) -> Callable[[], None]:
 
 def report(seconds: dict[str, list[tuple[float, ...]]], steps: int) -> None:
     """Steps/s per configuration, and its overhead against the base time of the same repetition."""
-    print(f"\n{'config':>12}  {'steps/s':>7}  " + "  ".join(f"{c + ' overhead':>26}" for c in CLOCKS))
+    print(f"\n{'config':>15}  {'steps/s':>7}  " + "  ".join(f"{c:>26}" for c in COLUMNS))
     for config, times in seconds.items():
         rate = statistics.median(steps / t[0] for t in times)
         cells = []
-        for clock in range(len(CLOCKS)):
-            ratios = sorted(
-                100 * (t[clock] / b[clock] - 1) for t, b in zip(times, seconds["base"], strict=True)
-            )
+        for clock in range(len(COLUMNS)):
+            pairs = zip(times, seconds["base"], strict=True)
+            if clock < 3:  # this configuration's time against the base's
+                ratios = sorted(100 * (t[clock] / b[clock] - 1) for t, b in pairs)
+            else:  # time in the hooks against the base's training-thread time
+                ratios = sorted(100 * t[clock] / b[1] for t, b in pairs)
+            if any(math.isnan(r) for r in ratios):
+                cells.append("-")
+                continue
             low, mid, high = (
                 statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
             )
             cells.append(f"{mid:+6.1f}% ({low:+6.1f} .. {high:+6.1f})")
-        print(f"{config:>12}  {rate:7.2f}  " + "  ".join(f"{c:>26}" for c in cells))
+        print(f"{config:>15}  {rate:7.2f}  " + "  ".join(f"{c:>26}" for c in cells))
     print("median (quartiles) over repetitions; targets: stats@10 <= save_file@10 + 1 point, full@100 <= 3%")
     sys.stdout.flush()
 
