@@ -38,22 +38,32 @@ class HostSummarizer:
 
     def summarize(self, tensor: Any, before: Any = None) -> TensorStats:
         """TensorStats of `tensor`, or of `tensor - before` (an update, computed in `tensor`'s dtype)."""
+        return self._pass(tensor, before, with_before=False)[0]
+
+    def summarize_step(self, after: Any, before: Any) -> tuple[TensorStats, TensorStats]:
+        """TensorStats of `after - before` and of `before`, in one pass: each chunk of `before` is read once."""
+        return self._pass(after, before, with_before=True)  # type: ignore[return-value]
+
+    def _pass(self, tensor: Any, before: Any, with_before: bool) -> list[TensorStats]:
         torch = self._torch
         flat, base = tensor.reshape(-1), None if before is None else before.reshape(-1)
         if self._scratch is None or self._scratch.numel() != HOST_CHUNK:
             self._scratch = torch.empty(HOST_CHUNK, dtype=torch.float64)
-        parts = []
+        parts: list[list[TensorStats]] = [[], []]
         for start in range(0, flat.numel(), HOST_CHUNK):
             chunk = flat[start : start + HOST_CHUNK]
             mags = self._scratch[: chunk.numel()]
-            # Each kernel computes in the tensor's dtype and widens on store: |x| and x - before are exact as
-            # the reader computes them from the written tensor, with no separate cast pass.
-            if base is not None:
-                torch.sub(chunk, base[start : start + HOST_CHUNK], out=mags).abs_()
+            # Widened into the scratch exactly (abs has no widening form); the subtraction computes in the
+            # tensor's dtype and widens on store, so both are exact as the reader sees the written tensor.
+            if base is None:
+                mags.copy_(chunk).abs_()
             else:
-                mags.copy_(chunk).abs_()  # abs has no widening form
-            parts.append(_chunk_stats(torch, mags))
-        return merge_all(parts)
+                base_chunk = base[start : start + HOST_CHUNK]
+                if with_before:  # while this chunk of `before` is in the cache
+                    parts[1].append(_chunk_stats(torch, mags.copy_(base_chunk).abs_()))
+                torch.sub(chunk, base_chunk, out=mags).abs_()
+            parts[0].append(_chunk_stats(torch, mags))
+        return [merge_all(part) for part in parts[: 1 + with_before]]
 
 
 def _chunk_stats(torch: Any, mags: Any) -> TensorStats:

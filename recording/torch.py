@@ -255,7 +255,15 @@ class Recorder:
                 f"cannot record step {job.step} to {self._dir}: {key} is a {tensor.dtype} tensor, "
                 "and stats mode summarises float tensors only"
             )
-        summary = self._summarizer.summarize(tensor, before) if summarize_here else device_row(torch, tensor)
+        if not summarize_here:
+            summary = device_row(torch, tensor)
+        elif kind == "param" and self._before.get(name) is tensor:
+            summary = None  # summarised after the step, in the update's pass over the same copy
+        elif before is not None and job.summaries.get(f"param/{name}", (0,))[0] is None:
+            summary, param = self._summarizer.summarize_step(tensor, before)
+            job.summaries[f"param/{name}"] = (param, *job.summaries[f"param/{name}"][1:])
+        else:
+            summary = self._summarizer.summarize(tensor, before)
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:

@@ -58,6 +58,10 @@ def test_host_and_device_summaries_equal_the_readers(
         assert_equal_stats(summarizer.summarize(tensor, base), reference(expected))
         row = device_row(torch, expected)
         assert_equal_stats(RowsOnTheWay(torch, {"key": row}).stats()["key"], reference(expected))
+        if base is not None:  # the update and the parameter before it, in one pass
+            update, param = summarizer.summarize_step(tensor, base)
+            assert_equal_stats(update, reference(expected))
+            assert_equal_stats(param, reference(base))
 
 
 def test_all_non_finite_and_shapes() -> None:
