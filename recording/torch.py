@@ -20,13 +20,14 @@ because of Inf/NaN never call `optimizer.step()` with unfused optimizers, so not
 not count as steps; fused optimizers are called anyway (with `optimizer.found_inf` set and no update), so such
 a step is recorded with its non-finite gradients and a zero update.
 
-Threads. Device-to-host copies happen on the training thread; serialising and writing the file happen on a
-daemon thread fed by a bounded queue (`queue_size` steps), so a slow disk holds training back instead of
-filling memory. `mode="stats"` writes no tensor data, only the statistics gradcheck reports (float64
-accumulation): on an accelerator they are computed on the device and only 8 numbers per tensor reach the
-host; CPU tensors are copied (as in full mode) and summarised on the writer thread. A failed write is raised
-as `RecordingError` (the original exception as `__cause__`) at the next recorded step or at
-`flush()`/`close()`.
+Threads. At recorded steps the training thread takes the tensors: in full mode host copies, which a daemon
+writer thread, fed by a bounded queue (`queue_size` steps), serialises and writes, so a slow disk holds
+training back instead of filling memory. `mode="stats"` writes no tensor data, only the statistics gradcheck
+reports (float64 sums): CPU tensors are summarised at once on the training thread, in one chunked pass with
+no full-size temporaries (on the CPU a writer thread doing this work competes with training for the same
+cores); on an accelerator the summaries are enqueued on the device and only 8 numbers per tensor come back,
+in one transfer that the writer thread waits for (see `_summary`). A failed write is raised as
+`RecordingError` (the original exception as `__cause__`) at the next recorded step or at `flush()`/`close()`.
 
 Several processes. Under `torch.distributed`, each rank writes into `run_dir/rank{rank:05d}/`. A sharded
 parameter (a DTensor, as FSDP2's `fully_shard` makes) is recorded as this rank's local shard under the
@@ -39,7 +40,6 @@ torch is imported when a Recorder is built, never when this module is imported.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 from collections.abc import Iterable
@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, Any
 from gradcheck.analysis import units
 from gradcheck.analysis.context import CONTEXT_KEY, SCALARS_KEY, context_metadata, scalars_metadata
 from gradcheck.analysis.runs import KINDS
-from gradcheck.analysis.stats import TensorStats, merge_all
+from gradcheck.analysis.stats import TensorStats
 
+from ._summary import HostSummarizer, RowsOnTheWay, device_row
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .torch_context import ContextProbe, module_types, unwrap_model, unwrap_optimizer
 from .writer import MODES, write_snapshot
@@ -59,10 +60,8 @@ from .writer import MODES, write_snapshot
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-# Elements per chunk when summarising: bounds the float64 scratch memory to ~128 MiB per tensor.
-STATS_CHUNK = 1 << 24
-# Devices whose tensors stats mode copies and summarises on the writer thread; elsewhere it summarises on
-# the device, on the training thread, and reads back 8 numbers per tensor.
+# Devices whose tensors stats mode summarises at once on the training thread, from the tensors themselves
+# (see _summary); elsewhere it enqueues the summary on the device and reads back 8 numbers per tensor.
 HOST_DEVICES = ("cpu",)
 NOT_RECORDED_KEY = "gradcheck.not_recorded"  # {key: why} of tensors skipped (complex dtypes)
 
@@ -87,6 +86,7 @@ class _Job:
     # key -> (TensorStats, or a float64 row still on the device; shape; dtype) (mode="stats")
     summaries: dict[str, tuple[Any, tuple[int, ...], str]] = field(default_factory=dict)
     units: dict[str, Any] = field(default_factory=dict)  # key -> unit bitmap, or a bool row on the device
+    rows: RowsOnTheWay | None = None  # the device rows' copy to the host, which the writer thread waits for
 
 
 class Recorder:
@@ -119,6 +119,8 @@ class Recorder:
         self._step = 0
         self._capture: _Job | None = None
         self._before: dict[str, Any] = {}
+        self._before_buffers: dict[str, Any] = {}  # stats mode on the host: `_before` copies, reused
+        self._summarizer = HostSummarizer(torch)
         self._error: BaseException | None = None
         self._error_step = 0
         self._later_failures = 0
@@ -198,6 +200,7 @@ class Recorder:
         self._submit_pending()
         self._queue.put(None)
         self._thread.join()
+        self._before_buffers.clear()
         self._raise_failure()
 
     # --- training thread -------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ class Recorder:
             for target in self._targets:
                 before = self._before.get(target.name)
                 if before is not None:
-                    self._add(job, "update", target.name, _local(target.param) - before, owned=True)
+                    self._add(job, "update", target.name, _local(target.param), owned=True, before=before)
         self._before = {}
         if not self._writes:
             return
@@ -294,7 +297,7 @@ class Recorder:
                 self._add(job, "grad", target.name, grad, owned=scale is not None)
             param, owned = _local(target.param), False
             if "update" in self._kinds:
-                param = param.clone(memory_format=self._torch.contiguous_format)
+                param = self._copy_before(target.name, param)
                 self._before[target.name], owned = param, True
             if "param" in self._kinds:
                 self._add(job, "param", target.name, param, owned=owned)
@@ -304,7 +307,19 @@ class Recorder:
             job.metadata["gradcheck.shards"] = json.dumps(shards)
         return job
 
-    def _add(self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool) -> None:
+    def _copy_before(self, name: str, param: Any) -> Any:
+        """A copy of a parameter before the step, for its update; reused across steps where it can be."""
+        torch = self._torch
+        if self._mode != "stats" or param.device.type not in HOST_DEVICES or param.layout != torch.strided:
+            return param.clone(memory_format=torch.contiguous_format)  # full mode hands it to the writer
+        buffer = self._before_buffers.get(name)
+        if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
+            buffer = self._before_buffers[name] = torch.empty_like(
+                param, memory_format=torch.contiguous_format
+            )
+        return buffer.copy_(param)  # no page faults of a fresh allocation, which cost more than the copy
+
+    def _add(self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool, before: Any = None) -> None:
         """Queue one tensor; complex ones are skipped with a note, a failure names the tensor, run and step."""
         key = f"{kind}/{name}"
         if tensor.is_complex():  # not real: nothing gradcheck analyses (complex128 has no safetensors dtype)
@@ -313,7 +328,7 @@ class Recorder:
             job.metadata[NOT_RECORDED_KEY] = json.dumps(skipped)
             return
         try:
-            self._add_tensor(job, key, tensor, owned=owned)
+            self._add_tensor(job, kind, name, tensor, owned=owned, before=before)
         except RecordingError:
             raise
         except Exception as error:  # e.g. a parameter on the meta device, which has no data to copy
@@ -323,12 +338,19 @@ class Recorder:
                 f" (device {tensor.device}, dtype {tensor.dtype})"
             ) from error
 
-    def _add_tensor(self, job: _Job, key: str, tensor: Any, *, owned: bool) -> None:
-        """Queue one tensor: a host copy (full mode, and stats mode on the CPU) or a device summary row.
+    def _add_tensor(
+        self, job: _Job, kind: str, name: str, tensor: Any, *, owned: bool, before: Any = None
+    ) -> None:
+        """Queue one tensor (or, given `before`, the update `tensor - before`): a host copy, or its summary.
 
         `owned` says the tensor is the recorder's own (a clone or a result), so it needs no further copy.
+        Stats mode summarises host tensors here, on the training thread, and device tensors on the device.
         """
-        if tensor.layout != self._torch.strided:
+        torch, key = self._torch, f"{kind}/{name}"
+        summarize_here = self._mode == "stats" and tensor.device.type in HOST_DEVICES
+        if before is not None and (not summarize_here or tensor.layout != torch.strided):
+            tensor, before, owned = tensor - before, None, True
+        if tensor.layout != torch.strided:
             tensor, owned = tensor.to_dense(), True
         if self._mode == "full":
             job.tensors[key] = tensor.to("cpu", copy=not owned).contiguous()
@@ -339,25 +361,26 @@ class Recorder:
                 f"cannot record step {job.step} to {self._dir}: {key} is a {tensor.dtype} tensor, "
                 "and stats mode summarises float tensors only"
             )
-        if tensor.device.type in HOST_DEVICES:  # summarised by the writer thread, off the training thread
-            summary = tensor if owned else tensor.clone()
+        if not summarize_here:
+            summary = device_row(torch, tensor)
+        elif kind == "param" and self._before.get(name) is tensor:
+            summary = None  # summarised after the step, in the update's pass over the same copy
+        elif before is not None and job.summaries.get(f"param/{name}", (0,))[0] is None:
+            summary, param = self._summarizer.summarize_step(tensor, before)
+            job.summaries[f"param/{name}"] = (param, *job.summaries[f"param/{name}"][1:])
         else:
-            summary = _device_row(self._torch, tensor.reshape(-1))
-            if key.startswith("grad/"):  # only gradients have dead units; the others' bitmaps would only cost
-                job.units[key] = _unit_mask(tensor)
+            summary = self._summarizer.summarize(tensor, before)
+        if kind == "grad":  # only gradients have dead units; the others' bitmaps would only cost
+            job.units[key] = _unit_mask(tensor)
         job.summaries[key] = (summary, tuple(tensor.shape), dtype)
 
     def _fetch_rows(self, job: _Job) -> None:
-        """Bring the summary rows computed on a device to the host, all in one transfer."""
-        pending = [
-            key for key, (value, _, _) in job.summaries.items() if value.device.type not in HOST_DEVICES
-        ]
-        if not pending:
-            return
-        rows = self._torch.stack([job.summaries[key][0] for key in pending]).cpu().tolist()
-        for key, row in zip(pending, rows, strict=True):
-            _, shape, dtype = job.summaries[key]
-            job.summaries[key] = (_stats_of_row(row), shape, dtype)
+        """Start the one transfer of the device rows to the host; the writer thread waits for it, not us."""
+        rows = {
+            key: value for key, (value, _, _) in job.summaries.items() if not isinstance(value, TensorStats)
+        }
+        if rows:
+            job.rows = RowsOnTheWay(self._torch, rows)
 
     def _raise_failure(self) -> None:
         with self._lock:
@@ -391,10 +414,11 @@ class Recorder:
 
     def _write(self, job: _Job) -> None:
         tensors = {key: host_tensor(tensor, copy=False) for key, tensor in job.tensors.items()}
+        for key, stats in job.rows.stats().items() if job.rows is not None else ():
+            _, shape, dtype = job.summaries[key]
+            job.summaries[key] = (stats, shape, dtype)
         summaries = {
-            key: summary_entry(
-                _with_units(self._torch, value, job.units.get(key), key.startswith("grad/")), shape, dtype
-            )
+            key: summary_entry(_with_units(value, job.units.get(key)), shape, dtype)
             for key, (value, shape, dtype) in job.summaries.items()
         }
         write_snapshot(
@@ -483,83 +507,6 @@ def _unscale(grad: Any, scale: Any) -> Any:
     return grad / scale
 
 
-def _host_stats(torch: Any, tensor: Any) -> TensorStats:
-    """TensorStats of a CPU tensor, chunk by chunk so the float64 scratch stays bounded."""
-    return merge_all(_host_chunk_stats(torch, chunk) for chunk in tensor.reshape(-1).split(STATS_CHUNK))
-
-
-def _host_chunk_stats(torch: Any, chunk: Any) -> TensorStats:
-    """As analysis.stats.summarize_array: only a chunk holding NaN or Inf takes the masking pass."""
-    count = chunk.numel()
-    if count == 0:
-        return TensorStats()
-    if chunk.element_size() == 1:
-        chunk = chunk.float()  # float8 has few kernels; float32 holds its values exactly
-    mags = chunk.abs()
-    low, high = (float(value) for value in mags.aminmax())
-    nan = inf = 0
-    if not math.isfinite(high):
-        nan = int(torch.isnan(mags).sum())
-        mags = mags[torch.isfinite(mags)]
-        inf = count - nan - mags.numel()
-        if mags.numel() == 0:
-            return TensorStats(count=count, nan=nan, inf=inf)
-        low, high = (float(value) for value in mags.aminmax())
-    zeros = mags.numel() - int(torch.count_nonzero(mags)) if low == 0.0 else 0
-    wide = mags.to(torch.float64)
-    return TensorStats(
-        count=count,
-        nan=nan,
-        inf=inf,
-        zeros=zeros,
-        abs_min=low,
-        abs_max=high,
-        abs_sum=float(wide.sum()),
-        sq_sum=float(wide.dot(wide)),
-    )
-
-
-def _device_row(torch: Any, flat: Any) -> Any:
-    """TensorStats of a flat device tensor as a float64 row on the device, read nothing back (no sync)."""
-    rows = [_device_chunk_row(torch, chunk) for chunk in flat.split(STATS_CHUNK)]
-    if len(rows) == 1:
-        return rows[0]
-    table = torch.stack(rows)
-    total = table.sum(dim=0)
-    return torch.cat([total[:4], table[:, 4].min().reshape(1), table[:, 5].max().reshape(1), total[6:]])
-
-
-def _device_chunk_row(torch: Any, chunk: Any) -> Any:
-    """count, nan, inf, zeros, abs_min, abs_max, abs_sum, sq_sum of a chunk, in float64 on its device."""
-    if chunk.numel() == 0:
-        row = torch.zeros(8, dtype=torch.float64, device=chunk.device)  # fills, not host-to-device copies
-        row[4] = math.inf
-        return row
-    mags = chunk.to(torch.float64).abs()
-    finite = torch.isfinite(mags)
-    kept = torch.where(finite, mags, 0.0)
-    counts = torch.stack([torch.isnan(mags).sum(), finite.sum(), (mags == 0).sum()]).to(torch.float64)
-    numel = float(chunk.numel())
-    return torch.stack(
-        [
-            torch.full((), numel, dtype=torch.float64, device=chunk.device),
-            counts[0],
-            numel - counts[0] - counts[1],
-            counts[2],
-            torch.where(finite, mags, math.inf).min(),
-            kept.max(),
-            kept.sum(),
-            kept.dot(kept),
-        ]
-    )
-
-
-def _stats_of_row(row: list[float]) -> TensorStats:
-    """TensorStats from a row fetched from the device (its counts are exact in float64 below 2**53)."""
-    count, nan, inf, zeros = (int(value) for value in row[:4])
-    return TensorStats(count, nan, inf, zeros, *row[4:])
-
-
 # --- per-unit bitmaps (dead-units) ----------------------------------------------------------------------
 
 
@@ -589,10 +536,6 @@ def _fetch_units(torch: Any, job: _Job) -> None:
         start += mask.numel()
 
 
-def _with_units(torch: Any, value: Any, alive: Any, wanted: bool) -> TensorStats:
-    """The TensorStats of a summary (device row already fetched, or a CPU tensor), with its unit bitmap if
-    `wanted` (gradients)."""
-    if isinstance(value, TensorStats):
-        return replace(value, alive=alive)
-    mask = _unit_mask(value) if wanted else None
-    return replace(_host_stats(torch, value), alive=None if mask is None else units.from_bools(mask.numpy()))
+def _with_units(stats: TensorStats, alive: Any) -> TensorStats:
+    """A summary with its unit bitmap (gradients in stats mode), or as it is."""
+    return stats if alive is None else replace(stats, alive=alive)

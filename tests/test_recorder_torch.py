@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import gradcheck.recording._summary as summary_module
 import gradcheck.recording.torch as recorder_module
 from gradcheck.analysis.runs import load_run
 from gradcheck.analysis.stats import summarize_array
@@ -430,7 +431,8 @@ def test_stats_mode_matches_full_mode_on_special_values(
 ) -> None:
     """Both summary paths: CPU tensors on the writer thread, and the sync-free one meant for accelerators."""
     monkeypatch.setattr(recorder_module, "HOST_DEVICES", host_devices)
-    monkeypatch.setattr(recorder_module, "STATS_CHUNK", 7)  # several chunks per tensor: exercises merging
+    monkeypatch.setattr(summary_module, "HOST_CHUNK", 7)  # several chunks per tensor: exercises merging
+    monkeypatch.setattr(summary_module, "DEVICE_CHUNK", 7)
     runs = {}
     for mode in ("full", "stats"):
         model = make_model(dtype=dtype)
