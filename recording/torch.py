@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats, merge_all
 
+from .activations import StepSignals
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .writer import MODES, write_snapshot
 
@@ -99,6 +100,7 @@ class Recorder:
         overwrite: bool = False,
         queue_size: int = 2,
         all_ranks: bool = False,
+        activations: bool = False,
     ) -> None:
         import torch
 
@@ -133,6 +135,9 @@ class Recorder:
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
+        # Loss and forward activations at recorded steps (recording/activations.py); step 0 is recorded.
+        self._signals = StepSignals(torch, model, activations=activations)
+        self._signals.start(recorded=True)
 
     @property
     def run_dir(self) -> Path:
@@ -144,6 +149,11 @@ class Recorder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def log(self, **scalars: float) -> None:
+        """Store scalars (`loss=...`) with the next optimizer step's snapshot; call it before `optimizer.step()`."""
+        if self._step % self._every == 0:
+            self._signals.log(self._step, scalars)
 
     def flush(self) -> None:
         """Wait until every recorded step is on disk; raise a write failure, if any."""
@@ -157,6 +167,7 @@ class Recorder:
         self._closed = True
         for handle in self._hooks:
             handle.remove()
+        self._signals.stop()
         self._queue.put(None)
         self._thread.join()
         self._raise_failure()
@@ -174,9 +185,11 @@ class Recorder:
         scale = getattr(optimizer, "grad_scale", None)
         with self._torch.no_grad():
             self._capture = self._capture_before(step, scale)
+            self._signals.finish(step, self._capture.metadata)
 
     def _after_step(self, optimizer: Any, args: object, kwargs: object) -> None:
         job, self._capture = self._capture, None
+        self._signals.start(recorded=self._step % self._every == 0)  # self._step: the next step's number
         if job is None:
             return
         with self._torch.no_grad():
