@@ -59,7 +59,7 @@ class ModuleActivation:
         bits = self.alive if alive is None else alive
         if bits is None or self.units is None:
             return None
-        return self.units - sum(bin(byte).count("1") for byte in bits)
+        return self.units - sum(byte.bit_count() for byte in bits)
 
 
 @dataclass

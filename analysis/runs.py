@@ -6,10 +6,11 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .activations import Signals
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key
 from .reader import FileScan
@@ -62,6 +63,7 @@ class Run:
     tensors: dict[tuple[int, str, str], Tensor]
     unreadable: tuple[Note, ...]
     skipped: tuple[Note, ...]
+    signals: Signals = field(default_factory=Signals)  # loss and activations (analysis/activations.py)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
@@ -238,19 +240,23 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     unreadable: list[Note] = []
     skipped: list[Note] = []
     declared_order: list[str] = []
+    signals = Signals()
     for name, scan in scan_files([str(path) for path in find_snapshot_files(root)], options):
         path = Path(name)
         try:
             if isinstance(scan, UnreadableFileError):
                 raise scan
             check_format(path, scan.header.metadata)
-            found = list(pieces_of_scan(scan, step_of(path, scan.header.metadata)))
+            step = step_of(path, scan.header.metadata)
+            found = list(pieces_of_scan(scan, step))
         except UnreadableFileError as error:
             unreadable.append(Note(str(path), error.problem))
             continue
         pieces.extend(found)
+        signals.add(str(path), step, scan.header.metadata)
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         declared_order = declared_order or order_of(scan.header.metadata)
+    skipped.extend(Note(file, problem) for file, problem in signals.problems)
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
     tensors = {key: Tensor(p.stats, p.shape, p.dtype, p.file) for key, p in whole.items()}
@@ -262,6 +268,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         tensors=tensors,
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
+        signals=signals,
     )
 
 
