@@ -183,3 +183,25 @@ def _bitmap(value: object) -> bytes | None:
         return bytes.fromhex(value)
     except ValueError:
         return None
+
+
+def signals_document(signals: Signals) -> dict[str, Any]:
+    """The JSON fields of the loss and activations (docs/JSON.md): `{}` for a run that recorded neither."""
+    if not signals.activations and not signals.scalars:
+        return {}
+    modules: dict[str, list[dict[str, Any]]] = {}
+    for step in signals.steps():
+        for name, act in sorted(signals.activations[step].items(), key=lambda item: item[1].order):
+            modules.setdefault(name, []).append(_act_document(step, act))
+    scalars = [{"step": step, **values} for step, values in sorted(signals.scalars.items())]
+    return {"scalars": scalars, "activations": modules}
+
+
+def _act_document(step: int, act: ModuleActivation) -> dict[str, Any]:
+    dead = act.dead_units()
+    return {
+        "step": step, "type": act.type, "order": act.order, "calls": act.calls, "count": act.count,
+        "nan": act.nan, "inf": act.inf, "zeros": act.zeros, "mean": act.mean, "std": act.std, "min": act.min,
+        "max": act.max, "inputs_finite": act.inputs_finite, "bound": act.bound, "saturated": act.saturated,
+        "units": act.units, "dead_units": dead,
+    }  # fmt: skip

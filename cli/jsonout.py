@@ -9,6 +9,7 @@ from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
+from gradcheck.analysis.activations import signals_document
 from gradcheck.analysis.history import Point, grad_series, steps_until, trend
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
@@ -51,7 +52,7 @@ def report_document(
         "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
         "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
-    }
+    } | signals_document(run.signals)  # only for runs that recorded the loss or activations
 
 
 def story_document(report: Report) -> dict[str, Any]:

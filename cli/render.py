@@ -287,4 +287,6 @@ def verdict(report: Report) -> Text:
     problems = ", ".join(dict.fromkeys(f.problem for f in sorted(errors, key=lambda f: f.step)))
     first = min(f.step for f in errors)
     text = f"✗ unhealthy: {problems} in {len({f.param for f in errors})} parameter(s), first at step {first}"
+    born = next((f for f in errors if f.check == "nan-origin"), None)  # analysis/signal_checks.py
+    text += f"; NaN born in {printable(born.param)} at step {born.step}" if born else ""
     return Text(text + (f"; {warned}" if warnings else "") + f" ({scope})", style="bold red")

@@ -53,12 +53,15 @@ def _loop(
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
+    steps: int | None = None,
+    every: int = EVERY,
 ) -> dict[str, float]:
     """Train STEPS minibatch steps, recording every EVERY with activations and the loss; return the outcome."""
     generator = torch.Generator().manual_seed(SEED)
     losses = []
-    with Recorder(model, optimizer, run_dir, every=EVERY, mode="stats", activations=True) as recorder:
-        for _ in range(STEPS):
+    with Recorder(model, optimizer, run_dir, every=every, mode="stats", activations=True) as recorder:
+        for _ in range(steps or STEPS):  # STEPS read at run time: the tests train shorter
             batch = torch.randint(0, len(x), (BATCH,), generator=generator)
             loss = loss_of(model(x[batch]), y[batch])
             optimizer.zero_grad()
@@ -172,3 +175,22 @@ PROGRAMS = (
     Program("saturated_hidden", "pixels 0-255 into a tanh layer", "pixels / 16", ("saturation",),
             saturated_hidden),
 )  # fmt: skip
+
+
+def confident_softmax(run_dir: Path, buggy: bool) -> dict[str, float]:
+    """Healthy only: a softmax classifier trained long enough to be confident and to plateau (no bug)."""
+    torch.manual_seed(SEED)
+    x, y = _digits()
+    model = _mlp(nn.ReLU(), nn.Softmax(dim=-1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def loss_of(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.nll_loss(torch.log(out.clamp_min(1e-12)), labels)
+
+    return _loop(run_dir, model, optimizer, loss_of, x, y, steps=1500, every=25)
+
+
+# Healthy runs with no buggy twin: evidence that a late plateau and a confident output layer are not flagged.
+HEALTHY_ONLY = (
+    Program("confident_softmax", "-", "1500 steps, lr 0.5, softmax output", (), confident_softmax),
+)
