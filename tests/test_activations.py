@@ -196,3 +196,26 @@ def test_sample_runs_have_no_signals() -> None:
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         run = load_run(run_dir)
         assert run.signals == Signals(), run_dir
+
+
+def test_view_activations_shows_modules_in_forward_order_and_where_the_nan_was_born(tmp_path: Path) -> None:
+    _nan_run(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["inspect", str(tmp_path), "--view", "activations", "--step", "25"], terminal_width=140
+    )
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    rows = [line.split()[0] for line in lines[2:7]]
+    assert rows == ["norm", "fc", "act", "head", "<model>"]
+    assert [line.split()[0] for line in lines if "born here" in line] == ["norm"]
+    assert any(line.startswith("loss ") and line.rstrip().endswith("!") for line in lines)
+    before = runner.invoke(cli, ["inspect", str(tmp_path), "--view", "activations", "--step", "20"])
+    assert "born here" not in before.output and "step 20: module outputs" in before.output
+
+
+def test_view_activations_refuses_a_run_without_them() -> None:
+    run_dir = Path(__file__).parent.parent / "sample_runs" / "healthy_mlp"
+    result = CliRunner().invoke(cli, ["inspect", str(run_dir), "--view", "activations"])
+    assert result.exit_code == 2
+    assert "no loss or activations recorded" in result.output
