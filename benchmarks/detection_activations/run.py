@@ -7,8 +7,9 @@ Each program of programs.py trains twice (buggy, healthy) on scikit-learn's digi
 (`activations=True`, `recorder.log(loss=...)`), and the run is judged in process by `inspect_run`. "Before" is
 the same judgement without the findings of the new checks: those are appended to the gradient findings and
 change nothing else (tests/test_signal_checks.py checks that a run without them reads and judges as before).
-A buggy program is detected when a finding of one of its expected checks is reported (error or warning); a
-healthy twin with an error finding is a false alarm, one with warnings is listed.
+A buggy program is detected when a finding of one of its expected checks is reported (error or warning); "before"
+counts the gradient checks that also catch the class (`Program.before`: `nonfinite` for the NaN, though it
+cannot name the layer; `dead`; `update-ratio-low`). A healthy twin with an error finding is a false alarm.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def judge(program: Program, variant: str, out: Path) -> dict[str, object]:
     report = inspect_run(run_dir)
     after = [(f.check, f.severity, f.param, f.step) for f in report.findings]
     before = [f for f in after if f[0] not in SIGNAL_CHECK_IDS]
-    hit = {name: _level(found, program.expected) for name, found in (("before", before), ("after", after))}
+    hit = {
+        "before": _level(before, program.before),
+        "after": _level(after, program.expected + program.before),
+    }
     return {
         "program": program.name, "variant": variant, "outcome": outcome, "seconds": time.perf_counter() - started,
         "detected": hit, "errors": {"before": _errors(before), "after": _errors(after)},
