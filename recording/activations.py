@@ -107,8 +107,11 @@ class StepSignals:
             return
         with torch.no_grad():
             x = out.detach()
-            bad_inputs = [(~torch.isfinite(a)).any() for a in args if _is_float(torch, a)]
-            row = _row(torch, x, bound_of(type_name), getattr(module, "dim", None), bad_inputs)
+            floats = [a for a in args if _is_float(torch, a)]
+            row = _host_row(torch, x, bound_of(type_name), getattr(module, "dim", None), floats)
+            if row is None:  # a device tensor, or a non-finite output: the general, branch-free row
+                bad_inputs = [(~torch.isfinite(a)).any() for a in floats]
+                row = _row(torch, x, bound_of(type_name), getattr(module, "dim", None), bad_inputs)
             self._order.setdefault(name, len(self._order))
             self._rows.setdefault(name, []).append(row)
             if type_name in RELU_FAMILY and x.dim() >= 1 and x.numel():
@@ -137,6 +140,28 @@ class StepSignals:
 
 def _is_float(torch: Any, value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _host_row(torch: Any, x: Any, bound: str | None, dim: Any, inputs: list[Any]) -> Any:
+    """The row of a finite CPU output in 4 passes (min/max, zeros, sum, squares), else None.
+
+    On the CPU reading a value back costs nothing, so one min/max pass tells a finite output (NaN propagates
+    through aminmax), and a finite output needs no look at its inputs: they matter only where a NaN is born.
+    """
+    if x.device.type != "cpu" or x.numel() == 0:
+        return None
+    flat = x.reshape(-1)
+    if flat.element_size() < 4:
+        flat = flat.float()
+    low, high = (float(v) for v in torch.aminmax(flat))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    saturated, total = _saturation(torch, x, bound, dim)
+    values = [
+        float(flat.numel()), 0.0, 0.0, float((flat == 0).sum()), float(flat.sum(dtype=torch.float64)),
+        float(torch.dot(flat, flat)), low, high, float(saturated), float(total), 0.0,
+    ]  # fmt: skip
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _row(torch: Any, x: Any, bound: str | None, dim: Any, bad_inputs: list[Any]) -> Any:
