@@ -29,28 +29,30 @@ LOSS = "loss"  # the `param` of loss findings
 
 # Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least this
 # share of its values at the bounds, at this many consecutive recorded steps. Evidence (benchmarks/
-# detection_activations, digits, every=5): inputs left unscaled (x255) put 0.97-1.0 of a sigmoid output layer at
-# its bounds from step 0; healthy twins stay at 0.00-0.30 for hidden tanh/sigmoid layers. A confident output
-# layer late in training is healthy (a softmax over well-learnt digits reaches 0.9 of its rows one-hot), so an
-# output layer, one no later module consumes, counts only when it is saturated from the first recorded step.
+# detection_activations, digits, every=10): pixels left unscaled (0-255) put 0.97-0.99 of a tanh hidden layer
+# and 0.87 then 1.0 of a sigmoid output layer at the bounds from step 0, a 1-unit softmax 1.0; the healthy twins
+# stay at 0.00-0.08. A confident output layer late in training is healthy: `confident_softmax` (1500 steps)
+# climbs to 0.88 of its softmax rows one-hot, so an output layer (one no later module consumes) counts only when
+# its streak starts within the first SATURATION_WINDOW recorded steps.
 SATURATION_SHARE = 0.9
 SATURATION_WINDOW = 3
 # Dead units from activations: a ReLU-family output with at least this share of its units zero for every input
-# of this many consecutive recorded steps. Evidence: healthy digits MLPs (lr 0.05-0.5) keep 0-19 % of their
-# ReLU units dead at any step; a dying-ReLU run (lr 10, or bias -5 init) has 88-100 %. Same window as the
-# gradient-based dead check's persistence, so a unit that is silent for one batch only does not count.
+# of this many consecutive recorded steps. Evidence: the healthy digits MLPs keep at most 8-19 % of their 64
+# ReLU units silent at any recorded step; `dying_relu` (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
+# The window matches the gradient-based dead check's persistence: a unit silent for one batch does not count.
 DEAD_SHARE = 0.5
 DEAD_WINDOW = 3
 # Loss stuck: the median loss of the last third of the recorded steps is not at least this fraction below the
-# median of the first third or the first loss, whichever is higher (medians of thirds smooth minibatch noise,
-# +-10 % on digits). Evidence: healthy digits runs drop
-# 60-97 %; learning rate 1e-5 (x1e-4 too low) drops 0.1-0.4 %, a loss on the wrong output (NLL of
-# probabilities) under 1 %. Comparing thirds of the whole run keeps a late plateau healthy: the first third
-# still holds the early, higher loss. Needs STUCK_MIN_STEPS recorded losses.
+# higher of the first loss and the median of the first third (medians of thirds smooth minibatch noise).
+# Evidence (digits, 30 recorded steps): healthy runs drop 56-86 %; lr 1e-5 drops 0.4 %, dying ReLU 1.1 %.
+# Comparing thirds of the whole run keeps a late plateau healthy: the first third still holds the early,
+# higher loss (`confident_softmax` plateaus from step ~600 of 1500 and is not flagged). Needs STUCK_MIN_STEPS
+# recorded losses.
 STUCK_DROP = 0.02
 STUCK_MIN_STEPS = 6
 # ...and the drop must exceed this many (robust, MAD-based) standard errors of the two medians: a loss that
-# only jitters (a 1-unit softmax under BCE jumps 40-70 from batch to batch) is not progress.
+# only jitters is not progress (a 1-unit softmax under BCE jumps between 40 and 70 from batch to batch: its
+# 11 % "drop" is noise).
 STUCK_NOISE = 2.0
 
 SIGNAL_HINTS = {
