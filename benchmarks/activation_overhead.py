@@ -10,7 +10,10 @@ and quartiles over repetitions of its time against the base of the same repetiti
 training thread's CPU time (time.thread_time: blind to the writer thread and to a loaded host's steal time),
 and the figure of the acceptance: stats+act against stats.
 
-    python benchmarks/activation_overhead.py [--repeats 7] [--steps 50] [--quick]
+    python benchmarks/activation_overhead.py [--repeats 7] [--steps 50] [--quick] [--direct]
+
+The last line is the direct measure (hook_cost): the extra training-thread CPU of a hooked forward pass over a
+plain one, against a whole training step, amortised over every=10; `--direct` prints only that.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gradcheck.recording.activations import StepSignals
 from gradcheck.recording.torch import Recorder
 
 CONFIGS = ("base", "stats", "stats+act")
@@ -88,11 +92,41 @@ def timed(config: str, model: GPT, optimizer, batches: list[torch.Tensor], steps
     return result
 
 
+def hook_cost(model: GPT, optimizer, batches: list[torch.Tensor], repeats: int) -> tuple[float, float]:
+    """(median training-thread CPU of one plain training step, median extra CPU of one hooked forward).
+
+    The direct measure: the same forward pass with and without the activation hooks (attached, summarised,
+    removed as at a recorded step), alternating, so a loaded machine's noise on whole training loops (whose
+    quartiles span several percent) does not drown a cost of a few tens of milliseconds per recorded step.
+    """
+    signals = StepSignals(torch, model, activations=True)
+    steps, extra = [], []
+    for repeat in range(repeats):
+        tokens = batches[repeat % len(batches)]
+        cpu = time.thread_time()
+        loss = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps.append(time.thread_time() - cpu)
+        with torch.no_grad():
+            cpu = time.thread_time()
+            model(tokens[:, :-1])
+            plain = time.thread_time() - cpu
+            cpu = time.thread_time()
+            signals.start(recorded=True)
+            model(tokens[:, :-1])
+            signals.finish(0, {})
+            extra.append(time.thread_time() - cpu - plain)
+    return statistics.median(steps), statistics.median(extra)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a tiny model and a few steps: the script runs")
+    parser.add_argument("--direct", action="store_true", help="only the direct measure of the hooks' cost")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -105,11 +139,23 @@ def main() -> None:
     count = sum(p.numel() for p in model.parameters())
     print(f"GPT {shape}: {count / 1e6:.2f}M parameters, {args.steps} steps x {args.repeats} repetitions")
     timed("base", model, optimizer, batches, 10)  # warm-up
+    if args.direct:
+        args.repeats = max(args.repeats, 7)
+        step, extra = hook_cost(model, optimizer, batches, args.repeats * 3)
+        print(
+            f"direct: step {step * 1e3:.1f} ms, hooks +{extra * 1e3:.1f} ms: {extra / (10 * step):+.2%} at every=10"
+        )
+        return
     times: dict[str, list[tuple[float, float]]] = {config: [] for config in CONFIGS}
     for repeat in range(args.repeats):
         for config in CONFIGS[repeat % 3 :] + CONFIGS[: repeat % 3]:
             times[config].append(timed(config, model, optimizer, batches, args.steps))
     report(times)
+    step, extra = hook_cost(model, optimizer, batches, max(5, args.repeats * 3))
+    print(
+        f"direct: a training step {step * 1e3:.1f} ms thread CPU, the activation hooks +{extra * 1e3:.1f} ms per "
+        f"recorded step: {extra / (10 * step):+.2%} at every=10"
+    )
 
 
 def report(times: dict[str, list[tuple[float, float]]]) -> None:
