@@ -2,8 +2,8 @@
 
 Forward hooks go on every module (the root included) right after the optimizer step that precedes a recorded
 step, and come off at that step's optimizer pre-hook: steps that are not recorded run with no hook at all, so
-they pay nothing (and a `torch.compile`d model sees hooks only around recorded steps: dynamo compiles one graph
-with them and one without, both cached after the first time). Everything between those two points is counted,
+they pay nothing (a `torch.compile`d model sees hooks only around recorded steps; they run eagerly, and no
+graph is compiled after the first recorded step's, tests/test_activations.py). Everything between those two points is counted,
 including an evaluation forward pass the loop might run there.
 
 Per module output (the first tensor of a tuple output), summed over the module's calls in the step: count, NaN,
@@ -75,8 +75,11 @@ class StepSignals:
         if not recorded or self._handles or not self._modules:
             return
         self._rows, self._alive, self._order = {}, {}, {}
+        # Under torch.compile the hooks run eagerly (dynamo does not trace the summaries, whose host reads would
+        # break the graph inside them); the compiled model graph-breaks around each hook at recorded steps only.
+        disable = self._torch.compiler.disable
         self._handles = [
-            module.register_forward_hook(partial(self._hook, name, type(module).__name__))
+            module.register_forward_hook(disable(partial(self._hook, name, type(module).__name__)))
             for name, module in self._modules
         ]
 

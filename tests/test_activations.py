@@ -219,3 +219,23 @@ def test_view_activations_refuses_a_run_without_them() -> None:
     result = CliRunner().invoke(cli, ["inspect", str(run_dir), "--view", "activations"])
     assert result.exit_code == 2
     assert "no loss or activations recorded" in result.output
+
+
+def test_a_compiled_model_is_not_recompiled_at_every_recorded_step(tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = _mlp()
+    compiled = torch.compile(model, backend="eager")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    graphs = []
+    with Recorder(model, optimizer, tmp_path, every=3, mode="stats", activations=True):
+        for _ in range(10):
+            compiled(torch.randn(4, 6)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[0]] * 9  # hooks at steps 0, 3, 6, 9: no graph after the first step's
+    run = load_run(tmp_path)
+    assert sorted(run.signals.activations) == [0, 3, 6, 9]
+    assert list(run.signals.activations[9]) == ["0", "1", "2", "3", "<model>"]
