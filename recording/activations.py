@@ -3,8 +3,8 @@
 Forward hooks go on every module (the root included) right after the optimizer step that precedes a recorded
 step, and come off at that step's optimizer pre-hook: steps that are not recorded run with no hook at all, so
 they pay nothing (a `torch.compile`d model sees hooks only around recorded steps; they run eagerly, and no
-graph is compiled after the first recorded step's, tests/test_activations.py). Everything between those two points is counted,
-including an evaluation forward pass the loop might run there.
+graph is compiled after the first recorded step's, tests/test_activations.py). Everything between those two
+points is counted, including an evaluation forward pass the loop might run there.
 
 Per module output (the first tensor of a tuple output), summed over the module's calls in the step: count, NaN,
 Inf, exact zeros, mean/std/min/max over finite values, whether every float input was finite (to tell where a NaN
