@@ -313,7 +313,10 @@ def run_checks(run: Run, derived: dict[tuple[int, str], ParamStep], config: Conf
             events.extend(_persistent(found, graded, thresholds.min_steps))
     relative = relative_exploding_events(run, derived, lambda p: settings[p][0].exploding_relative)
     events.extend(e for e in relative if e.check not in settings[e.param][1])
-    return _collapse(events, run.params)
+    found = _collapse(events, run.params) + _signal_checks.signal_findings(
+        run, config
+    )  # loss and activations, if recorded
+    return sorted(found, key=lambda f: f.severity != "error")  # stable: the order above within a severity
 
 
 def _persistent(events: list[Event], steps: list[int], min_steps: int) -> list[Event]:
@@ -397,3 +400,7 @@ def _grad_norms(history: list[ParamStep]) -> list[tuple[int, float]]:
         for row in history
         if row.grad is not None and row.grad.stats.finite == row.grad.stats.count and row.grad.stats.norm > 0
     ]
+
+
+# Last: it reads Finding and HINTS from this module (and adds its hints to HINTS).
+from . import signal_checks as _signal_checks

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .activations import Signals
 from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key, strip_wrappers
@@ -69,6 +70,7 @@ class Run:
     # that carries them; empty for runs recorded without context.
     contexts: dict[int, StepContext] = field(default_factory=dict)
     scalars: dict[int, dict[str, float]] = field(default_factory=dict)
+    signals: Signals = field(default_factory=Signals)  # loss and activations (analysis/activations.py)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
@@ -293,6 +295,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
     unreadable.extend(unreadable_folders)
     context: dict[int, StepContext] = {}
     scalars: dict[int, dict[str, float]] = {}
+    signals = Signals()
     for name, scan in scan_files([str(path) for path in files], options):
         path = Path(name)
         try:
@@ -307,9 +310,11 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         pieces.extend(found)
         skipped.extend(_read_context(path, step, scan.header.metadata, context, scalars))
         modules.update(context[step].modules if step in context else {})
+        signals.add(str(path), step, scan.header.metadata)
         skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
         skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
         declared_order = declared_order or order_of(scan.header.metadata)
+    skipped.extend(Note(file, problem) for file, problem in signals.problems)
     whole, problems = assemble(pieces)
     unreadable.extend(Note(file, problem) for file, problem in problems)
     names = _display_names(whole)
@@ -329,6 +334,7 @@ def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None
         modules={names.get(name, name): kind for name, kind in modules.items()},
         contexts={step: context[step] for step in sorted(context)},
         scalars={step: scalars[step] for step in sorted(scalars)},
+        signals=signals,
     )
 
 

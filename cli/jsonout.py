@@ -9,6 +9,7 @@ from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
+from gradcheck.analysis.activations import signals_document
 from gradcheck.analysis.context_summary import summarize_context
 from gradcheck.analysis.history import Point, grad_series, steps_until, trend
 from gradcheck.analysis.inspection import Report
@@ -53,7 +54,7 @@ def report_document(
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
         "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
         "context": _context_document(run),
-    }
+    } | signals_document(run.signals)  # only for runs that recorded the loss or activations
 
 
 def _context_document(run: Run) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from gradcheck.analysis.errors import GradcheckError
 from gradcheck.analysis.history import StepRange, parse_step_range, select_steps, steps_until
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 
+from .activations_view import render_activations
 from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
 from .common import (
     EXIT_FINDINGS,
@@ -72,8 +73,9 @@ def cli(debug: bool) -> None:
     help="Recorded steps A to B (inclusive, either side may be empty) for the history; the table shows the last.",
 )  # fmt: skip
 @click.option(
-    "--view", type=click.Choice(["table", "depth"]), default="table", show_default=True,
-    help="table: per parameter with history; depth: mean and max |g| per layer as bars.",
+    "--view", type=click.Choice(["table", "depth", "activations"]), default="table", show_default=True,
+    help="table: per parameter with history; depth: mean and max |g| per layer as bars; activations: per module "
+    "output and the loss (Recorder(activations=True)).",
 )  # fmt: skip
 @click.option(
     "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -141,6 +143,11 @@ def inspect(
         click.echo(_formatted(output_format, report, selection, code), nl=False)
     elif shown is not None and view == "depth":
         render_depth(make_console(color=color), report, shown)
+    elif shown is not None and view == "activations":
+        try:
+            render_activations(make_console(color=color), report, shown, selection)
+        except GradcheckError as error:
+            raise InputError(str(error)) from None
     elif shown is not None:
         render_report(make_console(color=color), report, shown, selection, verbose=verbose)
     if output_format == "github":

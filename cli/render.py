@@ -276,6 +276,9 @@ def findings_lines(
     return lines
 
 
+_KINDS = ("grad", "param", "update")
+
+
 def verdict(report: Report) -> Text:
     """One line that says whether the run is healthy and, if not, what and since when."""
     scope = f"{_count(len(report.run.params), 'parameter')}, {_count(len(report.run.steps), 'recorded step')}"
@@ -289,5 +292,9 @@ def verdict(report: Report) -> Text:
         return Text(f"! warnings only: {problems}; {warned} ({scope})", style="bold yellow")
     problems = ", ".join(dict.fromkeys(f.problem for f in sorted(errors, key=lambda f: f.step)))
     first = min(f.step for f in errors)
-    text = f"✗ unhealthy: {problems} in {len({f.param for f in errors})} parameter(s), first at step {first}"
+    params = {f.param for f in errors if f.kind in _KINDS}  # not the modules and loss of signal findings
+    where = f"{len(params)} parameter(s)" if params else "the loss or activations"
+    text = f"✗ unhealthy: {problems} in {where}, first at step {first}"
+    born = next((f for f in errors if f.check == "nan-origin"), None)  # analysis/signal_checks.py
+    text += f"; NaN born in {printable(born.param)} at step {born.step}" if born else ""
     return Text(text + (f"; {warned}" if warnings else "") + f" ({scope})", style="bold red")

@@ -53,6 +53,7 @@ from gradcheck.analysis.runs import KINDS
 from gradcheck.analysis.stats import TensorStats
 
 from ._summary import HostSummarizer, RowsOnTheWay, device_row
+from .activations import StepSignals
 from .snapshot import RecordingError, float_dtype_code, host_tensor, summary_entry
 from .torch_context import ContextProbe, module_types, unwrap_model, unwrap_optimizer
 from .writer import MODES, write_snapshot
@@ -107,6 +108,7 @@ class Recorder:
         scaler: Any = None,
         max_grad_norm: float | None = None,
         framework: str | None = None,
+        activations: bool = False,
     ) -> None:
         import torch
 
@@ -159,6 +161,9 @@ class Recorder:
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
+        # Loss and forward activations at recorded steps (recording/activations.py); step 0 is recorded.
+        self._signals = StepSignals(torch, model, activations=activations)
+        self._signals.start(recorded=True)
 
     @property
     def run_dir(self) -> Path:
@@ -198,6 +203,7 @@ class Recorder:
             handle.remove()
         self._context.close()
         self._submit_pending()
+        self._signals.stop()
         self._queue.put(None)
         self._thread.join()
         self._before_buffers.clear()
@@ -232,6 +238,7 @@ class Recorder:
         if not callable(closure):
             with self._torch.no_grad():
                 self._capture = self._capture_before(step, scale)
+                self._signals.finish(step, self._capture.metadata)
             return None
 
         # The optimizer runs backward inside step() (Lightning passes forward, backward and clipping as the
@@ -241,6 +248,7 @@ class Recorder:
             if self._capture is None:
                 with self._torch.no_grad():
                     self._capture = self._capture_before(step, getattr(optimizer, "grad_scale", scale))
+                    self._signals.finish(step, self._capture.metadata)
             return loss
 
         if "closure" in kwargs:
@@ -251,6 +259,7 @@ class Recorder:
         job, self._capture = self._capture, None
         self._context.reset_window()
         self._context.arm(self._step % self._every == 0)  # the next step's number is this one's + 1
+        self._signals.start(recorded=self._step % self._every == 0)
         if job is None:
             return
         with self._torch.no_grad():

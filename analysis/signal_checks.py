@@ -1,0 +1,246 @@
+"""Checks on the loss and forward activations a run recorded beside its gradients (analysis/activations.py).
+
+`nan-origin`, `saturation`, `dead-units`, `loss-nonfinite` and `loss-stuck` see failures whose gradients look
+ordinary. A finding names a module (or `loss`) in its `param` field and `act` or `loss` in its `kind`. Runs
+recorded without activations or loss get none of these findings, and their other findings are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+
+from .activations import ROOT_NAME, ModuleActivation, Signals, merge_alive
+from .checks import HINTS, Finding
+from .config import Config
+from .formatting import sci
+from .runs import Run
+
+SEVERITY = {
+    "nan-origin": "error",
+    "loss-nonfinite": "error",
+    "saturation": "warning",
+    "dead-units": "error",
+    "loss-stuck": "warning",
+}
+SIGNAL_CHECK_IDS = tuple(SEVERITY)
+LOSS = "loss"  # the `param` of loss findings
+
+# Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least this
+# share of its values at the bounds, at this many consecutive recorded steps. Evidence (benchmarks/
+# detection_activations, digits, every=10): pixels left unscaled (0-255) put 0.97-0.99 of a tanh hidden layer
+# and 0.87 then 1.0 of a sigmoid output layer at the bounds from step 0, a 1-unit softmax 1.0; the healthy twins
+# stay at 0.00-0.08. A confident output layer late in training is healthy: `confident_softmax` (1500 steps)
+# climbs to 0.88 of its softmax rows one-hot, so an output layer (one no later module consumes) counts only when
+# its streak starts within the first SATURATION_WINDOW recorded steps.
+SATURATION_SHARE = 0.9
+SATURATION_WINDOW = 3
+# Dead units from activations: a ReLU-family output with at least this share of its units zero for every input
+# of this many consecutive recorded steps. Evidence: the healthy digits MLPs keep at most 8-19 % of their 64
+# ReLU units silent at any recorded step; `dying_relu` (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
+# The window matches the gradient-based dead check's persistence: a unit silent for one batch does not count.
+DEAD_SHARE = 0.5
+DEAD_WINDOW = 3
+# Loss stuck: the median loss of the last third of the recorded steps is not at least this fraction below the
+# higher of the first loss and the median of the first third (medians of thirds smooth minibatch noise).
+# Evidence (digits, 30 recorded steps): healthy runs drop 56-86 %; lr 1e-5 drops 0.4 %, dying ReLU 1.1 %.
+# Comparing thirds of the whole run keeps a late plateau healthy: the first third still holds the early,
+# higher loss (`confident_softmax` plateaus from step ~600 of 1500 and is not flagged). Needs STUCK_MIN_STEPS
+# recorded losses.
+STUCK_DROP = 0.02
+STUCK_MIN_STEPS = 6
+# ...and the drop must exceed this many (robust, MAD-based) standard errors of the two medians: a loss that
+# only jitters is not progress (a 1-unit softmax under BCE jumps between 40 and 70 from batch to batch: its
+# 11 % "drop" is noise).
+STUCK_NOISE = 2.0
+
+SIGNAL_HINTS = {
+    "nan-origin": "look at that module's forward: log/sqrt/division of a value that reaches 0, exp overflow, "
+    "or its weights already non-finite from an earlier update",
+    "loss-nonfinite": "the loss itself is NaN/Inf: look for log(0) or division by zero in the loss, or lower "
+    "the learning rate",
+    "saturation": "outputs pinned at the bounds pass almost no gradient: scale the inputs, use a smaller init, "
+    "or pair the output activation with the matching loss (logits into BCEWithLogits / CrossEntropy)",
+    "dead-units": "ReLU units that never fire: lower the learning rate, check the bias init, or use LeakyReLU",
+    "loss-stuck": "the loss does not go down: check the loss matches the task and the labels, and that the "
+    "learning rate is not far too low",
+}
+HINTS.update(SIGNAL_HINTS)  # the story prints hints by problem from the shared table
+
+
+def signal_findings(run: Run, config: Config) -> list[Finding]:
+    """Findings from the run's recorded loss and activations (none when it recorded neither)."""
+    signals = run.signals
+    if not signals.activations and not signals.scalars:
+        return []
+    found = [
+        *nan_origin(run),
+        *loss_nonfinite(signals),
+        *saturation(signals),
+        *dead_units(signals),
+        *loss_stuck(signals),
+    ]
+    return [f for f in found if f.check not in config.ignore]
+
+
+def _finding(check: str, who: str, kind: str, steps: list[int], value: float, threshold: float, message: str):
+    return Finding(
+        check=check, problem=check, severity=SEVERITY[check], param=who, layer=who, kind=kind,
+        step=steps[0], last_step=steps[-1], count=len(steps), steps=tuple(steps), value=value,
+        threshold=threshold, message=message, hint=SIGNAL_HINTS[check],
+    )  # fmt: skip
+
+
+def nan_origin(run: Run) -> Iterator[Finding]:
+    """Where the first non-finite value came from: a module, the loss, or the backward pass."""
+    signals = run.signals
+    losses = {step: value for step, value in signals.losses() if not math.isfinite(value)}
+    grads = {
+        step for (step, _, kind), t in run.tensors.items() if kind == "grad" and t.stats.nan + t.stats.inf
+    }
+    bad_acts = {s for s, acts in signals.activations.items() if any(not a.finite for a in acts.values())}
+    candidates = bad_acts | (losses.keys() | grads) & signals.activations.keys()
+    if not candidates:
+        return
+    step = min(candidates)
+    acts = sorted(signals.activations[step].values(), key=lambda a: a.order)
+    bad = [a for a in acts if not a.finite]
+    if not bad:
+        where = "the loss" if step in losses else "the backward pass"
+        message = f"NaN born in {where} at step {step}: every module output was finite"
+        yield _finding("nan-origin", LOSS if step in losses else "backward", "act", [step], 1.0, 0.0, message)
+        return
+    born = [a for a in bad if a.inputs_finite]
+    if born:
+        a = born[0]
+        message = (
+            f"NaN born in {a.module} ({a.type}) at step {step}: {_nonfinite(a)} while its inputs were finite"
+        )
+        if _params_nonfinite(run, step, a.module):
+            message += "; its parameters already held NaN/Inf"
+    else:
+        a = bad[0]
+        message = (
+            f"non-finite values entered the model at step {step}: {a.module} ({a.type}) got them as input"
+        )
+    yield _finding("nan-origin", a.module, "act", [step], float(a.nan + a.inf), 0.0, message)
+
+
+def _nonfinite(a: ModuleActivation) -> str:
+    return f"its output has {a.nan} NaN, {a.inf} Inf of {a.count} values"
+
+
+def _params_nonfinite(run: Run, step: int, module: str) -> bool:
+    prefix = "" if module == ROOT_NAME else module + "."
+    return any(
+        kind == "param" and s == step and param.startswith(prefix) and t.stats.nan + t.stats.inf
+        for (s, param, kind), t in run.tensors.items()
+    )
+
+
+def loss_nonfinite(signals: Signals) -> Iterator[Finding]:
+    """A recorded loss that is NaN or Inf."""
+    steps = [step for step, value in signals.losses() if not math.isfinite(value)]
+    if steps:
+        value = dict(signals.losses())[steps[0]]
+        message = f"loss is {value} at step {steps[0]}"
+        yield _finding("loss-nonfinite", LOSS, "loss", steps, value, 0.0, message)
+
+
+def _series(signals: Signals) -> dict[str, list[tuple[int, ModuleActivation]]]:
+    out: dict[str, list[tuple[int, ModuleActivation]]] = {}
+    for step in signals.steps():
+        for name, act in signals.activations[step].items():
+            out.setdefault(name, []).append((step, act))
+    return out
+
+
+def _is_output(name: str, order: int, acts: dict[str, ModuleActivation]) -> bool:
+    """No module other than its ancestors returns after it: nothing in the model consumes its output."""
+    return all(
+        a.order <= order or a.module == ROOT_NAME or name.startswith(a.module + ".") for a in acts.values()
+    )
+
+
+def saturation(signals: Signals) -> Iterator[Finding]:
+    """A sigmoid/tanh/softmax output mostly at its bounds over SATURATION_WINDOW recorded steps."""
+    early = signals.steps()[:SATURATION_WINDOW]
+    for name, series in _series(signals).items():
+        hits = [
+            (step, a) for step, a in series if a.saturated is not None and a.saturated >= SATURATION_SHARE
+        ]
+        streak = _streak([step for step, _ in hits], [step for step, _ in series], SATURATION_WINDOW)
+        if not streak:
+            continue
+        step, act = hits[[s for s, _ in hits].index(streak[0])]
+        output = _is_output(name, act.order, signals.activations[step])
+        if output and streak[0] not in early:
+            continue
+        message = (
+            f"{act.saturated:.0%} of {name} ({act.type}) {'rows' if act.bound == 'softmax' else 'values'} "
+            f"at the {act.bound} bounds from step {streak[0]} ({len(streak)} recorded steps)"
+        )
+        yield _finding("saturation", name, "act", streak, act.saturated or 0.0, SATURATION_SHARE, message)
+
+
+def dead_units(signals: Signals) -> Iterator[Finding]:
+    """ReLU-family units that stayed at zero for every input over DEAD_WINDOW recorded steps."""
+    for name, series in _series(signals).items():
+        with_bits = [(step, a) for step, a in series if a.alive is not None]
+        firing: list[int] = []
+        worst: tuple[int, int, int] | None = None
+        for i in range(DEAD_WINDOW - 1, len(with_bits)):
+            window = with_bits[i - DEAD_WINDOW + 1 : i + 1]
+            if len({len(a.alive or b"") for _, a in window}) != 1:
+                continue
+            act = window[-1][1]
+            dead = act.dead_units(merge_alive([a.alive or b"" for _, a in window])) or 0
+            if act.units and dead / act.units >= DEAD_SHARE:
+                firing.append(window[-1][0])
+                worst = worst or (window[0][0], dead, act.units)
+        if firing and worst:
+            start, dead, units = worst
+            message = f"{dead} of {units} units of {name} never fired over steps {start}-{firing[0]}"
+            yield _finding("dead-units", name, "act", firing, dead / units, DEAD_SHARE, message)
+
+
+def loss_stuck(signals: Signals) -> Iterator[Finding]:
+    """The recorded loss did not go down between the first and the last third of the run."""
+    losses = [(step, value) for step, value in signals.losses() if math.isfinite(value)]
+    if len(losses) < max(STUCK_MIN_STEPS, 6):  # two values per third at least, for a variance
+        return
+    third = len(losses) // 3
+    first, last = [v for _, v in losses[:third]], [v for _, v in losses[-third:]]
+    # The first loss counts too: a run that converged before its second recorded step is not stuck.
+    early, late = max(losses[0][1], statistics.median(first)), statistics.median(last)
+    if early == 0:
+        return
+    drop = (early - late) / abs(early)
+    noise = STUCK_NOISE * 1.4826 * (_mad(first) + _mad(last)) / math.sqrt(third)
+    if drop < STUCK_DROP or early - late < noise:
+        message = (
+            f"loss went from {sci(early)} to {sci(late)} (medians of the first and last third of "
+            f"{len(losses)} recorded steps): {drop:.1%} lower, below {STUCK_DROP:.0%}"
+        )
+        steps = [step for step, _ in losses]
+        yield _finding("loss-stuck", LOSS, "loss", [steps[0], steps[-1]], drop, STUCK_DROP, message)
+
+
+def _mad(values: list[float]) -> float:
+    """Median absolute deviation: the spread of minibatch noise, blind to the one-off early high loss."""
+    middle = statistics.median(values)
+    return statistics.median(abs(v - middle) for v in values)
+
+
+def _streak(hits: list[int], steps: list[int], window: int) -> list[int]:
+    """The first run of at least `window` consecutive recorded steps that are all hits, with its extension."""
+    hit, run = set(hits), []
+    for step in steps:
+        if step in hit:
+            run.append(step)
+        elif len(run) >= window:
+            return run
+        else:
+            run = []
+    return run if len(run) >= window else []

@@ -1,0 +1,109 @@
+"""The loss and activation checks (analysis/signal_checks.py) firing on real buggy runs and silent on their twins.
+
+The runs are the programs of benchmarks/detection_activations, trained shorter (150 steps, every 10).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks" / "detection_activations"))
+
+import programs
+
+from gradcheck.analysis.activations import ModuleActivation, Signals
+from gradcheck.analysis.inspection import inspect_run
+from gradcheck.analysis.signal_checks import (
+    SIGNAL_CHECK_IDS,
+    dead_units,
+    loss_stuck,
+    saturation,
+)
+
+CASES = [
+    ("dying_relu", "dead-units", "1", "error"),
+    ("nan_in_layer", "nan-origin", "2", "error"),
+    ("lr_far_too_low", "loss-stuck", "loss", "warning"),
+    ("softmax_binary", "loss-stuck", "loss", "warning"),
+    ("saturated_hidden", "saturation", "1", "warning"),
+    ("saturated_output", "saturation", "3", "warning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _short_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(programs, "STEPS", 150)
+    torch.set_num_threads(1)
+
+
+def _program(name: str) -> programs.Program:
+    return next(p for p in programs.PROGRAMS if p.name == name)
+
+
+@pytest.mark.parametrize(("name", "check", "who", "severity"), CASES)
+def test_check_fires_on_the_buggy_run_and_not_on_its_twin(
+    tmp_path: Path, name: str, check: str, who: str, severity: str
+) -> None:
+    program = _program(name)
+    program.train(tmp_path / "buggy", True)
+    # kind "grad": the gradient-based dead-units (issue #11) shares the check id and may fire on the weights too
+    found = [f for f in inspect_run(tmp_path / "buggy").findings if f.check == check and f.kind != "grad"]
+    assert [(f.param, f.severity) for f in found] == [(who, severity)]
+    program.train(tmp_path / "healthy", False)
+    healthy = inspect_run(tmp_path / "healthy").findings
+    assert [f for f in healthy if f.check in SIGNAL_CHECK_IDS] == []
+
+
+def _act(step: int, **fields: object) -> ModuleActivation:
+    base = {"module": "out", "type": "Sigmoid", "order": 1, "count": 10, "nan": 0, "inf": 0, "zeros": 0}
+    base |= {"mean": 0.5, "std": 0.1, "min": 0.0, "max": 1.0, "inputs_finite": True}
+    return ModuleActivation(**(base | fields))  # type: ignore[arg-type]
+
+
+def test_late_plateau_is_not_a_stuck_loss() -> None:
+    falling = [2.0 * 0.8**i for i in range(10)] + [0.2, 0.21, 0.2, 0.19, 0.2, 0.2, 0.21, 0.2, 0.2, 0.2]
+    assert list(loss_stuck(Signals(scalars={10 * i: {"loss": v} for i, v in enumerate(falling)}))) == []
+    converged_at_once = [30.0] + [0.3, 0.31, 0.29] * 6
+    assert list(loss_stuck(Signals(scalars={i: {"loss": v} for i, v in enumerate(converged_at_once)}))) == []
+    flat = [2.3, 2.31, 2.29, 2.3] * 5
+    (finding,) = loss_stuck(Signals(scalars={i: {"loss": v} for i, v in enumerate(flat)}))
+    assert finding.check == "loss-stuck" and finding.value < 0.02
+    assert list(loss_stuck(Signals(scalars={i: {"loss": 2.3} for i in range(5)}))) == []  # too few
+
+
+def test_an_output_layer_confident_late_is_not_saturated() -> None:
+    def run(shares: list[float], order: int) -> Signals:
+        hidden = _act(0, module="hidden", type="Tanh", order=0, bound="tanh", saturated=0.0)
+        return Signals(
+            activations={
+                s: {"hidden": hidden, "out": _act(s, order=order, bound="sigmoid", saturated=share)}
+                for s, share in enumerate(shares)
+            }
+        )
+
+    late = [0.1, 0.2, 0.5, 0.95, 0.97, 0.99, 0.99]
+    assert list(saturation(run(late, order=1))) == []  # output layer: confident late
+    (hidden,) = saturation(Signals(activations={
+        s: {"out": _act(s, order=0, bound="sigmoid", saturated=v), "later": _act(s, module="later", order=1)}
+        for s, v in enumerate(late)
+    }))  # fmt: skip
+    assert (hidden.param, hidden.step, hidden.last_step) == ("out", 3, 6)
+    (early,) = saturation(run([0.97, 0.98, 0.99, 0.99], order=1))
+    assert early.step == 0 and early.severity == "warning"
+
+
+def test_dead_units_need_the_whole_window() -> None:
+    def relu(step: int, alive: int) -> dict[str, ModuleActivation]:
+        return {"r": _act(step, module="r", type="ReLU", units=8, alive=bytes([alive]))}
+
+    once = Signals(activations={0: relu(0, 0xFF), 1: relu(1, 0x01), 2: relu(2, 0xFE), 3: relu(3, 0xFF)})
+    assert list(dead_units(once)) == []  # silent at one step, firing at the next
+    dying = Signals(activations={s: relu(s, 0x01 if s else 0xFF) for s in range(5)})
+    (finding,) = dead_units(dying)
+    assert finding.steps == (3, 4) and finding.message == "7 of 8 units of r never fired over steps 1-3"
