@@ -236,7 +236,7 @@ def test_context_series_take_the_recorded_context_and_scalars() -> None:
 
 
 def test_without_context_the_page_says_none_was_recorded(sample_runs: Path) -> None:
-    report = inspect_run(sample_runs / "healthy_mlp")
+    report = inspect_run(sample_runs / "plain_dumps")  # written by save_file, without the recorder's context
     page = report_html(report, chart_data(report))
     assert 'id="context-note"' in page and "chart-context" not in page
 
