@@ -26,45 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+from recorder_overhead import GPT  # the same 17M GPT-like model as the recorder's benchmark
 
 from gradcheck.recording.activations import StepSignals
 from gradcheck.recording.torch import Recorder
 
 CONFIGS = ("base", "stats", "stats+act")
-
-
-class Block(torch.nn.Module):
-    """A pre-norm transformer block: causal self-attention and a 4x MLP."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
-        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
-
-
-class GPT(torch.nn.Module):
-    """Token and position embeddings, blocks, a final LayerNorm and the tied output projection."""
-
-    def __init__(self, vocab: int, width: int, layers: int, context: int) -> None:
-        super().__init__()
-        self.tok, self.pos = torch.nn.Embedding(vocab, width), torch.nn.Embedding(context, width)
-        self.blocks = torch.nn.Sequential(*(Block(width, max(1, width // 64)) for _ in range(layers)))
-        self.ln = torch.nn.LayerNorm(width)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.tok(tokens) + self.pos(torch.arange(tokens.shape[1])))
-        return self.ln(x) @ self.tok.weight.T
 
 
 def timed(config: str, model: GPT, optimizer, batches: list[torch.Tensor], steps: int) -> tuple[float, float]:
