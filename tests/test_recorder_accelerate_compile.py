@@ -10,7 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from training_helpers import LoggingSGD, assert_matches_optimizer, digits, mlp
+from training_helpers import (  # noqa: F401 (one_thread: autouse fixture)
+    LoggingSGD,
+    assert_matches_optimizer,
+    batch_of,
+    digits,
+    mlp,
+    one_thread,
+)
 
 from gradcheck.analysis.runs import load_run
 from gradcheck.cli.main import cli
@@ -19,17 +26,8 @@ from gradcheck.recording.torch import Recorder
 DATA = digits()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(i: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    start = (i * size) % (len(DATA) - size)
-    return DATA.tensors[0][start : start + size], DATA.tensors[1][start : start + size]
+    return batch_of(DATA, i, size)
 
 
 def train_accelerate(run_dir: Path, micro_batches: int, scaler=None):

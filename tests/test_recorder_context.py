@@ -12,7 +12,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from training_helpers import LoggingSGD, assert_matches_optimizer, digits, metadata, mlp
+from training_helpers import (  # noqa: F401 (one_thread: autouse fixture)
+    LoggingSGD,
+    assert_matches_optimizer,
+    batch_of,
+    digits,
+    metadata,
+    mlp,
+    one_thread,
+)
 
 from gradcheck.analysis.context import CONTEXT_KEY, SCALARS_KEY, parse_context, parse_scalars
 from gradcheck.analysis.context_summary import compact_steps, context_lines
@@ -24,18 +32,8 @@ DATA = digits()
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and 2 shared cores oversubscribed are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(step: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    start = (step * size) % (len(DATA) - size)
-    return DATA.tensors[0][start : start + size], DATA.tensors[1][start : start + size]
+    return batch_of(DATA, step, size)
 
 
 def loss_of(model: torch.nn.Module, step: int, size: int = 32) -> torch.Tensor:

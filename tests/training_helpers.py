@@ -5,9 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and 2 shared cores oversubscribed are much slower.
+
+    Autouse in every test module that imports it.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch_of(data: torch.utils.data.TensorDataset, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `step`-th batch of `size` examples, wrapping around the data."""
+    start = (step * size) % (len(data) - size)
+    return data.tensors[0][start : start + size], data.tensors[1][start : start + size]
 
 
 def digits(count: int = 512) -> torch.utils.data.TensorDataset:
