@@ -21,7 +21,7 @@ def signature(error: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if "/wt/" in f.filename or "gradcheck" in f.filename
+        if "gradcheck" in f.filename or "/analysis/" in f.filename
     ]
     frames = [f for f in frames if "/fuzz/" not in f.filename] or frames
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
