@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .activations import Signals
+from .columns import Tensor
 from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key, strip_wrappers
@@ -33,16 +34,6 @@ _KIND_WORDS = {
 _INTEGER = re.compile(r"[0-9]+")
 _MAX_STEP_DIGITS = 18  # a step fits in an int64; longer digit runs are not step numbers
 _WORD = re.compile(r"[A-Za-z]+")
-
-
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    """One tensor of one kind of one parameter at one step, as summarised from its file."""
-
-    stats: TensorStats
-    shape: tuple[int, ...]
-    dtype: str
-    file: str
 
 
 @dataclass(frozen=True, slots=True)
