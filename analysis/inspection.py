@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .checks import Finding, run_checks
+from .columns import DerivedColumns, derived_from_rows
 from .config import Config
 from .errors import RunError
 from .metrics import ParamStep, derive
@@ -21,6 +23,11 @@ class Report:
     rows: dict[tuple[int, str], ParamStep]
     findings: list[Finding]
     config: Config = field(default_factory=Config)
+
+    @cached_property
+    def derived(self) -> DerivedColumns:
+        """What `rows` holds, as [step, param] arrays over `run.columns` (analysis/columns.py)."""
+        return derived_from_rows(self.run.columns, self.rows)
 
     @property
     def readable(self) -> bool:

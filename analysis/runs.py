@@ -7,11 +7,11 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from .activations import Signals
-from .columns import Tensor
+from .columns import Columns, Tensor, columns_from_tensors
 from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
 from .errors import RunError, UnreadableFileError
 from .naming import natural_key, strip_wrappers
@@ -66,6 +66,11 @@ class Run:
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
         return self.tensors.get((step, param, kind))
+
+    @cached_property
+    def columns(self) -> Columns:
+        """The run as [step, param] arrays (analysis/columns.py): what vectorised code reads."""
+        return columns_from_tensors(self.steps, self.params, self.tensors)
 
 
 def is_snapshot_name(name: str) -> bool:
