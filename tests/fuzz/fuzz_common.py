@@ -1,4 +1,4 @@
-"""What the cache and summary fuzz targets share: crash recording that keeps going, a memory cap."""
+"""What the fuzz targets share: crash recording that keeps going, a memory cap."""
 
 from __future__ import annotations
 
@@ -28,32 +28,38 @@ def signature(error: BaseException) -> str:
     return f"{type(error).__name__}@{where}"
 
 
-def record(error: BaseException, data: bytes, target: str) -> None:
-    """Save the input and traceback of the first crash of each signature, then keep fuzzing."""
+def record(error: BaseException, data: bytes, target: str, suffix: str = ".bin") -> None:
+    """Save the input (as `crash-*{suffix}`) and traceback of the first crash of each signature, then keep fuzzing."""
     name = f"{target}:{signature(error)}"
     if name in _seen:
         return
     _seen.add(name)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     stem = ARTIFACTS / f"crash-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-    stem.with_suffix(".bin").write_bytes(data)
+    stem.with_suffix(suffix).write_bytes(data)
     text = "".join(traceback.format_exception(error))
     stem.with_suffix(".txt").write_text(f"{name}\n{text}")
     print(f"\n=== NEW CRASH {name} ({len(data)} bytes) -> {stem}\n{text}", file=sys.stderr, flush=True)
 
 
 def call(
-    target: str, data: bytes, expected: tuple[type[BaseException], ...], function: Callable, *args
+    target: str,
+    data: bytes,
+    expected: tuple[type[BaseException], ...],
+    function: Callable,
+    *args: object,
+    suffix: str = ".bin",
+    **kwargs: object,
 ) -> object:
     """Run one entry point: `expected` exceptions are answers, anything else is a recorded crash."""
     try:
-        return function(*args)
+        return function(*args, **kwargs)
     except expected:
         return None
     except Exception as error:  # anything but the expected answers is a bug
         if STRICT:
             raise
-        record(error, data, target)
+        record(error, data, target, suffix)
         return None
 
 

@@ -7,17 +7,14 @@ any other exception is a crash. See README.md beside this file for how to run it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
-import resource
 import shutil
 import struct
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import atheris
@@ -33,51 +30,18 @@ with atheris.instrument_imports(include=["gradcheck"]):
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from st_files import bf16_bits, file_bytes, write_arrays  # st_files lives in tests/
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzz_common import call, limit_memory
+
 FILE_NAME = "grads_7.safetensors"  # names a kind, so keys without a grad/ prefix are still read
 COMPANION = "params_7.safetensors"  # a valid file of the same step, always in the run directory
 SCAN_BUFFER = 64  # small, so that every tensor is streamed in several chunks
-MEMORY_LIMIT = 3 << 30  # a runaway allocation becomes a MemoryError (a crash we record), not an OOM kill
-STRICT = os.environ.get("FUZZ_STRICT") == "1"  # re-raise crashes: for libFuzzer's -minimize_crash
-ARTIFACTS = Path(os.environ.get("FUZZ_ARTIFACTS", "fuzz-crashes"))
-
-_seen: set[str] = set()
 _run_dir = Path()  # set by main()
 
 
-def _signature(error: BaseException) -> str:
-    """Exception type and the innermost project frame: one signature per distinct bug."""
-    frames = [
-        f
-        for f in traceback.extract_tb(error.__traceback__)
-        if "gradcheck" in f.filename or "/analysis/" in f.filename
-    ]
-    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
-    return f"{type(error).__name__}@{where}"
-
-
-def _record(error: BaseException, data: bytes, target: str) -> None:
-    """Save the input and the traceback of the first crash of each signature, then keep fuzzing."""
-    signature = f"{target}:{_signature(error)}"
-    if signature in _seen:
-        return
-    _seen.add(signature)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    stem = ARTIFACTS / f"crash-{hashlib.sha1(signature.encode()).hexdigest()[:12]}"
-    stem.with_suffix(".safetensors").write_bytes(data)
-    text = "".join(traceback.format_exception(error))
-    stem.with_suffix(".txt").write_text(f"{signature}\n{text}")
-    print(f"\n=== NEW CRASH {signature} ({len(data)} bytes) -> {stem}\n{text}", file=sys.stderr, flush=True)
-
-
 def _call(target: str, data: bytes, function, *args, **kwargs) -> None:
-    try:
-        function(*args, **kwargs)
-    except GradcheckError:
-        pass
-    except Exception as error:  # anything but the project's own errors is a bug
-        if STRICT:
-            raise
-        _record(error, data, target)
+    """A GradcheckError is the answer to a bad file; anything else is a crash, saved as a .safetensors input."""
+    call(target, data, (GradcheckError,), function, *args, suffix=".safetensors", **kwargs)
 
 
 def test_one_input(data: bytes) -> None:
@@ -234,18 +198,13 @@ def _make_run_dir() -> Path:
     return folder
 
 
-def _limit_memory() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, hard))
-
-
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--seeds":
         write_seeds(Path(sys.argv[2]))
         return
     global _run_dir
     _run_dir = _make_run_dir()
-    _limit_memory()
+    limit_memory()
     atheris.Setup(sys.argv, test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()  # never returns: libFuzzer exits the process
 
