@@ -9,7 +9,7 @@ page faults than the arithmetic (cloning 68 MB took 45-105 ms here, copying it i
 8-15 ms), and a writer thread doing this work competes with training for the same cores.
 
 Device tensors are summarised on their device without synchronising (the training thread only enqueues
-kernels) into a float64 row of 8 numbers; `RowsOnTheWay` brings all rows of a step back in one transfer,
+kernels) into a float64 row of 9 numbers; `RowsOnTheWay` brings all rows of a step back in one transfer,
 which only the writer thread waits for.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradcheck.analysis.stats import TensorStats, merge_all
+from gradcheck.analysis.stats import SAFE_HIGH, SAFE_LOW, TensorStats, merge_all
 
 # Elements per host chunk: 2 MiB of float64 scratch stays in the L2/L3 cache. Summarising the 17M gradients,
 # parameters and updates of the benchmark's GPT took 2^16: 33/32/38 ms, 2^17: 37/29/34, 2^18: 25/23/34,
@@ -71,10 +71,22 @@ def _chunk_stats(torch: Any, mags: Any) -> TensorStats:
     low, high = (float(value) for value in mags.aminmax())  # NaN propagates into both
     if not math.isfinite(high):
         return _non_finite_stats(torch, mags)
-    count, total, square = mags.numel(), float(mags.sum()), float(mags.dot(mags))
+    count, scale = mags.numel(), _scale_of(high)
+    if scale != 1.0:  # float64 values whose squares leave float64: sums of |x| / scale (analysis/stats.py)
+        zeros = count - int(torch.count_nonzero(mags)) if low == 0.0 else 0  # before a tiny |x| rounds to 0
+        mags.div_(scale)
+        return TensorStats(count, 0, 0, zeros, low, high, float(mags.sum()), float(mags.dot(mags)), scale)
+    total, square = float(mags.sum()), float(mags.dot(mags))
     # sign() of |x| is 1 or 0: its float64 sum counts the non-zeros exactly, 4x faster than count_nonzero.
     zeros = count - int(mags.sign_().sum()) if low == 0.0 else 0
     return TensorStats(count, 0, 0, zeros, low, high, total, square)
+
+
+def _scale_of(high: float) -> float:
+    """1, or a power of two near `high` when |x| up to `high` would over- or underflow its square (F64 only)."""
+    if high > SAFE_HIGH or 0 < high < SAFE_LOW:
+        return math.ldexp(1.0, math.frexp(high)[1] - 1)
+    return 1.0
 
 
 def _non_finite_stats(torch: Any, mags: Any) -> TensorStats:
@@ -87,30 +99,41 @@ def _non_finite_stats(torch: Any, mags: Any) -> TensorStats:
         return TensorStats(count=count, nan=nan, inf=inf)
     low, high = (float(value) for value in finite.aminmax())
     zeros = finite.numel() - int(torch.count_nonzero(finite)) if low == 0.0 else 0
-    return TensorStats(count, nan, inf, zeros, low, high, float(finite.sum()), float(finite.dot(finite)))
+    scale = _scale_of(high)
+    finite = finite / scale if scale != 1.0 else finite
+    return TensorStats(
+        count, nan, inf, zeros, low, high, float(finite.sum()), float(finite.dot(finite)), scale
+    )
 
 
 def device_row(torch: Any, tensor: Any) -> Any:
-    """TensorStats of a device tensor as a float64 row on the device; reads nothing back (no sync)."""
+    """TensorStats of a device tensor as a float64 row of 9 on the device; reads nothing back (no sync)."""
     flat = tensor.reshape(-1)
     if flat.numel() == 0:
-        row = torch.zeros(8, dtype=torch.float64, device=flat.device)  # fills, not host-to-device copies
-        row[4] = math.inf
+        row = torch.zeros(9, dtype=torch.float64, device=flat.device)  # fills, not host-to-device copies
+        row[4], row[8] = math.inf, 1.0
         return row
     rows = [_device_chunk_row(torch, chunk) for chunk in flat.split(DEVICE_CHUNK)]
     if len(rows) == 1:
         return rows[0]
     table = torch.stack(rows)
     total = table.sum(dim=0)
-    return torch.cat([total[:4], table[:, 4].min().reshape(1), table[:, 5].max().reshape(1), total[6:]])
+    # Sums of chunks with different scales (float64 only) are re-expressed at the largest, as TensorStats.merge
+    # does; with every scale 1 the factors are 1 and the sums are the plain ones.
+    scale = table[:, 8].max()
+    factor = table[:, 8] / scale
+    sums = torch.stack([(table[:, 6] * factor).sum(), (table[:, 7] * factor * factor).sum()])
+    extremes = torch.stack([table[:, 4].min(), table[:, 5].max()])
+    return torch.cat([total[:4], extremes, sums, scale.reshape(1)])
 
 
 def _device_chunk_row(torch: Any, chunk: Any) -> Any:
-    """count, nan, inf, zeros, abs_min, abs_max, abs_sum, sq_sum of a non-empty chunk, float64, on its device.
+    """count, nan, inf, zeros, abs_min, abs_max, abs_sum, sq_sum, scale of a non-empty chunk, float64, on its device.
 
     Branch-free (a branch on a value would synchronise): NaN and Inf count as 0 for the maximum, the zero
     count and the sums, and as Inf for the minimum, which stays Inf when no element is finite. Only the
-    sums need float64; min and max are exact in the tensor's own dtype.
+    sums need float64; min and max are exact in the tensor's own dtype. Only float64 values can leave the
+    range where their squares fit float64: for them the sums are of |x| / scale (analysis/stats.py).
     """
     if chunk.element_size() == 1:
         chunk = chunk.float()  # float8 has few kernels; float32 holds its values exactly
@@ -121,12 +144,20 @@ def _device_chunk_row(torch: Any, chunk: Any) -> Any:
     nan, inf = torch.isnan(mags).sum(), torch.isinf(mags).sum()
     counts = torch.stack([nan, inf, numel - nan - inf - kept.count_nonzero()]).to(torch.float64)
     extremes = torch.stack([torch.nan_to_num(mags, nan=math.inf, posinf=math.inf).min(), kept.max()])
+    scale = torch.ones(1, dtype=torch.float64, device=chunk.device)
+    if chunk.dtype == torch.float64:
+        high = extremes[1].reshape(1)
+        beyond = (high > SAFE_HIGH) | ((high > 0) & (high < SAFE_LOW))
+        power = torch.ldexp(scale, torch.frexp(high).exponent - 1)
+        scale = torch.where(beyond, power, scale)
+        wide = wide / scale
     return torch.cat(
         [
             torch.full((1,), float(numel), dtype=torch.float64, device=chunk.device),
             counts,
             extremes.to(torch.float64),
             torch.stack([wide.sum(), wide.dot(wide)]),
+            scale,
         ]
     )
 

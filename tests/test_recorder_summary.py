@@ -71,3 +71,29 @@ def test_all_non_finite_and_shapes() -> None:
     assert (stats.count, stats.nan, stats.inf, stats.finite) == (12, 11, 1, 0)
     assert math.isnan(stats.max_abs)
     assert np.isinf(RowsOnTheWay(torch, {"k": device_row(torch, tensor)}).stats()["k"].abs_min)
+
+
+@pytest.mark.parametrize(
+    "magnitudes",
+    [[1e300, 3e299, 0.0], [1e-300, 5e-310, 0.0], [1e300, 1e-300, 2.0], [1.5, 2.5, 0.0]],
+    ids=["huge", "tiny", "mixed", "ordinary"],
+)
+def test_float64_beyond_the_safe_range_keeps_norm_and_mean(
+    monkeypatch: pytest.MonkeyPatch, magnitudes: list[float]
+) -> None:
+    """Squares of 1e300 overflow float64 and those of 1e-300 underflow: stats mode must scale them as the reader does."""
+    monkeypatch.setattr(summary_module, "HOST_CHUNK", 4)  # chunks of different scales, merged
+    monkeypatch.setattr(summary_module, "DEVICE_CHUNK", 4)
+    tensor = torch.tensor(magnitudes * 5, dtype=torch.float64) * torch.tensor([1.0, -1.0] * 7 + [1.0])
+    expected = reference(tensor)
+    host = HostSummarizer(torch).summarize(tensor)
+    device = RowsOnTheWay(torch, {"k": device_row(torch, tensor)}).stats()["k"]
+    for found in (host, device):
+        assert (found.count, found.zeros, found.abs_min, found.abs_max) == (
+            expected.count,
+            expected.zeros,
+            expected.abs_min,
+            expected.abs_max,
+        )
+        assert math.isfinite(found.norm) and found.norm == pytest.approx(expected.norm, rel=1e-12, abs=0)
+        assert found.mean_abs == pytest.approx(expected.mean_abs, rel=1e-12, abs=0)
