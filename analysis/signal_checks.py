@@ -1,6 +1,6 @@
 """Checks on the loss and forward activations a run recorded beside its gradients (analysis/activations.py).
 
-`nan-origin`, `saturation`, `dead-units`, `loss-nonfinite` and `loss-stuck` see failures whose gradients look
+`nan-origin`, `saturation`, `dead-activations`, `loss-nonfinite` and `loss-stuck` see failures whose gradients look
 ordinary. A finding names a module (or `loss`) in its `param` field and `act` or `loss` in its `kind`. Runs
 recorded without activations or loss get none of these findings, and their other findings are unchanged.
 """
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from .activations import ROOT_NAME, ModuleActivation, Signals, merge_alive
 from .checks import HINTS, Finding
+from .config import SIGNAL_CHECK_IDS as SIGNAL_CHECK_IDS  # re-exported: the ids live in config
 from .config import Config
 from .formatting import sci
 from .runs import Run
@@ -21,10 +22,9 @@ SEVERITY = {
     "nan-origin": "error",
     "loss-nonfinite": "error",
     "saturation": "warning",
-    "dead-units": "error",
+    "dead-activations": "error",
     "loss-stuck": "warning",
 }
-SIGNAL_CHECK_IDS = tuple(SEVERITY)
 LOSS = "loss"  # the `param` of loss findings
 
 # Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least this
@@ -64,7 +64,7 @@ SIGNAL_HINTS = {
     "the learning rate",
     "saturation": "outputs pinned at the bounds pass almost no gradient: scale the inputs, use a smaller init, "
     "or pair the output activation with the matching loss (logits into BCEWithLogits / CrossEntropy)",
-    "dead-units": "ReLU units that never fire: lower the learning rate, check the bias init, or use LeakyReLU",
+    "dead-activations": "ReLU units that never fire: lower the learning rate, check the bias init, or use LeakyReLU",
     "loss-stuck": "the loss does not go down: check the loss matches the task and the labels, and that the "
     "learning rate is not far too low",
 }
@@ -80,10 +80,11 @@ def signal_findings(run: Run, config: Config) -> list[Finding]:
         *nan_origin(run),
         *loss_nonfinite(signals),
         *saturation(signals),
-        *dead_units(signals),
+        *dead_activations(signals),
         *loss_stuck(signals),
     ]
-    return [f for f in found if f.check not in config.ignore]
+    # --ignore and the config's ignore lists; an override's `params` globs match the module name (or `loss`)
+    return [f for f in found if f.check not in config.for_param(f.param)[1]]
 
 
 def _finding(check: str, who: str, kind: str, steps: list[int], value: float, threshold: float, message: str):
@@ -186,7 +187,7 @@ def saturation(signals: Signals) -> Iterator[Finding]:
         yield _finding("saturation", name, "act", streak, act.saturated or 0.0, SATURATION_SHARE, message)
 
 
-def dead_units(signals: Signals) -> Iterator[Finding]:
+def dead_activations(signals: Signals) -> Iterator[Finding]:
     """ReLU-family units that stayed at zero for every input over DEAD_WINDOW recorded steps."""
     for name, series in _series(signals).items():
         with_bits = [(step, a) for step, a in series if a.alive is not None]
@@ -204,7 +205,7 @@ def dead_units(signals: Signals) -> Iterator[Finding]:
         if firing and worst:
             start, dead, units = worst
             message = f"{dead} of {units} units of {name} never fired over steps {start}-{firing[0]}"
-            yield _finding("dead-units", name, "act", firing, dead / units, DEAD_SHARE, message)
+            yield _finding("dead-activations", name, "act", firing, dead / units, DEAD_SHARE, message)
 
 
 def loss_stuck(signals: Signals) -> Iterator[Finding]:

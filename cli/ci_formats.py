@@ -18,7 +18,7 @@ from rich.console import Console
 
 from gradcheck.analysis.atomic import append_regular, write_output
 from gradcheck.analysis.checks import Finding
-from gradcheck.analysis.config import CHECK_IDS
+from gradcheck.analysis.config import PARAM_CHECK_IDS
 from gradcheck.analysis.formatting import beyond, sci, times
 from gradcheck.analysis.formatting import bound as threshold_text
 from gradcheck.analysis.inspection import Report
@@ -307,7 +307,7 @@ def junit_text(report: Report, _shown: int | None = None) -> str:
 
 
 def _param_cases(param: str, ignored: frozenset[str], found: dict[str, list[Finding]]) -> list[ET.Element]:
-    checks = dict.fromkeys([*(c for c in CHECK_IDS if c not in ignored), *found])
+    checks = dict.fromkeys([*(c for c in PARAM_CHECK_IDS if c not in ignored), *found])
     return [_check_case(param, check, found.get(check, [])) for check in checks]
 
 

@@ -21,13 +21,13 @@ from gradcheck.analysis.activations import ModuleActivation, Signals
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.analysis.signal_checks import (
     SIGNAL_CHECK_IDS,
-    dead_units,
+    dead_activations,
     loss_stuck,
     saturation,
 )
 
 CASES = [
-    ("dying_relu", "dead-units", "1", "error"),
+    ("dying_relu", "dead-activations", "1", "error"),
     ("nan_in_layer", "nan-origin", "2", "error"),
     ("lr_far_too_low", "loss-stuck", "loss", "warning"),
     ("softmax_binary", "loss-stuck", "loss", "warning"),
@@ -52,8 +52,7 @@ def test_check_fires_on_the_buggy_run_and_not_on_its_twin(
 ) -> None:
     program = _program(name)
     program.train(tmp_path / "buggy", True)
-    # kind "grad": the gradient-based dead-units (issue #11) shares the check id and may fire on the weights too
-    found = [f for f in inspect_run(tmp_path / "buggy").findings if f.check == check and f.kind != "grad"]
+    found = [f for f in inspect_run(tmp_path / "buggy").findings if f.check == check]
     assert [(f.param, f.severity) for f in found] == [(who, severity)]
     program.train(tmp_path / "healthy", False)
     healthy = inspect_run(tmp_path / "healthy").findings
@@ -103,7 +102,7 @@ def test_dead_units_need_the_whole_window() -> None:
         return {"r": _act(step, module="r", type="ReLU", units=8, alive=bytes([alive]))}
 
     once = Signals(activations={0: relu(0, 0xFF), 1: relu(1, 0x01), 2: relu(2, 0xFE), 3: relu(3, 0xFF)})
-    assert list(dead_units(once)) == []  # silent at one step, firing at the next
+    assert list(dead_activations(once)) == []  # silent at one step, firing at the next
     dying = Signals(activations={s: relu(s, 0x01 if s else 0xFF) for s in range(5)})
-    (finding,) = dead_units(dying)
+    (finding,) = dead_activations(dying)
     assert finding.steps == (3, 4) and finding.message == "7 of 8 units of r never fired over steps 1-3"
