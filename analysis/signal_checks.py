@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 from .activations import ROOT_NAME, ModuleActivation, Signals, merge_alive
 from .checks import HINTS, Finding
-from .config import SIGNAL_CHECK_IDS as SIGNAL_CHECK_IDS  # re-exported: the ids live in config
-from .config import Config
+from .config import SIGNAL_CHECK_IDS, Config  # noqa: F401 (SIGNAL_CHECK_IDS re-exported; defined in config)
 from .formatting import sci
 from .runs import Run
 

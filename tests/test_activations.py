@@ -167,7 +167,9 @@ def test_ignore_and_config_reach_the_signal_checks(tmp_path: Path) -> None:
     found = {f["check"] for f in json.loads(ignored.output)["findings"]}
     assert ignored.exit_code == 1 and "nonfinite" in found and not found & {"nan-origin", "loss-nonfinite"}
     config = tmp_path / "gradcheck.toml"
-    config.write_text('ignore = ["loss-nonfinite"]\n[[overrides]]\nparams = ["no*"]\nignore = ["nan-origin"]\n')
+    config.write_text(
+        'ignore = ["loss-nonfinite"]\n[[overrides]]\nparams = ["no*"]\nignore = ["nan-origin"]\n'
+    )
     found = {f.check for f in inspect_run(tmp_path / "run", load_config(config)).findings}
     assert "nonfinite" in found and not found & {"nan-origin", "loss-nonfinite"}
     unknown = CliRunner().invoke(cli, [*args, "--ignore", "dead-unit"])
