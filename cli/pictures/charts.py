@@ -97,14 +97,8 @@ def grouped_findings(report: Report) -> Story:
 
 
 def recorded_context(report: Report) -> tuple[Mapping[int, Any], Mapping[int, Mapping[str, float]]]:
-    """Per step, the StepContext and the scalars (loss, ...) the reader found, when it exposes them.
-
-    Hook: the reader is being taught to keep `gradcheck.context` / `gradcheck.scalars` (analysis/context.py,
-    issue #10). Until `Run` has them, both are empty and the report leaves its context section out.
-    """
-    contexts = getattr(report.run, "contexts", None) or {}
-    scalars = getattr(report.run, "scalars", None) or {}
-    return contexts, scalars
+    """Per step, the StepContext and the scalars (loss, ...) the reader found; empty for runs without them."""
+    return report.run.contexts, report.run.signals.scalars
 
 
 def context_series(
