@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradcheck.analysis.errors import RunError
-from gradcheck.analysis.heatmap import METRICS, Heatmap, build_heatmap
+from gradcheck.analysis.heatmap import LAYER_METRICS, Heatmap, build_heatmap
 from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profile, grad_series
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.story import Story, tell
@@ -150,7 +150,7 @@ def _log_mean(value: float | None) -> float | None:
 
 def _heatmaps(report: Report, columns: int) -> dict[str, Heatmap]:
     out = {}
-    for metric in METRICS:
+    for metric in LAYER_METRICS:  # act-* have modules for rows: the activations section draws them
         try:
             out[metric] = build_heatmap(report, metric, max_columns=columns)
         except RunError:  # no layer has this metric (no update tensors recorded): the choice is left out
