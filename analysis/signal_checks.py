@@ -35,6 +35,18 @@ LOSS = "loss"  # the `param` of loss findings
 # its streak starts within the first SATURATION_WINDOW recorded steps.
 SATURATION_SHARE = 0.9
 SATURATION_WINDOW = 3
+# Saturation is an error when it is held: from within the first SATURATION_WINDOW recorded steps through the last,
+# over at least SATURATION_HELD recorded steps (a whole run, not a phase), and the module is hidden (its pinned
+# output starves every layer below of gradient: Glorot & Bengio 2010) or its output is pinned to one value, the
+# spread max - min of every recorded output below PINNED_SPREAD (the output no longer depends on the input).
+# Evidence (benchmarks/detection_activations, 30 recorded steps): unscaled pixels into a tanh hidden layer hold
+# 0.97-0.99 for all 30; the sigmoid output of unscaled pixels is 0 to 1e-26 from the second recorded step on; a
+# 1-unit softmax is exactly 1.0 throughout. The healthy twins never reach 0.9 at any step, and a confident
+# output layer (`confident_softmax`, up to 0.88) spreads over [0, 1]: a confident classifier answers different
+# classes for different inputs. A resumed run whose output layer is confident from its first recorded step stays
+# a warning unless its outputs are all the same value.
+SATURATION_HELD = 10
+PINNED_SPREAD = 0.01
 # Dead units from activations: a ReLU-family output with at least this share of its units zero for every input
 # of this many consecutive recorded steps. Evidence: the healthy digits MLPs keep at most 8-19 % of their 64
 # ReLU units silent at any recorded step; `dying_relu` (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
@@ -86,9 +98,18 @@ def signal_findings(run: Run, config: Config) -> list[Finding]:
     return [f for f in found if f.check not in config.for_param(f.param)[1]]
 
 
-def _finding(check: str, who: str, kind: str, steps: list[int], value: float, threshold: float, message: str):
+def _finding(
+    check: str,
+    who: str,
+    kind: str,
+    steps: list[int],
+    value: float,
+    threshold: float,
+    message: str,
+    severity: str | None = None,
+) -> Finding:
     return Finding(
-        check=check, problem=check, severity=SEVERITY[check], param=who, layer=who, kind=kind,
+        check=check, problem=check, severity=severity or SEVERITY[check], param=who, layer=who, kind=kind,
         step=steps[0], last_step=steps[-1], count=len(steps), steps=tuple(steps), value=value,
         threshold=threshold, message=message, hint=SIGNAL_HINTS[check],
     )  # fmt: skip
@@ -183,7 +204,13 @@ def saturation(signals: Signals) -> Iterator[Finding]:
             f"{act.saturated:.0%} of {name} ({act.type}) {'rows' if act.bound == 'softmax' else 'values'} "
             f"at the {act.bound} bounds from step {streak[0]} ({len(streak)} recorded steps)"
         )
-        yield _finding("saturation", name, "act", streak, act.saturated or 0.0, SATURATION_SHARE, message)
+        held = streak[0] in early and streak[-1] == signals.steps()[-1] and len(streak) >= SATURATION_HELD
+        pinned = all(a.max - a.min < PINNED_SPREAD for s, a in series if s in set(streak))
+        if held and (pinned or not output):
+            message += ", to the last step" + (f": every output within {PINNED_SPREAD} of one value" * pinned)
+        severity = "error" if held and (pinned or not output) else None
+        value = act.saturated or 0.0
+        yield _finding("saturation", name, "act", streak, value, SATURATION_SHARE, message, severity)
 
 
 def dead_activations(signals: Signals) -> Iterator[Finding]:

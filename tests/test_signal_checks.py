@@ -31,8 +31,8 @@ CASES = [
     ("nan_in_layer", "nan-origin", "2", "error"),
     ("lr_far_too_low", "loss-stuck", "loss", "warning"),
     ("softmax_binary", "loss-stuck", "loss", "warning"),
-    ("saturated_hidden", "saturation", "1", "warning"),
-    ("saturated_output", "saturation", "3", "warning"),
+    ("saturated_hidden", "saturation", "1", "error"),  # hidden, held from the start to the end
+    ("saturated_output", "saturation", "3", "error"),  # output pinned at 0 whatever the input
 ]
 
 
@@ -95,6 +95,30 @@ def test_an_output_layer_confident_late_is_not_saturated() -> None:
     assert (hidden.param, hidden.step, hidden.last_step) == ("out", 3, 6)
     (early,) = saturation(run([0.97, 0.98, 0.99, 0.99], order=1))
     assert early.step == 0 and early.severity == "warning"
+
+
+def test_saturation_is_an_error_only_when_held_to_the_end_by_a_hidden_or_pinned_module() -> None:
+    def run(shares: list[float], *, output: bool, spread: float = 1.0) -> Signals:
+        later = {} if output else {"later": _act(0, module="later", type="Linear", order=2)}
+        return Signals(
+            activations={
+                s: {**later, "out": _act(s, bound="sigmoid", saturated=v, min=0.0, max=spread)}
+                for s, v in enumerate(shares)
+            }
+        )
+
+    held = [0.95] * 12
+    # a resumed, confident classifier: its output layer at the bounds throughout, but spread over [0, 1]
+    (confident,) = saturation(run(held, output=True))
+    assert confident.severity == "warning"
+    (pinned,) = saturation(run(held, output=True, spread=1e-26))
+    assert pinned.severity == "error" and "to the last step: every output within 0.01" in pinned.message
+    (hidden,) = saturation(run(held, output=False))
+    assert hidden.severity == "error" and hidden.count == 12
+    (recovered,) = saturation(run([*held[:11], 0.5], output=False))  # not held to the last step
+    assert recovered.severity == "warning"
+    (short,) = saturation(run(held[:9], output=False))  # fewer than SATURATION_HELD recorded steps
+    assert short.severity == "warning"
 
 
 def test_dead_units_need_the_whole_window() -> None:
