@@ -19,6 +19,8 @@ from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profil
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.story import Story, tell
 
+from .signal_data import CHART_OF_SIGNAL, ModuleSeries, module_series
+
 # One colour per layer, cycled in model order: Tableau 10, which is both matplotlib's default cycle ("tab10")
 # and Vega's "tableau10" scheme, so the HTML report and `gradcheck plot` colour a layer alike.
 LAYER_COLOURS = (
@@ -33,7 +35,7 @@ HEATMAP_SCHEME = "inferno"  # dark = vanishing, bright = exploding, as `gradchec
 # bin, NaN/Inf winning), so a 10,000-step run still gives a page of a few MB at most.
 MAX_HEATMAP_COLUMNS = 400
 # A group of findings links to the chart that shows it: update-ratio findings to the ratio chart, the rest to ‖g‖.
-CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"}
+CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"} | CHART_OF_SIGNAL
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ChartData:
     vanishing_mean: float
     exploding_mean: float
     context: Mapping[str, tuple[tuple[int, float], ...]]  # name -> (step, value): lr, loss scale, loss, ...
+    # Recorded loss and forward activations (issue #16); empty for runs without them.
+    loss: tuple[tuple[int, float], ...] = ()
+    act_steps: tuple[int, ...] = ()
+    activations: tuple[ModuleSeries, ...] = ()  # forward order
 
     def colour(self, layer: str) -> str:
         """The colour of a layer, the same in every chart and in both renderers."""
@@ -73,6 +79,7 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
     run = report.run
     series = tuple(_param_series(report, param) for param in run.params)
     t = report.config.thresholds
+    act_steps, modules = module_series(run.signals)
     return ChartData(
         run=run.path,
         steps=run.steps,
@@ -84,6 +91,9 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
         vanishing_mean=t.vanishing_mean,
         exploding_mean=t.exploding_mean,
         context=context_series(*recorded_context(report)),
+        loss=tuple(run.signals.losses()),
+        act_steps=act_steps,
+        activations=modules,
     )
 
 
