@@ -109,7 +109,7 @@ def comparison(finding: Finding) -> str:
         value, bound = beyond(finding.value, finding.threshold), threshold_text(finding.threshold)
     elif finding.check == "dead":
         return "all zero"
-    elif finding.check == "dead-units":
+    elif finding.check in ("dead-units", "dead-activations"):  # shares of units, of weights / of outputs
         value, bound = f"{math.floor(100 * finding.value)} %", f"{100 * finding.threshold:g} %"
         return f"{value} ≥ {bound}"
     elif finding.check == "nonfinite":

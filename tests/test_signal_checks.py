@@ -25,6 +25,7 @@ from gradcheck.analysis.signal_checks import (
     loss_stuck,
     saturation,
 )
+from gradcheck.cli.ci_formats import comparison
 
 CASES = [
     ("dying_relu", "dead-activations", "1", "error"),
@@ -130,3 +131,4 @@ def test_dead_units_need_the_whole_window() -> None:
     dying = Signals(activations={s: relu(s, 0x01 if s else 0xFF) for s in range(5)})
     (finding,) = dead_activations(dying)
     assert finding.steps == (3, 4) and finding.message == "7 of 8 units of r never fired over steps 1-3"
+    assert comparison(finding) == "87 % ≥ 50 %"  # as the gradient-based dead-units in CI outputs
