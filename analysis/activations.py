@@ -2,8 +2,13 @@
 
 The recorders write one entry per module output in `__metadata__["gradcheck.activations"]`, a JSON object whose
 keys are `act/<module name>` (the root module is `act/<model>`); the loss and other user scalars travel in
-`gradcheck.scalars` (analysis/context.py). Both are optional: a file without them reads exactly as before. Parsing
-is lenient entry by entry: a malformed entry is dropped and named in `problems`, never the whole file.
+`gradcheck.scalars` (its format and parser, `parse_scalars`, in analysis/context.py). Both are optional: a file
+without them reads exactly as before. Parsing is lenient entry by entry: a malformed entry is dropped and named in
+`problems`, never the whole file.
+
+`Signals` is the one owner of a run's scalars: readers take `run.signals.scalars` / `run.signals.losses()`.
+`Run.scalars` (analysis/runs.py) is a compat alias that still parses the key a second time until runs.py reads
+`signals.scalars` instead (tests/test_signals_scalars.py).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class ModuleActivation:
 
 @dataclass
 class Signals:
-    """Activations and scalars of a run, by step; empty for runs recorded without them."""
+    """Activations and scalars (the loss, ...) of a run, by step; empty for runs recorded without them."""
 
     activations: dict[int, dict[str, ModuleActivation]] = field(default_factory=dict)
     scalars: dict[int, dict[str, float]] = field(default_factory=dict)

@@ -19,7 +19,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-CHECK_IDS = (
+# Checks judged per parameter from its gradient/param/update tensors (analysis/checks.py).
+PARAM_CHECK_IDS = (
     "nonfinite",
     "vanishing",
     "exploding",
@@ -32,6 +33,11 @@ CHECK_IDS = (
     "update-ratio-high",
     "update-ratio-low",
 )
+# Checks on the recorded loss and forward activations (analysis/signal_checks.py, issue #16). Their findings name
+# a module or `loss`, not a parameter; `dead-activations` is the activation-based dying-ReLU check (it was
+# called `dead-units` like the gradient-based one before both could be told apart in --ignore).
+SIGNAL_CHECK_IDS = ("nan-origin", "loss-nonfinite", "saturation", "dead-activations", "loss-stuck")
+CHECK_IDS = PARAM_CHECK_IDS + SIGNAL_CHECK_IDS
 FAIL_LEVELS = ("error", "warning", "never")
 _TOP_KEYS = frozenset({"fail-on", "ignore", "thresholds", "overrides"})
 _OVERRIDE_KEYS = frozenset({"params", "ignore", "thresholds"})

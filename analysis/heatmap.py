@@ -14,18 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .activation_heatmap import ACT_METRIC_LABELS, ACT_METRICS, ACT_NEEDS, activation_values
 from .errors import RunError
 from .inspection import Report
 from .metrics import ParamStep, log10_ratio
 from .stats import TensorStats, merge_all
 
-METRICS = ("grad-norm", "grad-mean", "update-ratio", "param-norm")
+LAYER_METRICS = ("grad-norm", "grad-mean", "update-ratio", "param-norm")
+METRICS = LAYER_METRICS + ACT_METRICS  # act-*: modules x steps, a share (analysis/activation_heatmap.py)
 METRIC_LABELS = {
     "grad-norm": "log10 ‖g‖ of the layer",
     "grad-mean": "log10 mean|g| of the layer",
     "update-ratio": "log10 mean|update| / mean|param| of the layer",
     "param-norm": "log10 ‖param‖ of the layer",
-}
+} | ACT_METRIC_LABELS
 # Level codes below 0 are markers; 0..levels-1 are magnitudes, low to high.
 NONFINITE, ZERO, MISSING = -3, -2, -1
 
@@ -60,7 +62,10 @@ def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
     """The heatmap of `metric` over a report's layers and recorded steps, in at most `max_columns` columns."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    layers, values, missing = layer_values(report, metric)
+    if metric in ACT_METRICS:
+        layers, values, missing = activation_values(report.run.signals, report.run.steps, metric)
+    else:
+        layers, values, missing = layer_values(report, metric)
     if missing.all():
         raise RunError(f"{report.run.path}: no layer has a value for --metric {metric} ({_NEEDS[metric]})")
     steps = report.run.steps
@@ -203,4 +208,4 @@ _NEEDS = {
     "grad-mean": "needs grad tensors",
     "update-ratio": "needs update and param tensors",
     "param-norm": "needs param tensors",
-}
+} | ACT_NEEDS

@@ -1,6 +1,6 @@
 """Checks on the loss and forward activations a run recorded beside its gradients (analysis/activations.py).
 
-`nan-origin`, `saturation`, `dead-units`, `loss-nonfinite` and `loss-stuck` see failures whose gradients look
+`nan-origin`, `saturation`, `dead-activations`, `loss-nonfinite` and `loss-stuck` see failures whose gradients look
 ordinary. A finding names a module (or `loss`) in its `param` field and `act` or `loss` in its `kind`. Runs
 recorded without activations or loss get none of these findings, and their other findings are unchanged.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .activations import ROOT_NAME, ModuleActivation, Signals, merge_alive
 from .checks import HINTS, Finding
-from .config import Config
+from .config import SIGNAL_CHECK_IDS, Config  # noqa: F401 (SIGNAL_CHECK_IDS re-exported; defined in config)
 from .formatting import sci
 from .runs import Run
 
@@ -21,10 +21,9 @@ SEVERITY = {
     "nan-origin": "error",
     "loss-nonfinite": "error",
     "saturation": "warning",
-    "dead-units": "error",
+    "dead-activations": "error",
     "loss-stuck": "warning",
 }
-SIGNAL_CHECK_IDS = tuple(SEVERITY)
 LOSS = "loss"  # the `param` of loss findings
 
 # Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least this
@@ -36,6 +35,18 @@ LOSS = "loss"  # the `param` of loss findings
 # its streak starts within the first SATURATION_WINDOW recorded steps.
 SATURATION_SHARE = 0.9
 SATURATION_WINDOW = 3
+# Saturation is an error when it is held: from within the first SATURATION_WINDOW recorded steps through the last,
+# over at least SATURATION_HELD recorded steps (a whole run, not a phase), and the module is hidden (its pinned
+# output starves every layer below of gradient: Glorot & Bengio 2010) or its output is pinned to one value, the
+# spread max - min of every recorded output below PINNED_SPREAD (the output no longer depends on the input).
+# Evidence (benchmarks/detection_activations, 30 recorded steps): unscaled pixels into a tanh hidden layer hold
+# 0.97-0.99 for all 30; the sigmoid output of unscaled pixels is 0 to 1e-26 from the second recorded step on; a
+# 1-unit softmax is exactly 1.0 throughout. The healthy twins never reach 0.9 at any step, and a confident
+# output layer (`confident_softmax`, up to 0.88) spreads over [0, 1]: a confident classifier answers different
+# classes for different inputs. A resumed run whose output layer is confident from its first recorded step stays
+# a warning unless its outputs are all the same value.
+SATURATION_HELD = 10
+PINNED_SPREAD = 0.01
 # Dead units from activations: a ReLU-family output with at least this share of its units zero for every input
 # of this many consecutive recorded steps. Evidence: the healthy digits MLPs keep at most 8-19 % of their 64
 # ReLU units silent at any recorded step; `dying_relu` (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
@@ -64,7 +75,7 @@ SIGNAL_HINTS = {
     "the learning rate",
     "saturation": "outputs pinned at the bounds pass almost no gradient: scale the inputs, use a smaller init, "
     "or pair the output activation with the matching loss (logits into BCEWithLogits / CrossEntropy)",
-    "dead-units": "ReLU units that never fire: lower the learning rate, check the bias init, or use LeakyReLU",
+    "dead-activations": "ReLU units that never fire: lower the learning rate, check the bias init, or use LeakyReLU",
     "loss-stuck": "the loss does not go down: check the loss matches the task and the labels, and that the "
     "learning rate is not far too low",
 }
@@ -80,15 +91,25 @@ def signal_findings(run: Run, config: Config) -> list[Finding]:
         *nan_origin(run),
         *loss_nonfinite(signals),
         *saturation(signals),
-        *dead_units(signals),
+        *dead_activations(signals),
         *loss_stuck(signals),
     ]
-    return [f for f in found if f.check not in config.ignore]
+    # --ignore and the config's ignore lists; an override's `params` globs match the module name (or `loss`)
+    return [f for f in found if f.check not in config.for_param(f.param)[1]]
 
 
-def _finding(check: str, who: str, kind: str, steps: list[int], value: float, threshold: float, message: str):
+def _finding(
+    check: str,
+    who: str,
+    kind: str,
+    steps: list[int],
+    value: float,
+    threshold: float,
+    message: str,
+    severity: str | None = None,
+) -> Finding:
     return Finding(
-        check=check, problem=check, severity=SEVERITY[check], param=who, layer=who, kind=kind,
+        check=check, problem=check, severity=severity or SEVERITY[check], param=who, layer=who, kind=kind,
         step=steps[0], last_step=steps[-1], count=len(steps), steps=tuple(steps), value=value,
         threshold=threshold, message=message, hint=SIGNAL_HINTS[check],
     )  # fmt: skip
@@ -183,10 +204,16 @@ def saturation(signals: Signals) -> Iterator[Finding]:
             f"{act.saturated:.0%} of {name} ({act.type}) {'rows' if act.bound == 'softmax' else 'values'} "
             f"at the {act.bound} bounds from step {streak[0]} ({len(streak)} recorded steps)"
         )
-        yield _finding("saturation", name, "act", streak, act.saturated or 0.0, SATURATION_SHARE, message)
+        held = streak[0] in early and streak[-1] == signals.steps()[-1] and len(streak) >= SATURATION_HELD
+        pinned = all(a.max - a.min < PINNED_SPREAD for s, a in series if s in set(streak))
+        if held and (pinned or not output):
+            message += ", to the last step" + (f": every output within {PINNED_SPREAD} of one value" * pinned)
+        severity = "error" if held and (pinned or not output) else None
+        value = act.saturated or 0.0
+        yield _finding("saturation", name, "act", streak, value, SATURATION_SHARE, message, severity)
 
 
-def dead_units(signals: Signals) -> Iterator[Finding]:
+def dead_activations(signals: Signals) -> Iterator[Finding]:
     """ReLU-family units that stayed at zero for every input over DEAD_WINDOW recorded steps."""
     for name, series in _series(signals).items():
         with_bits = [(step, a) for step, a in series if a.alive is not None]
@@ -204,7 +231,7 @@ def dead_units(signals: Signals) -> Iterator[Finding]:
         if firing and worst:
             start, dead, units = worst
             message = f"{dead} of {units} units of {name} never fired over steps {start}-{firing[0]}"
-            yield _finding("dead-units", name, "act", firing, dead / units, DEAD_SHARE, message)
+            yield _finding("dead-activations", name, "act", firing, dead / units, DEAD_SHARE, message)
 
 
 def loss_stuck(signals: Signals) -> Iterator[Finding]:

@@ -11,13 +11,12 @@ from rich.text import Text
 from gradcheck.analysis.activations import ModuleActivation
 from gradcheck.analysis.errors import RunError
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import Point
 from gradcheck.analysis.inspection import Report
 
 from .console import printable
+from .loss_line import loss_line
 from .names import middle
 from .render import findings_lines, verdict
-from .sparkline import sparkline
 
 
 def render_activations(console: Console, report: Report, step: int, selection: tuple[int, ...]) -> None:
@@ -34,7 +33,7 @@ def render_activations(console: Console, report: Report, step: int, selection: t
         console.print(_table(sorted(signals.activations[at].values(), key=lambda a: a.order)))
     losses = [(s, v) for s, v in signals.losses() if s in selection or not selection]
     if losses:
-        console.print(_loss_line(losses))
+        console.print(loss_line(losses))
     if report.findings:
         console.print()
         for line in findings_lines(report):
@@ -68,17 +67,3 @@ def _table(acts: list[ModuleActivation]) -> Table:
 
 def _number(value: float) -> str:
     return sci(value) if math.isfinite(value) else "-"
-
-
-def _loss_line(losses: list[tuple[int, float]]) -> Text:
-    """loss: first -> last value and a sparkline of log10 loss (positive losses; `!` for NaN/Inf)."""
-    points = [
-        Point(step, math.log10(v), "ok")
-        if math.isfinite(v) and v > 0
-        else Point(step, None, "nonfinite" if not math.isfinite(v) else "zero")
-        for step, v in losses
-    ]
-    text = Text(
-        f"loss {sci(losses[0][1])} at step {losses[0][0]} -> {sci(losses[-1][1])} at step {losses[-1][0]} "
-    )
-    return text.append_text(sparkline(points))

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from gradcheck.analysis.atomic import append_regular, write_output
 from gradcheck.analysis.checks import Finding
-from gradcheck.analysis.config import CHECK_IDS
+from gradcheck.analysis.config import PARAM_CHECK_IDS
 from gradcheck.analysis.formatting import beyond, sci, times
 from gradcheck.analysis.formatting import bound as threshold_text
 from gradcheck.analysis.inspection import Report
@@ -109,7 +109,7 @@ def comparison(finding: Finding) -> str:
         value, bound = beyond(finding.value, finding.threshold), threshold_text(finding.threshold)
     elif finding.check == "dead":
         return "all zero"
-    elif finding.check == "dead-units":
+    elif finding.check in ("dead-units", "dead-activations"):  # shares of units, of weights / of outputs
         value, bound = f"{math.floor(100 * finding.value)} %", f"{100 * finding.threshold:g} %"
         return f"{value} ≥ {bound}"
     elif finding.check == "nonfinite":
@@ -307,7 +307,7 @@ def junit_text(report: Report, _shown: int | None = None) -> str:
 
 
 def _param_cases(param: str, ignored: frozenset[str], found: dict[str, list[Finding]]) -> list[ET.Element]:
-    checks = dict.fromkeys([*(c for c in CHECK_IDS if c not in ignored), *found])
+    checks = dict.fromkeys([*(c for c in PARAM_CHECK_IDS if c not in ignored), *found])
     return [_check_case(param, check, found.get(check, [])) for check in checks]
 
 

@@ -55,8 +55,9 @@ Exit codes:
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(
-    "-m", "--metric", type=click.Choice(METRICS), default="grad-norm", show_default=True,
-    help="What colours a cell (all log10; update-ratio is log10 mean|update|/mean|param|).",
+    "-m", "--metric", type=click.Choice(METRICS), default="grad-norm", show_default=True, metavar="METRIC",
+    help=f"What colours a cell: {', '.join(METRICS)} (log10; update-ratio is log10 mean|update|/mean|param|; "
+    "act-*: a share 0-1 per module, from recorded activations).",
 )  # fmt: skip
 @click.option("--width", type=click.IntRange(min=40), help="Columns to draw in (default: the terminal's).")
 @click.option(

@@ -20,6 +20,7 @@ from gradcheck.analysis.naming import layer_of
 from gradcheck.analysis.story import tell, worst_of
 
 from .console import printable
+from .loss_line import loss_line
 from .names import fit, middle, structural_width
 from .sparkline import NONFINITE_MARK, ZERO_MARK, history_cell
 
@@ -66,6 +67,9 @@ def render_report(
     console.print(parameter_table(console, report, step, chosen))
     for line in context_lines(report.run.contexts, report.run.scalars, step):  # training context, if recorded
         console.print(Text(printable(line), style="dim"))
+    losses = [(s, loss) for s, loss in report.run.signals.losses() if s in chosen]  # recorded loss (#16)
+    if losses:
+        console.print(loss_line(losses), no_wrap=True, overflow="ellipsis")
     if report.findings:
         console.print()
         outside = None if chosen == tuple(report.run.steps) else frozenset(chosen)

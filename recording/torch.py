@@ -161,9 +161,11 @@ class Recorder:
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
-        # Loss and forward activations at recorded steps (recording/activations.py); step 0 is recorded.
+        # Loss and forward activations at recorded steps (recording/activations.py). The first step is recorded
+        # when its number is a multiple of `every`: step 0 here, but the framework adapters number from
+        # global_step + 1 (hooks attached at step 1 would count every forward pass up to the first recorded one).
         self._signals = StepSignals(torch, model, activations=activations)
-        self._signals.start(recorded=True)
+        self._signals.start(recorded=self._next_step() % every == 0)
 
     @property
     def run_dir(self) -> Path:

@@ -20,6 +20,7 @@ from gradcheck.analysis.activations import (
     merge_alive,
     parse_activations,
 )
+from gradcheck.analysis.config import load_config
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.analysis.reader import read_header
 from gradcheck.analysis.runs import load_run
@@ -154,6 +155,25 @@ def test_nan_born_in_a_known_module_is_named_with_its_step(tmp_path: Path) -> No
     assert [s["step"] for s in document["scalars"]] == [0, 5, 10, 15, 20, 25, 30, 35]
     assert math.isnan(float("nan")) and document["scalars"][5]["loss"] is None  # NaN -> null in JSON
     assert document["activations"]["norm"][5]["nan"] > 0 and document["activations"]["norm"][4]["nan"] == 0
+
+
+def test_ignore_and_config_reach_the_signal_checks(tmp_path: Path) -> None:
+    """--ignore, a config's `ignore` and an override's module glob each drop a signal check (issue #16)."""
+    _nan_run(tmp_path / "run")
+    checks = {f.check for f in inspect_run(tmp_path / "run").findings}
+    assert {"nan-origin", "loss-nonfinite"} <= checks
+    args = ["inspect", str(tmp_path / "run"), "--format", "json"]
+    ignored = CliRunner().invoke(cli, [*args, "--ignore", "nan-origin", "--ignore", "loss-nonfinite"])
+    found = {f["check"] for f in json.loads(ignored.output)["findings"]}
+    assert ignored.exit_code == 1 and "nonfinite" in found and not found & {"nan-origin", "loss-nonfinite"}
+    config = tmp_path / "gradcheck.toml"
+    config.write_text(
+        'ignore = ["loss-nonfinite"]\n[[overrides]]\nparams = ["no*"]\nignore = ["nan-origin"]\n'
+    )
+    found = {f.check for f in inspect_run(tmp_path / "run", load_config(config)).findings}
+    assert "nonfinite" in found and not found & {"nan-origin", "loss-nonfinite"}
+    unknown = CliRunner().invoke(cli, [*args, "--ignore", "dead-unit"])
+    assert unknown.exit_code == 2 and "dead-activations" in unknown.output
 
 
 def test_a_finite_run_has_no_nan_origin(tmp_path: Path) -> None:

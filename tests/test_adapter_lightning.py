@@ -126,3 +126,32 @@ def test_verdicts(tmp_path: Path, runner, nan_loss: bool, status: str, code: int
     fit(tmp_path, Digits(lambda params: torch.optim.AdamW(params, lr=1e-3), nan_loss), batches=30)
     result = runner.invoke(cli, ["inspect", str(tmp_path), "--format", "json"])
     assert (json.loads(result.output)["status"], result.exit_code) == (status, code)
+
+
+def test_activations_are_recorded_around_recorded_steps_only(tmp_path: Path) -> None:
+    """`GradcheckCallback(..., activations=True)` hooks the module's forward at recorded steps (issue #16)."""
+    from gradcheck.recording.lightning import GradcheckCallback
+
+    module = Digits(lambda params: torch.optim.SGD(params, lr=0.1))
+    hooked = []
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, index):
+            hooked.append(sum(len(m._forward_hooks) for m in pl_module.modules()))
+
+    callback = GradcheckCallback(tmp_path, every=4, activations=True)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=12, callbacks=[Count(), callback], accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(DATA, batch_size=16))
+    run = load_run(tmp_path)
+    assert run.steps == (4, 8, 12) and run.signals.steps() == [4, 8, 12]
+    modules = len(list(module.modules()))  # the LightningModule, net, and net's three layers
+    # batch i is optimizer step i + 1: hooks are on for steps 4, 8, 12 only
+    assert hooked == [modules if (i + 1) % 4 == 0 else 0 for i in range(12)]
+    acts = run.signals.activations[8]
+    # training_step calls self.net, so the LightningModule itself has no output; one pass, not the steps since
+    assert sorted(acts) == ["net", "net.0", "net.1", "net.2"] and {a.calls for a in acts.values()} == {1}
+    assert acts["net.1"].units == 32 and acts["net.2"].count == 16 * 10
+    assert [s for s, _ in run.signals.losses()] == [4, 8, 12]

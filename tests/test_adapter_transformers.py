@@ -137,3 +137,24 @@ def test_verdicts(tmp_path: Path, runner, lr: float, loss, status: str, problems
     document = json.loads(result.output)
     assert document["status"] == status and {f["problem"] for f in document["findings"]} == problems
     assert result.exit_code == (1 if status == "error" else 0)
+
+
+def test_activations_are_recorded_at_recorded_steps(tmp_path: Path) -> None:
+    """`GradcheckCallback(..., activations=True)`: module outputs of the recorded steps' micro-batches (#16)."""
+    from gradcheck.recording.transformers import GradcheckCallback
+
+    options = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 6,
+               "logging_steps": 3, "report_to": [], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True}  # fmt: skip
+    model = gpt2()
+    trainer = transformers.Trainer(
+        model=model, args=transformers.TrainingArguments(output_dir=str(tmp_path / "out"), **options),
+        train_dataset=Text(), callbacks=[GradcheckCallback(tmp_path / "run", every=3, activations=True)],
+    )  # fmt: skip
+    trainer.train()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    run = load_run(tmp_path / "run")
+    assert run.steps == (3, 6) and run.signals.steps() == [3, 6]
+    acts = run.signals.activations[3]
+    assert acts["transformer.h.0.attn"].calls == 2  # the step's two micro-batches, not the steps before it
+    assert acts["lm_head"].count == 2 * 2 * 32 * 128 and acts["lm_head"].finite
+    assert [step for step, _ in run.signals.losses()] == [3, 6]  # the Trainer's logged loss

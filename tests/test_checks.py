@@ -18,7 +18,13 @@ from runs_builder import write_run, write_step
 from st_files import bf16_bits, write_arrays
 
 from gradcheck.analysis.checks import SEVERITY, Finding
-from gradcheck.analysis.config import CHECK_IDS, Config, config_from_mapping
+from gradcheck.analysis.config import (
+    CHECK_IDS,
+    PARAM_CHECK_IDS,
+    SIGNAL_CHECK_IDS,
+    Config,
+    config_from_mapping,
+)
 from gradcheck.analysis.errors import ConfigError
 from gradcheck.analysis.inspection import Report, inspect_run
 from gradcheck.analysis.metrics import derive, layer_gradients
@@ -635,7 +641,9 @@ def test_findings_are_errors_first_then_model_order(tmp_path) -> None:
 
 
 def test_every_check_has_a_severity_and_the_documented_levels() -> None:
-    assert set(SEVERITY) == set(CHECK_IDS)
+    assert set(SEVERITY) == set(PARAM_CHECK_IDS) and set(CHECK_IDS) == set(PARAM_CHECK_IDS) | set(
+        SIGNAL_CHECK_IDS
+    )
     warnings = {c for c, s in SEVERITY.items() if s == "warning"}
     assert warnings == {"exploding-relative", "shrink", "update-ratio-high", "update-ratio-low"}
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 from runs_builder import write_step
 
-from gradcheck.analysis.config import CHECK_IDS
+from gradcheck.analysis.config import PARAM_CHECK_IDS
 from gradcheck.cli.ci_formats import escape_data, escape_markdown, escape_property
 from gradcheck.cli.console import printable
 from gradcheck.cli.main import cli
@@ -155,7 +155,7 @@ def test_junit_counts_match_the_report(runner: CliRunner, runs_here: Path, run: 
     # names are shown as `printable` makes them: a newline in a name becomes the two characters \n
     failed = {(printable(f["param"]), f["check"]) for f in doc["findings"] if f["severity"] == "error"}
     expected = {
-        "tests": len(doc["params"]) * len(CHECK_IDS) + len(doc["unreadable"]),
+        "tests": len(doc["params"]) * len(PARAM_CHECK_IDS) + len(doc["unreadable"]),
         "failures": len(failed),
         "errors": len(doc["unreadable"]),
         "skipped": 0,

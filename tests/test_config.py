@@ -91,6 +91,11 @@ def test_check_ids() -> None:
         "dead-units",
         "update-ratio-high",
         "update-ratio-low",
+        "nan-origin",
+        "loss-nonfinite",
+        "saturation",
+        "dead-activations",
+        "loss-stuck",
     }
 
 

@@ -145,3 +145,37 @@ def test_a_group_link_shows_its_layers_and_a_parameter_link_selects_its_own(
     assert page.values["group"] == ["3 parameters", ALL_LAYERS, ALL_LAYERS, "#norms"]
     assert page.values["param"] == ["0.bias", "0", "0", "#norms"]
     assert page.errors == []
+
+
+def test_loss_and_activation_charts_render_and_a_nan_origin_link_selects_its_module(
+    chromium, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A real torch run with a recorded loss and activations (issue #16): every chart drawn, no console error,
+    the nan-origin group links to the activation chart and selects the module the NaN was born in."""
+    pytest.importorskip("torch")
+    from test_report_signals import nan_run
+
+    nan_run(tmp_path / "run")
+    target = tmp_path / "signals.html"
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "-o", str(target), "-q"])
+    assert result.exit_code == 1, result.output
+    click = (
+        "(selector) => new Promise(r => { const a = document.querySelector(selector); a.click();"
+        " setTimeout(() => r([a.dataset.layer, gradcheckViews[a.dataset.chart].signal('layer'),"
+        " location.hash]), 200); })"
+    )
+    queries = {
+        **QUERIES,
+        "ids": "Array.from(document.querySelectorAll('div.chart')).map(d => d.id)",
+        "origin": f"({click})('#findings li[data-checks~=\"nan-origin\"] > a[data-layer]')",
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = chromium.load(
+        target.as_uri(), queries, ready="document.body && document.body.getAttribute('data-rendered')",
+        screenshot=ARTIFACTS / "report_signals.png",
+    )  # fmt: skip
+    assert page.errors == []
+    values = page.values
+    assert values["rendered"] == values["charts"] and values["empty"] == [] and all(values["inked"])
+    assert {"chart-loss", "chart-activations"} <= set(values["ids"])
+    assert values["origin"] == ["norm", "norm", "#activations"]

@@ -21,18 +21,19 @@ from gradcheck.analysis.activations import ModuleActivation, Signals
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.analysis.signal_checks import (
     SIGNAL_CHECK_IDS,
-    dead_units,
+    dead_activations,
     loss_stuck,
     saturation,
 )
+from gradcheck.cli.ci_formats import comparison
 
 CASES = [
-    ("dying_relu", "dead-units", "1", "error"),
+    ("dying_relu", "dead-activations", "1", "error"),
     ("nan_in_layer", "nan-origin", "2", "error"),
     ("lr_far_too_low", "loss-stuck", "loss", "warning"),
     ("softmax_binary", "loss-stuck", "loss", "warning"),
-    ("saturated_hidden", "saturation", "1", "warning"),
-    ("saturated_output", "saturation", "3", "warning"),
+    ("saturated_hidden", "saturation", "1", "error"),  # hidden, held from the start to the end
+    ("saturated_output", "saturation", "3", "error"),  # output pinned at 0 whatever the input
 ]
 
 
@@ -52,8 +53,7 @@ def test_check_fires_on_the_buggy_run_and_not_on_its_twin(
 ) -> None:
     program = _program(name)
     program.train(tmp_path / "buggy", True)
-    # kind "grad": the gradient-based dead-units (issue #11) shares the check id and may fire on the weights too
-    found = [f for f in inspect_run(tmp_path / "buggy").findings if f.check == check and f.kind != "grad"]
+    found = [f for f in inspect_run(tmp_path / "buggy").findings if f.check == check]
     assert [(f.param, f.severity) for f in found] == [(who, severity)]
     program.train(tmp_path / "healthy", False)
     healthy = inspect_run(tmp_path / "healthy").findings
@@ -98,12 +98,37 @@ def test_an_output_layer_confident_late_is_not_saturated() -> None:
     assert early.step == 0 and early.severity == "warning"
 
 
+def test_saturation_is_an_error_only_when_held_to_the_end_by_a_hidden_or_pinned_module() -> None:
+    def run(shares: list[float], *, output: bool, spread: float = 1.0) -> Signals:
+        later = {} if output else {"later": _act(0, module="later", type="Linear", order=2)}
+        return Signals(
+            activations={
+                s: {**later, "out": _act(s, bound="sigmoid", saturated=v, min=0.0, max=spread)}
+                for s, v in enumerate(shares)
+            }
+        )
+
+    held = [0.95] * 12
+    # a resumed, confident classifier: its output layer at the bounds throughout, but spread over [0, 1]
+    (confident,) = saturation(run(held, output=True))
+    assert confident.severity == "warning"
+    (pinned,) = saturation(run(held, output=True, spread=1e-26))
+    assert pinned.severity == "error" and "to the last step: every output within 0.01" in pinned.message
+    (hidden,) = saturation(run(held, output=False))
+    assert hidden.severity == "error" and hidden.count == 12
+    (recovered,) = saturation(run([*held[:11], 0.5], output=False))  # not held to the last step
+    assert recovered.severity == "warning"
+    (short,) = saturation(run(held[:9], output=False))  # fewer than SATURATION_HELD recorded steps
+    assert short.severity == "warning"
+
+
 def test_dead_units_need_the_whole_window() -> None:
     def relu(step: int, alive: int) -> dict[str, ModuleActivation]:
         return {"r": _act(step, module="r", type="ReLU", units=8, alive=bytes([alive]))}
 
     once = Signals(activations={0: relu(0, 0xFF), 1: relu(1, 0x01), 2: relu(2, 0xFE), 3: relu(3, 0xFF)})
-    assert list(dead_units(once)) == []  # silent at one step, firing at the next
+    assert list(dead_activations(once)) == []  # silent at one step, firing at the next
     dying = Signals(activations={s: relu(s, 0x01 if s else 0xFF) for s in range(5)})
-    (finding,) = dead_units(dying)
+    (finding,) = dead_activations(dying)
     assert finding.steps == (3, 4) and finding.message == "7 of 8 units of r never fired over steps 1-3"
+    assert comparison(finding) == "87 % ≥ 50 %"  # as the gradient-based dead-units in CI outputs

@@ -172,7 +172,7 @@ PROGRAMS = (
     Program("saturated_output", "pixels 0-255 into a sigmoid output", "pixels / 16", ("saturation",),
             saturated_output),
     Program("softmax_binary", "1-unit softmax + BCE", "sigmoid", ("loss-stuck", "saturation"), softmax_binary),
-    Program("dying_relu", "SGD lr 3.0 on a ReLU MLP", "lr 0.1", ("dead-units",), dying_relu, ("dead",)),
+    Program("dying_relu", "SGD lr 3.0 on a ReLU MLP", "lr 0.1", ("dead-activations",), dying_relu, ("dead",)),
     Program("nan_in_layer", "log(relu(x)) in a custom layer", "log1p", ("nan-origin",), nan_in_layer, ("nonfinite",)),
     Program("lr_far_too_low", "SGD lr 1e-5", "lr 0.1", ("loss-stuck",), lr_far_too_low, ("update-ratio-low",)),
     Program("saturated_hidden", "pixels 0-255 into a tanh layer", "pixels / 16", ("saturation",),

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from gradcheck.analysis.errors import RunError
-from gradcheck.analysis.heatmap import METRICS, Heatmap, build_heatmap
+from gradcheck.analysis.heatmap import LAYER_METRICS, Heatmap, build_heatmap
 from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profile, grad_series
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.story import Story, tell
+
+from .signal_data import CHART_OF_SIGNAL, ModuleSeries, module_series
 
 # One colour per layer, cycled in model order: Tableau 10, which is both matplotlib's default cycle ("tab10")
 # and Vega's "tableau10" scheme, so the HTML report and `gradcheck plot` colour a layer alike.
@@ -33,7 +35,7 @@ HEATMAP_SCHEME = "inferno"  # dark = vanishing, bright = exploding, as `gradchec
 # bin, NaN/Inf winning), so a 10,000-step run still gives a page of a few MB at most.
 MAX_HEATMAP_COLUMNS = 400
 # A group of findings links to the chart that shows it: update-ratio findings to the ratio chart, the rest to ‖g‖.
-CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"}
+CHART_OF_CHECK = {"update-ratio-high": "ratio", "update-ratio-low": "ratio"} | CHART_OF_SIGNAL
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ChartData:
     vanishing_mean: float
     exploding_mean: float
     context: Mapping[str, tuple[tuple[int, float], ...]]  # name -> (step, value): lr, loss scale, loss, ...
+    # Recorded loss and forward activations (issue #16); empty for runs without them.
+    loss: tuple[tuple[int, float], ...] = ()
+    act_steps: tuple[int, ...] = ()
+    activations: tuple[ModuleSeries, ...] = ()  # forward order
 
     def colour(self, layer: str) -> str:
         """The colour of a layer, the same in every chart and in both renderers."""
@@ -73,6 +79,7 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
     run = report.run
     series = tuple(_param_series(report, param) for param in run.params)
     t = report.config.thresholds
+    act_steps, modules = module_series(run.signals)
     return ChartData(
         run=run.path,
         steps=run.steps,
@@ -84,6 +91,9 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
         vanishing_mean=t.vanishing_mean,
         exploding_mean=t.exploding_mean,
         context=context_series(*recorded_context(report)),
+        loss=tuple(run.signals.losses()),
+        act_steps=act_steps,
+        activations=modules,
     )
 
 
@@ -97,14 +107,8 @@ def grouped_findings(report: Report) -> Story:
 
 
 def recorded_context(report: Report) -> tuple[Mapping[int, Any], Mapping[int, Mapping[str, float]]]:
-    """Per step, the StepContext and the scalars (loss, ...) the reader found, when it exposes them.
-
-    Hook: the reader is being taught to keep `gradcheck.context` / `gradcheck.scalars` (analysis/context.py,
-    issue #10). Until `Run` has them, both are empty and the report leaves its context section out.
-    """
-    contexts = getattr(report.run, "contexts", None) or {}
-    scalars = getattr(report.run, "scalars", None) or {}
-    return contexts, scalars
+    """Per step, the StepContext and the scalars (loss, ...) the reader found; empty for runs without them."""
+    return report.run.contexts, report.run.signals.scalars
 
 
 def context_series(
@@ -156,7 +160,7 @@ def _log_mean(value: float | None) -> float | None:
 
 def _heatmaps(report: Report, columns: int) -> dict[str, Heatmap]:
     out = {}
-    for metric in METRICS:
+    for metric in LAYER_METRICS:  # act-* have modules for rows: the activations section draws them
         try:
             out[metric] = build_heatmap(report, metric, max_columns=columns)
         except RunError:  # no layer has this metric (no update tensors recorded): the choice is left out

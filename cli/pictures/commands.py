@@ -9,7 +9,7 @@ import click
 
 from gradcheck.analysis.atomic import append_regular
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.heatmap import METRICS
+from gradcheck.analysis.heatmap import LAYER_METRICS as METRICS  # the page's heatmap has layers for rows
 from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
 
 from ..ci_formats import escape_markdown, verdict_line, write_atomically

@@ -25,6 +25,8 @@ TITLES = {
     "param": "Mean |param| per parameter",
     "flow": "Gradient flow: mean and max |g| per layer in model order",
     "heatmap": "Layers × recorded steps",
+    "loss": "Loss recorded with the snapshots",
+    "activations": "Module outputs (forward order): share of zeros or at the activation's bounds",
     "context": "Training context recorded with the snapshots",
 }
 PARAMS_SHOWN = 8  # a group of more parameters lists them folded (a 100-parameter NaN would fill the screen)

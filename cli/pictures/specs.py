@@ -30,6 +30,7 @@ from .layer_specs import (
     heat_rows,
     heat_spec,
 )
+from .signal_specs import activations_spec, loss_spec, signal_datasets
 
 ALL_LAYERS = "(all layers)"
 LEGEND_MAX = 20  # more layers than this: no legend (it would be taller than the chart); the select filters
@@ -64,7 +65,7 @@ def datasets(data: ChartData) -> dict[str, list[dict[str, Any]]]:
             for name, points in data.context.items()
             for step, value in points
         ],
-    }
+    } | signal_datasets(data.loss, data.act_steps, data.activations)
 
 
 def specs(data: ChartData) -> dict[str, dict[str, Any]]:
@@ -82,6 +83,10 @@ def specs(data: ChartData) -> dict[str, dict[str, Any]]:
         del out["param"]
     if not data.heatmaps:
         del out["heatmap"]
+    if data.loss:
+        out["loss"] = loss_spec(data.loss)
+    if data.activations:
+        out["activations"] = activations_spec(data.activations)
     if data.context:
         out["context"] = context_spec()
     return out
