@@ -24,6 +24,8 @@ EXPORT_STATS = COUNT_FIELDS + FLOAT_STATS + ("rms",)
 # Derived metrics of each (step, parameter), named as in the JSON document; the layer's are per layer there.
 PARAM_METRICS = {"update_ratio": "update_ratio", "grad_param_norm_ratio": "grad_param_ratio"}
 LAYER_METRICS = {"grad_norm": "layer_norm", "grad_rms": "layer_rms", "depth": "depth"}
+# The same in an export row, named as schema 1 names them per step.
+EXPORT_LAYER_METRICS = {"layer_grad_norm": "layer_norm", "layer_grad_rms": "layer_rms", "depth": "depth"}
 # Parameters per block when computing a kind's statistics: 64 columns of 1,000 steps are ~0.5 MB per array,
 # small beside the run's own columns (~126 MB at 1,000 x 500 x 3) and large enough for numpy to run fast.
 PARAM_BLOCK = 64
@@ -140,7 +142,7 @@ def export_chunks(
     Rows go step by step, then in model order, then grad, param, update. Each chunk maps a column name to an
     array: `step`, `param` and `kind` (indexes into `columns.params` and KINDS), `file`, `dtype`, `shape`
     (indexes into the run's tables), EXPORT_STATS, the parameter's PARAM_METRICS and its layer's
-    LAYER_METRICS (NaN where undefined, non-finite values included).
+    EXPORT_LAYER_METRICS (NaN where undefined; ±Inf kept).
     """
     count, params = columns.shape
     step_rows = max(1, rows // max(1, params * len(KINDS)))
@@ -165,6 +167,6 @@ def _chunk(columns: Columns, derived: DerivedColumns, window: slice) -> dict[str
         out[name] = take([stats[name] for stats in statistics])
     for name, source in PARAM_METRICS.items():
         out[name] = getattr(derived, source)[window][s, p]
-    for name, source in LAYER_METRICS.items():
-        out[f"layer_{name}"] = getattr(derived, source)[window][s, p]
+    for name, source in EXPORT_LAYER_METRICS.items():
+        out[name] = getattr(derived, source)[window][s, p]
     return out

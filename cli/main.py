@@ -29,6 +29,7 @@ from .config_cmd import config, warn_config
 from .console import make_console, printable
 from .depth import render_depth
 from .diff import baseline, diff
+from .export import export
 from .guard import DEBUG_ENV, GuardedGroup
 from .heatmap import heatmap
 from .help_cmd import help_command
@@ -214,6 +215,7 @@ def _note_skipped(report: Report) -> None:
 cli.add_command(heatmap)
 cli.add_command(diff)
 cli.add_command(baseline)
+cli.add_command(export)
 cli.add_command(config)
 cli.add_command(help_command)
 cli.add_command(watch)
