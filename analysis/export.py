@@ -135,7 +135,7 @@ def latest_modules(contexts: Mapping[int, object]) -> dict[str, str]:
 
 
 def export_chunks(
-    columns: Columns, derived: DerivedColumns, rows: int = 100_000
+    columns: Columns, derived: DerivedColumns, rows: int = 25_000
 ) -> Iterator[dict[str, np.ndarray]]:
     """The rows of `gradcheck export`, about `rows` at a time: one per present (step, param, kind) cell.
 
