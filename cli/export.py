@@ -41,15 +41,13 @@ FLOAT_COLUMNS = tuple(n for n in EXPORT_STATS if n not in INT_COLUMNS) + tuple(P
 FLOAT_COLUMNS += tuple(EXPORT_LAYER_METRICS)
 EXPORT_COLUMNS = ("step",) + TEXT_COLUMNS + EXPORT_STATS + tuple(PARAM_METRICS) + tuple(EXPORT_LAYER_METRICS)
 SUFFIXES = (".parquet", ".csv")
-EXPORT_HELP = """\b
-One row per recorded (step, parameter, kind): the file it was read from, dtype, shape, every statistic
-(count, nan, inf, zeros, min/mean/max |x|, norm, rms) and the derived metrics (update_ratio,
-grad_param_norm_ratio, layer_grad_norm, layer_grad_rms, depth); NaN and Inf are empty (null). Parquet needs
-pyarrow: pip install 'gradcheck[export]'. More: gradcheck help export.
+EXPORT_HELP = """One row per recorded (step, parameter, kind): the file it was read
+from, dtype, shape, every statistic (count, nan, inf, zeros, min/mean/max |x|, norm, rms) and the derived
+metrics (update_ratio, grad_param_norm_ratio, layer_grad_norm, layer_grad_rms, depth); NaN and Inf are
+empty (null). Parquet needs pyarrow: pip install 'gradcheck[export]'. More: gradcheck help export.
 
-\b
 Exit codes: 0 written; 2 bad input or usage (no readable snapshot, unknown suffix, FILE exists without
---force, FILE not writable, pyarrow missing for .parquet); 3 internal error.
+--force, FILE not writable, pyarrow missing for .parquet); 3 internal error (a bug).
 """
 
 
