@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from json_rows import per_step
 
 from gradcheck.analysis.inspection import inspect_run
+from gradcheck.cli import export as export_cli
 from gradcheck.cli import jsonstream
 from gradcheck.cli.ci_formats import format_report
 from gradcheck.cli.main import cli
@@ -224,3 +226,26 @@ def test_export_nonfinite_values_are_empty(runner: CliRunner, sample_runs: Path,
     nan_rows = [row for row in rows if int(row["nan"]) == int(row["count"]) > 0]
     assert nan_rows and all(row["mean_abs"] == "" and row["norm"] == "" for row in nan_rows)
     assert all(math.isfinite(float(row["mean_abs"])) for row in rows if row["mean_abs"])
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _documented(doc: Path, heading: str) -> set[str]:
+    """The backticked names in the first column of the table under `heading`."""
+    section = doc.read_text(encoding="utf-8").split(heading, 1)[1].split("\n#", 1)[0]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for cell in cells for name in re.findall(r"`([^`]+)`", cell)}
+
+
+def test_schema_2_tables_name_every_field(runner: CliRunner, sample_runs: Path) -> None:
+    doc = json.loads(_inspect(runner, sample_runs / "exploding_nan")[1])
+    json_md = DOCS / "JSON.md"
+    param = doc["params"][0]
+    assert _documented(json_md, "### `params[]` (schema 2") == set(param)
+    assert _documented(json_md, "### `params[].grad`, `.param`, `.update` (schema 2") == set(param["grad"])
+    assert _documented(json_md, "### `layers[]` (schema 2") == set(doc["layers"][0])
+
+
+def test_export_doc_names_every_column() -> None:
+    assert _documented(DOCS / "EXPORT.md", "## Columns") == set(export_cli.EXPORT_COLUMNS)
