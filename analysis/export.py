@@ -65,12 +65,13 @@ def param_blocks(count: int, size: int = PARAM_BLOCK) -> Iterator[slice]:
 
 def first_tensor(columns: Columns, p: int) -> tuple[tuple[int, ...], str] | None:
     """Shape and dtype of the parameter's first recorded tensor (grad, else param, else update), as schema 1."""
-    for s in range(len(columns.steps)):
-        for name in KINDS:
-            kind = columns.kinds[name]
-            if kind.present[s, p]:
-                return columns.shapes[kind.shape[s, p]], columns.dtypes[kind.dtype[s, p]]
-    return None
+    kinds = [columns.kinds[name] for name in KINDS]
+    recorded = np.logical_or.reduce([kind.present[:, p] for kind in kinds])
+    if not recorded.any():
+        return None
+    s = int(recorded.argmax())
+    kind = next(kind for kind in kinds if kind.present[s, p])
+    return columns.shapes[kind.shape[s, p]], columns.dtypes[kind.dtype[s, p]]
 
 
 def layer_of(derived: DerivedColumns, p: int, param: str) -> str:
