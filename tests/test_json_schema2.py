@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,14 @@ def test_schema_2_tables_name_every_field(runner: CliRunner, sample_runs: Path) 
 
 def test_export_doc_names_every_column() -> None:
     assert _documented(DOCS / "EXPORT.md", "## Columns") == set(export_cli.EXPORT_COLUMNS)
+
+
+def test_parquet_without_pyarrow_names_the_extra(
+    runner: CliRunner, sample_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    result = runner.invoke(
+        cli, ["export", str(sample_runs / "healthy_mlp"), "-o", str(tmp_path / "s.parquet")]
+    )
+    assert result.exit_code == 2 and "pip install 'gradcheck[export]'" in result.stderr
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
