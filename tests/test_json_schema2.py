@@ -9,9 +9,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from json_rows import per_step
+from runs_builder import write_step
 
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.cli import export as export_cli
@@ -261,3 +263,16 @@ def test_parquet_without_pyarrow_names_the_extra(
     )
     assert result.exit_code == 2 and "pip install 'gradcheck[export]'" in result.stderr
     assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_csv_export_quotes_names_with_commas_quotes_and_line_breaks(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    names = ["a,b.weight", 'say "hi".weight', "line\nbreak.weight", "cr\rreturn.weight", "é 日本.weight"]
+    write_step(tmp_path / "run", 1, {"grad": {name: np.ones((2, 3), np.float32) for name in names}})
+    out = tmp_path / "stats.csv"
+    _export(runner, tmp_path / "run", out)
+    with out.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["param"] for row in rows) == sorted(names)
+    assert {row["shape"] for row in rows} == {"[2, 3]"} and {row["norm"] for row in rows} == {repr(6**0.5)}
