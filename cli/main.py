@@ -33,7 +33,6 @@ from .export import export
 from .guard import DEBUG_ENV, GuardedGroup
 from .heatmap import heatmap
 from .help_cmd import help_command
-from .jsonstream import stream_json
 from .pictures.commands import plot, report
 from .render import render_report
 from .watch import watch
@@ -187,6 +186,8 @@ def _emit(
 ) -> None:
     """The --format text to `output` (atomically) or stdout; JSON schema 2 is streamed, never held whole."""
     if output_format == "json" and schema == 2:
+        from .jsonstream import stream_json  # numpy-heavy: imported only when the document is written
+
         stream_json(report, selection, code, output)
     elif output is not None:
         _write_output(output, _formatted(output_format, report, selection, code))
