@@ -7,7 +7,9 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def replace_atomically(target: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -117,3 +119,37 @@ def append_regular(path: str | os.PathLike[str], data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_stream(target: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write a large output into piece by piece, with `write_output`'s rules.
+
+    A regular file (or a new one) is written under a temporary name beside it and renamed into place when the
+    block ends without an exception (readers never see half of it); an existing FIFO or device is written in
+    place. Raises OSError.
+    """
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        fd = _open_for_writing(target, 0)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        return
+    real = Path(os.path.realpath(target))
+    fd, temporary = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name[:40]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

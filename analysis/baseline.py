@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +98,47 @@ def _from_baseline(document: Mapping[str, Any], path: str) -> Measures:
     return Measures(f"{path} (baseline of {document.get('run', '?')})", steps, layers, values[0], values[1])
 
 
+def _report_rows(
+    document: Mapping[str, Any],
+) -> Iterator[tuple[Mapping[str, Any], Iterable[Mapping[str, Any]]]]:
+    """Each parameter with its per-step rows as schema 1 has them; schema 2's arrays are read as such rows."""
+    if document["schema"] == 1:
+        yield from ((param, param["steps"]) for param in document["params"])
+        return
+    layers = {layer["name"]: layer for layer in document["layers"]}
+    for param in document["params"]:
+        norms = layers[param["layer"]]["grad_norm"] if param["layer"] in layers else None
+        yield (
+            param,
+            (
+                {
+                    "step": step,
+                    "layer_grad_norm": norms[i] if norms is not None else None,
+                    "update": _cell(param["update"], i),
+                    "param": _cell(param["param"], i),
+                }
+                for i, step in enumerate(document["steps"])
+            ),
+        )
+
+
+def _cell(series: Mapping[str, Any] | None, i: int) -> dict[str, Any] | None:
+    """One step of a schema 2 tensor series, with the fields the update ratios need; None if not recorded."""
+    if series is None or series["count"][i] is None:
+        return None
+    return {name: series[name][i] for name in ("count", "nan", "inf", "mean_abs")}
+
+
 def _from_report(document: Mapping[str, Any], path: str) -> Measures:
     """Layer norms from `layer_grad_norm`; update ratios from the finite |sum| of updates and parameters."""
     steps = tuple(int(step) for step in document["steps"])
     layers: dict[str, None] = {}
     norms: LayerValues = {step: {} for step in steps}
     sums: dict[tuple[int, str], list[float]] = {}
-    for param in document["params"]:
+    for param, rows in _report_rows(document):
         layer = str(param["layer"])
         layers.setdefault(layer)
-        for row in param["steps"]:
+        for row in rows:
             step = int(row["step"])
             norm = row.get("layer_grad_norm")
             if norm is not None and step in norms:

@@ -69,8 +69,12 @@ def classify(result: subprocess.CompletedProcess[str], truth: list[dict[str, obj
     if result.returncode not in (0, 1) or "Traceback" in result.stderr:
         return f"failure (exit {result.returncode}): {result.stderr.strip()[:300]}"
     document = json.loads(result.stdout)
-    stats = document["params"][0]["steps"][-1]["grad"]
-    got = {field: stats.get(field) for field in FIELDS}
+    if document["schema"] == 1:  # one object per step (gradcheck before schema 2, or --json-schema 1)
+        stats = document["params"][0]["steps"][-1]["grad"]
+        got = {field: stats.get(field) for field in FIELDS}
+    else:  # schema 2: one array per statistic over the steps (docs/JSON.md)
+        series = document["params"][0]["grad"]
+        got = {field: series[field][-1] if field in series else None for field in FIELDS}
     for index, want in enumerate(truth):
         if got == want:
             return f"version {'AB'[index]} exact"

@@ -16,6 +16,7 @@ TOPICS = {
     "checks": "CHECKS.md",
     "ci": "CI.md",
     "json": "JSON.md",
+    "export": "EXPORT.md",
     "diff": "DIFF_WATCH.md",
     "watch": "DIFF_WATCH.md",
     "baseline": "DIFF_WATCH.md",

@@ -29,6 +29,7 @@ from .config_cmd import config, warn_config
 from .console import make_console, printable
 from .depth import render_depth
 from .diff import baseline, diff
+from .export import export
 from .guard import DEBUG_ENV, GuardedGroup
 from .heatmap import heatmap
 from .help_cmd import help_command
@@ -82,6 +83,10 @@ def cli(debug: bool) -> None:
     help="table for people, json for machines (gradcheck help json); github, markdown, junit for CI (gradcheck help ci).",
 )  # fmt: skip
 @click.option(
+    "--json-schema", type=click.IntRange(1, 2), default=2, show_default=True,
+    help="JSON schema: 2 (per-parameter arrays, streamed) or 1 (one object per step; deprecated).",
+)  # fmt: skip
+@click.option(
     "--output", type=click.Path(path_type=Path), metavar="FILE",
     help="Write the --format output to FILE (replaced atomically); stdout shows the table.",
 )  # fmt: skip
@@ -99,6 +104,7 @@ def inspect(
     steps_range: str | None,
     view: str,
     output_format: str,
+    json_schema: int,
     output: Path | None,
     fail_on: str | None,
     config_file: Path | None,
@@ -138,9 +144,9 @@ def inspect(
         problem = f"{run_dir}: {len(report.run.unreadable)} unreadable file(s) and --strict is set"
     code = EXIT_INPUT if problem else EXIT_FINDINGS if report.failed else EXIT_OK
     if output is not None:
-        _write_output(output, _formatted(output_format, report, selection, code))
+        _emit(output_format, json_schema, report, selection, code, output)
     if output is None and output_format != "table":
-        click.echo(_formatted(output_format, report, selection, code), nl=False)
+        _emit(output_format, json_schema, report, selection, code, None)
     elif shown is not None and view == "depth":
         render_depth(make_console(color=color), report, shown)
     elif shown is not None and view == "activations":
@@ -170,6 +176,25 @@ def _formatted(output_format: str, report: Report, selection: tuple[int, ...], c
     return format_report(output_format, report, shown, code, selection=selection or None)
 
 
+def _emit(
+    output_format: str,
+    schema: int,
+    report: Report,
+    selection: tuple[int, ...],
+    code: int,
+    output: Path | None,
+) -> None:
+    """The --format text to `output` (atomically) or stdout; JSON schema 2 is streamed, never held whole."""
+    if output_format == "json" and schema == 2:
+        from .jsonstream import stream_json  # numpy-heavy: imported only when the document is written
+
+        stream_json(report, selection, code, output)
+    elif output is not None:
+        _write_output(output, _formatted(output_format, report, selection, code))
+    else:
+        click.echo(_formatted(output_format, report, selection, code), nl=False)
+
+
 def _write_output(path: Path, text: str) -> None:
     try:
         write_atomically(path, text)
@@ -191,6 +216,7 @@ def _note_skipped(report: Report) -> None:
 cli.add_command(heatmap)
 cli.add_command(diff)
 cli.add_command(baseline)
+cli.add_command(export)
 cli.add_command(config)
 cli.add_command(help_command)
 cli.add_command(watch)

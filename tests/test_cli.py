@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from json_rows import per_step
 from runs_builder import write_run
 
 from gradcheck.cli.main import cli
@@ -104,7 +105,7 @@ def test_bad_option_is_a_usage_error(runner: CliRunner, healthy: Path) -> None:
 def test_json_document(runner: CliRunner, vanishing: Path) -> None:
     result = invoke(runner, "inspect", vanishing, "--format", "json")
     assert result.exit_code == 1
-    doc = json.loads(result.stdout)
+    doc = per_step(json.loads(result.stdout))
     assert doc["status"] == "error" and doc["failed"] is True
     assert doc["steps"] == [0, 10, 20, 30] and doc["shown_step"] == 30
     finding = doc["findings"][0]
@@ -124,7 +125,7 @@ def test_json_turns_nan_into_null(runner: CliRunner, tmp_path: Path) -> None:
     write_run(tmp_path / "nan", run)
     result = invoke(runner, "inspect", tmp_path / "nan", "--format", "json")
     assert result.exit_code == 1
-    doc = json.loads(result.stdout, parse_constant=_reject_constant)
+    doc = per_step(json.loads(result.stdout, parse_constant=_reject_constant))
     grad = doc["params"][0]["steps"][-1]["grad"]
     assert grad["nan"] == 64 and grad["mean_abs"] is None
     assert [f["problem"] for f in doc["findings"]] == ["nonfinite"]

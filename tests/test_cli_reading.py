@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from json_rows import per_step
 from runs_builder import write_step
 
 from gradcheck.analysis import scanning
@@ -23,7 +24,7 @@ def cache_entries() -> list[Path]:
 def inspect_json(runner: CliRunner, run: Path, *options: str, code: int = 0) -> dict:
     result = runner.invoke(cli, ["inspect", str(run), "--format", "json", *options])
     assert result.exit_code == code, result.stderr
-    return json.loads(result.stdout)
+    return per_step(json.loads(result.stdout))
 
 
 def test_inspect_fills_the_cache_and_no_cache_leaves_it_alone(

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from doc_tables import check_table, code, markdown_table
+from json_rows import per_step
 from runs_builder import write_file, write_step
 from safetensors.numpy import save_file
 from st_files import entry, file_bytes
@@ -303,7 +304,7 @@ def test_bad_file_with_strict_exits_2(tmp_path: Path, case: Case) -> None:
 def test_valid_odd_file_is_analysed(tmp_path: Path, case: Case, mode: str) -> None:
     result, path = outcome(tmp_path, case, mode, "--format", "json")
     assert result.exit_code == 0 and result.stderr == ""
-    doc = json.loads(result.stdout)
+    doc = per_step(json.loads(result.stdout))
     assert doc["unreadable"] == []
     (w,) = [p for p in doc["params"] if p["name"] == "w"]
     (row,) = w["steps"]
@@ -394,6 +395,8 @@ def test_file_replaced_atomically_by_another_thread(tmp_path: Path) -> None:
 def test_replaced_file_reads_the_version_that_was_opened(tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.while_reading is replace_with_twos]
     result, path = outcome(tmp_path, case, "beside", "--format", "json")
-    grad = next(p for p in json.loads(result.stdout)["params"] if p["name"] == "w")["steps"][0]["grad"]
+    grad = next(p for p in per_step(json.loads(result.stdout))["params"] if p["name"] == "w")["steps"][0][
+        "grad"
+    ]
     assert grad["mean_abs"] == 1.0  # the old version, whole: not a mix with the 2.0 of the new one
     assert scan_file(path).stats["w"].abs_max == 2.0  # while the new version is now in place

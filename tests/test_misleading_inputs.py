@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from doc_tables import check_table, code, markdown_table
+from json_rows import per_step
 from runs_builder import snapshot_metadata, write_file, write_step
 from st_files import entry, file_bytes
 
@@ -374,7 +375,7 @@ def test_same_shapes_at_different_steps_may_differ(tmp_path: Path) -> None:
 
 
 def test_rank_folders_are_merged(tmp_path: Path) -> None:
-    doc = json.loads(inspect(*rank_folders(tmp_path), "--format", "json").stdout)
+    doc = per_step(json.loads(inspect(*rank_folders(tmp_path), "--format", "json").stdout))
     (param,) = doc["params"]
     assert param["name"] == "fc.weight" and param["shape"] == [6, 4]
     assert param["steps"][0]["grad"]["count"] == 2 * G.size
@@ -395,7 +396,7 @@ def test_non_utf8_names_in_table_json_and_warnings(tmp_path: Path) -> None:
     result = inspect(run, "--format", "json")
     text = result.stdout_bytes.decode("utf-8")  # strict: no lone surrogate reached the output
     assert "grads_\\udcff_1.safetensors" in text  # a JSON \u escape ...
-    doc = json.loads(text)
+    doc = per_step(json.loads(text))
     file = doc["params"][0]["steps"][0]["grad"]["file"]
     assert (
         os.fsencode(file) == os.fsencode(run) + b"/grads_\xff_1.safetensors"

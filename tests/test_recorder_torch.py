@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from json_rows import per_step
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -360,7 +361,7 @@ def inspect_stats(runner, run_dir: Path) -> dict[tuple[str, int, str], dict]:
     """{(param, step, kind): statistics} from `gradcheck inspect --format json`."""
     result = runner.invoke(cli, ["inspect", str(run_dir), "--format", "json"])
     assert result.exit_code in (0, 1), result.output
-    document = json.loads(result.stdout)
+    document = per_step(json.loads(result.stdout))
     return {
         (param["name"], row["step"], kind): row[kind]
         for param in document["params"]

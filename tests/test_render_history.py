@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from json_rows import per_step
 from rich.console import Console
 
 from gradcheck.analysis.inspection import Report, inspect_run
@@ -156,7 +157,7 @@ def test_bad_steps_exit_2_with_one_line(runner: CliRunner, args: list[str], mess
 
 def test_steps_selects_the_history_and_the_shown_step(runner: CliRunner) -> None:
     code, out, _ = _inspect(runner, "--steps", "3:5", "--format", "json")
-    doc = json.loads(out)
+    doc = per_step(json.loads(out))
     assert 1 == code  # findings are judged over the whole run whatever the selection
     assert doc["selected_steps"] == [3, 4, 5] and doc["shown_step"] == 5
     assert len(doc["findings"]) == len(json.loads(_inspect(runner, "--format", "json")[1])["findings"])

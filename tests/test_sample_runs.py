@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from json_rows import per_step
 from reference import reference
 from safetensors.numpy import load_file
 
@@ -30,7 +31,7 @@ EXPECTED = {
 def inspect_json(runner: CliRunner, run: Path) -> tuple[int, dict]:
     result = runner.invoke(cli, ["inspect", str(run), "--format", "json"])
     assert result.stderr == ""
-    return result.exit_code, json.loads(result.stdout)
+    return result.exit_code, per_step(json.loads(result.stdout))
 
 
 def test_every_sample_run_has_an_expectation(sample_runs: Path) -> None:

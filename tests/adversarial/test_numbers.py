@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from json_rows import per_step
 from runs_builder import write_step
 
 from gradcheck.analysis import reader, scanning
@@ -36,7 +37,9 @@ def test_a_vanishing_f64_layer_is_not_called_healthy(tmp_path: Path) -> None:
     for step in range(3):
         grads = {"first.weight": np.full((4, 4), 1e-170), "last.weight": np.full((4, 4), 1e-2)}
         write_step(tmp_path, step, {"grad": grads})
-    document = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"]).stdout)
+    document = per_step(
+        json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"]).stdout)
+    )
     grad = document["params"][0]["steps"][-1]["grad"]
     assert grad["norm"] == pytest.approx(4e-170) and grad["mean_abs"] == pytest.approx(1e-170)
     assert any(f["check"] == "vanishing" and f["param"] == "first.weight" for f in document["findings"])
@@ -44,7 +47,9 @@ def test_a_vanishing_f64_layer_is_not_called_healthy(tmp_path: Path) -> None:
 
 def test_huge_f64_values_keep_their_mean(tmp_path: Path) -> None:
     write_step(tmp_path, 0, {"grad": {"w": np.array([1e308, -1e308, 1e308])}})
-    document = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"]).stdout)
+    document = per_step(
+        json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"]).stdout)
+    )
     grad = document["params"][0]["steps"][-1]["grad"]
     assert grad["mean_abs"] == pytest.approx(1e308) and grad["max_abs"] == 1e308
 

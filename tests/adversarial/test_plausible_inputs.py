@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import good_summary, healthy_run, no_traceback, summary_file
+from json_rows import per_step
 from runs_builder import write_step
 
 from gradcheck.analysis import scanning
@@ -51,7 +52,7 @@ def test_an_update_ratio_that_underflows_is_its_log_not_a_crash(tmp_path: Path) 
     )
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--format", "json"])
     assert result.exit_code in (0, 1) and no_traceback(result.stderr)
-    row = json.loads(result.stdout)["params"][0]["steps"][0]
+    row = per_step(json.loads(result.stdout))["params"][0]["steps"][0]
     assert row["update_ratio"] == pytest.approx(-400.0)
 
 
