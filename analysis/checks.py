@@ -102,7 +102,8 @@ def run_checks(run: Run, derived: DerivedColumns, config: Config) -> list[Findin
         for param, (_, ignore) in zip(columns.params, settings, strict=True)
     )
     frame = Frame(columns, derived, tuple(t for t, _ in settings), skip, run.ordered)
-    findings = [finding for rule in RULES for fired in rule(frame) for finding in _findings(fired, frame)]
+    rules = RULES if columns.steps.size and columns.params else ()  # an empty run: no cell to judge
+    findings = [finding for rule in rules for fired in rule(frame) for finding in _findings(fired, frame)]
     position = {param: i for i, param in enumerate(columns.params)}
     order = {check: i for i, check in enumerate(CHECK_IDS)}
     findings.sort(key=lambda f: (f.severity != "error", position[f.param], order[f.check], f.kind))
