@@ -315,8 +315,8 @@ def update_ratio(frame: Frame) -> Iterator[Fired]:
     fired = {check: np.zeros_like(cells) for check in ("update-ratio-high", "update-ratio-low")}
     found: dict[int, tuple[float, int]] = {}
     for p in np.flatnonzero(unclear).tolist():
-        rows = np.flatnonzero(cells[:, p])
-        ratios = [log10_ratio(top, scale[p].item()) for top in moved[rows, p].tolist()]
+        rows, bottom = np.flatnonzero(cells[:, p]), scale[p].item()
+        ratios = [log10_ratio(top, bottom) for top in moved[rows, p].tolist()]
         found[p] = (statistics.median(ratios), len(ratios))
         t = frame.thresholds[p]
         if found[p][0] > t.update_ratio_high:
