@@ -70,7 +70,7 @@ def inspect_run(
     config = config or Config()
     run = load_run(run_dir, scan)
     derived = derive(run)
-    findings = run_checks(run, derived, config) if run.steps else []
+    findings = run_checks(run, derived_from_rows(run.columns, derived), config) if run.steps else []
     return Report(run=run, rows=derived, findings=findings, config=config)
 
 

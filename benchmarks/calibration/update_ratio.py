@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from gradcheck.analysis.checks import run_checks
+from gradcheck.analysis.columns import derived_from_rows
 from gradcheck.analysis.config import Config
 from gradcheck.analysis.metrics import derive
 from gradcheck.analysis.runs import load_run
@@ -204,7 +205,7 @@ def medians(run_dir: Path) -> tuple[dict[str, tuple[float, float]], list[str]]:
         out[param] = (checked, current)
     findings = [
         f"{f.check} {f.param}"
-        for f in run_checks(run, derived, Config())
+        for f in run_checks(run, derived_from_rows(run.columns, derived), Config())
         if f.check.startswith("update-ratio")
     ]
     return out, findings
