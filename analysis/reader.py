@@ -8,39 +8,59 @@ combine. The header parser itself is in header.py.
 from __future__ import annotations
 
 import errno
+import functools
 import operator
 import os
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .columns import EMPTY, INT_FIELDS, STAT_FIELDS, StatsBlock
 from .dtypes import DTYPES, DtypeInfo
 from .errors import FileChangedError, UnreadableFileError
 from .header import (
     _PREFIX_BYTES,
     FileHeader,
+    TensorEntry,
     _check_header_length,
     _collector_paused,
     parse_header,
 )
-from .stats import TensorStats, summarize_pieces
-from .units import Layout, RowTracker, layout
+from .stats import TensorStats, merge_all, piece_arrays
+from .units import RowTracker, row_length, tracked
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
 BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FileScan:
-    """Statistics of every float tensor of one file, and why the others were skipped."""
+    """Statistics of every float tensor of one file (a StatsBlock in header order), and why others were skipped."""
 
     path: str
     header: FileHeader
-    stats: dict[str, TensorStats]
+    block: StatsBlock
     skipped: dict[str, str]
+
+    @functools.cached_property
+    def stats(self) -> dict[str, TensorStats]:
+        """{key: TensorStats}: the per-object view of `block`, built on first use (for older callers)."""
+        return self.block.as_dict()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FileScan):
+            return NotImplemented
+        return (self.path, self.header, self.skipped, self.stats) == (
+            other.path,
+            other.header,
+            other.skipped,
+            other.stats,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _os_problem(error: OSError, path: str) -> str:
@@ -276,56 +296,191 @@ def _summarize_reads(
     segments: Sequence[Segment],
     reads: Sequence[_Read],
     fetch: Callable[[_Read], memoryview],
-    layouts: Sequence[Layout | None] = (),
-) -> list[TensorStats]:
+    layouts: _Layouts | None = None,
+) -> StatsBlock:
     """Fetch each read's bytes, summarize its pieces and merge them, in order, into their segments.
 
-    A segment with a layout also gets its units' "ever non-zero" bitmap (TensorStats.alive).
+    One row per segment (keys: the segments' tensor names). A segment with a layout also gets its units'
+    "ever non-zero" bitmap (TensorStats.alive). All of it is numpy over a read's pieces at once: a file of
+    thousands of small tensors makes no Python object per tensor but its bitmap.
     """
-    results: list[TensorStats | None] = [None] * len(segments)
-    trackers = {i: RowTracker(*layout) for i, layout in enumerate(layouts) if layout is not None}
+    pieces = [np.array(read.pieces, dtype=np.intp).reshape(-1, 2) for read in reads]
+    owners = np.concatenate([p[:, 0] for p in pieces]) if pieces else np.zeros(0, dtype=np.intp)
+    per_segment = np.bincount(owners, minlength=len(segments))
+    units = _UnitCollector(layouts, per_segment == 1)
     elements = max((read.elements for read in reads), default=0)
     work, wide = np.empty(elements, dtype=np.uint32), np.empty(elements, dtype=np.float64)
+    parts: list[dict[str, np.ndarray]] = []
     # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
     with np.errstate(invalid="ignore", over="ignore"):
-        for read in reads:
+        for read, table in zip(reads, pieces, strict=True):
             magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
-            counts = [count for _, count in read.pieces]
-            # float64 magnitudes are squared in place by summarize_pieces: mark the non-zero ones first.
-            marks = magnitudes != 0 if trackers and magnitudes.dtype == np.float64 else magnitudes
-            start = 0
-            for (index, count), stats in zip(
-                read.pieces, summarize_pieces(magnitudes, counts, wide), strict=True
-            ):
-                earlier = results[index]
-                results[index] = stats if earlier is None else earlier.merge(stats)
-                if index in trackers:  # a piece without zeros makes every unit it touches alive
-                    trackers[index].add(None if stats.zeros == 0 else marks[start : start + count], count)
-                start += count
-    out = [TensorStats() if result is None else result for result in results]
-    for index, tracker in trackers.items():
-        out[index] = replace(out[index], alive=tracker.bitmap())
+            arrays, zero = piece_arrays(magnitudes, table[:, 1], wide)
+            units.add(table[:, 0], table[:, 1], arrays["zeros"], zero)
+            parts.append(arrays)
+    fields = {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
+    return StatsBlock(
+        keys=tuple(s.name for s in segments),
+        **_fold_pieces(owners, per_segment, fields),
+        alive=tuple(units.bitmaps()),
+    )
+
+
+def _fold_pieces(
+    owners: np.ndarray, per_segment: np.ndarray, fields: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """Per-segment arrays from per-piece ones: a single piece is its segment's summary, more are merged in order."""
+    out = {name: np.full(per_segment.size, EMPTY[name], dtype=_DTYPE[name]) for name in STAT_FIELDS}
+    if fields is None:
+        return out
+    single = per_segment[owners] == 1
+    for name in STAT_FIELDS:
+        out[name][owners[single]] = fields[name][single]
+    for segment in np.flatnonzero(per_segment > 1).tolist():  # a tensor larger than one piece
+        rows = np.flatnonzero(owners == segment).tolist()
+        total = merge_all(TensorStats(*(fields[name][row].item() for name in STAT_FIELDS)) for row in rows)
+        for name in STAT_FIELDS:
+            out[name][segment] = getattr(total, name)
     return out
 
 
-def _layouts(header: FileHeader, segments: Sequence[Segment]) -> list[Layout | None]:
-    """Where each segment sits in its tensor (units.layout), None for tensors that keep no unit bitmap."""
-    entries = {entry.name: entry for entry in header.entries}
-    return [
-        layout(
-            s.begin - entries[s.name].begin,
-            s.end - s.begin,
-            DTYPES[entries[s.name].dtype].itemsize,
-            entries[s.name].shape,
+_DTYPE = {name: np.int64 if name in INT_FIELDS else np.float64 for name in STAT_FIELDS}
+
+
+@dataclass(frozen=True)
+class _Layouts:
+    """Where each segment sits in its tensor (units.Layout) as arrays; `row` is 0 where no bitmap is kept."""
+
+    first: np.ndarray  # the segment's first element in its tensor
+    elements: np.ndarray
+    row: np.ndarray  # elements per unit
+
+
+class _UnitCollector:
+    """The unit bitmaps of a scan's segments, from the pieces of each read as they pass.
+
+    A segment of one piece (every small tensor) gets its units with one logical_and.reduceat per read over
+    all such segments; a segment of many pieces is followed piece by piece by a RowTracker.
+    """
+
+    def __init__(self, layouts: _Layouts | None, single: np.ndarray) -> None:
+        self.layouts = layouts
+        count = single.size if layouts is None else layouts.row.size
+        self.alive: list[int | None] = [None] * count
+        self.trackers: dict[int, RowTracker] = {}
+        if layouts is not None:
+            kept = layouts.row > 0
+            self.vector = kept & single
+            for index in np.flatnonzero(kept & ~single).tolist():
+                self.trackers[index] = RowTracker(
+                    int(layouts.first[index]), int(layouts.elements[index]), int(layouts.row[index])
+                )
+            for index in np.flatnonzero(kept & (layouts.elements == 0)).tolist():
+                self.alive[index] = 0  # an empty tensor that keeps a bitmap: no unit is alive
+
+    def add(self, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None) -> None:
+        """One read's pieces: their segments, sizes and zero counts, and `magnitudes == 0` (None: no zero)."""
+        if self.layouts is None:
+            return
+        if self.trackers:
+            self._track(owners, counts, zeros, zero)
+        mine = self.vector[owners]
+        if not mine.any():
+            return
+        starts = np.cumsum(counts) - counts
+        segments = owners[mine]
+        first, row = self.layouts.first[segments], self.layouts.row[segments]
+        n = counts[mine]
+        low = first // row
+        units = (first + n - 1) // row - low + 1
+        alive = self._alive_units(starts[mine], n, first, row, units, zero, zeros[mine])
+        self._store(segments, low, units, alive)
+
+    def _track(
+        self, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None
+    ) -> None:
+        start = 0
+        for owner, count, zero_count in zip(owners.tolist(), counts.tolist(), zeros.tolist(), strict=True):
+            tracker = self.trackers.get(owner)
+            if tracker is not None:  # a piece without zeros makes every unit it touches alive
+                marks = None if zero_count == 0 or zero is None else ~zero[start : start + count]
+                tracker.add(marks, count)
+            start += count
+
+    @staticmethod
+    def _alive_units(
+        starts: np.ndarray,
+        n: np.ndarray,
+        first: np.ndarray,
+        row: np.ndarray,
+        units: np.ndarray,
+        zero: np.ndarray | None,
+        zeros: np.ndarray,
+    ) -> np.ndarray:
+        """Per unit of the given pieces, in order: whether it holds an element that is not +-0."""
+        total = int(units.sum())
+        if zero is None or not zeros.any():
+            return np.ones(total, dtype=bool)
+        # Each piece contributes its unit starts and one end marker (whose result is dropped), so that no
+        # unit's range runs into the bytes of another tensor.
+        marks = units + 1
+        piece = np.repeat(np.arange(units.size), marks)
+        k = np.arange(int(marks.sum())) - np.repeat(np.cumsum(marks) - marks, marks)
+        offset = np.where(k == 0, 0, k * row[piece] - first[piece] % row[piece])
+        is_start = k < units[piece]
+        offset = np.where(is_start, offset, n[piece])
+        index = starts[piece] + offset
+        keep = index < zero.size  # an end marker at the very end of the read is not needed
+        all_zero = np.logical_and.reduceat(zero, index[keep])
+        return ~all_zero[is_start[keep]]
+
+    def _store(self, segments: np.ndarray, low: np.ndarray, units: np.ndarray, alive: np.ndarray) -> None:
+        """Bitmaps of the segments from their units' flags: one packbits for all, then one int each."""
+        padded = (units + 7) // 8 * 8
+        ends = np.cumsum(padded)
+        place = np.repeat(ends - padded, units) + (
+            np.arange(alive.size) - np.repeat(np.cumsum(units) - units, units)
         )
-        for s in segments
-    ]
+        flags = np.zeros(int(ends[-1]), dtype=bool)
+        flags[place] = alive
+        packed = np.packbits(flags, bitorder="little").tobytes()
+        for segment, shift, end, size in zip(
+            segments.tolist(), low.tolist(), (ends // 8).tolist(), (padded // 8).tolist(), strict=True
+        ):
+            self.alive[segment] = int.from_bytes(packed[end - size : end], "little") << shift
+
+    def bitmaps(self) -> list[int | None]:
+        """Every segment's bitmap (None where none is kept)."""
+        for index, tracker in self.trackers.items():
+            self.alive[index] = tracker.bitmap()
+        return self.alive
+
+
+def _layouts(header: FileHeader, segments: Sequence[Segment]) -> _Layouts:
+    """Where each segment sits in its tensor, as arrays; row 0 for tensors that keep no unit bitmap."""
+    entries = {entry.name: entry for entry in header.entries}
+    rows = {name: _row_if_tracked(entry.shape) for name, entry in entries.items()}
+    itemsize = {name: DTYPES[entry.dtype].itemsize for name, entry in entries.items()}
+    names = [s.name for s in segments]
+    size = np.array([itemsize[name] for name in names], dtype=np.int64)
+    begin = np.array([s.begin - entries[s.name].begin for s in segments], dtype=np.int64)
+    length = np.array([s.end - s.begin for s in segments], dtype=np.int64)
+    return _Layouts(begin // size, length // size, np.array([rows[name] for name in names], dtype=np.int64))
+
+
+def _row_if_tracked(shape: Sequence[int]) -> int:
+    """Elements per unit of a tensor that keeps a unit bitmap, 0 for one that keeps none (units.layout).
+
+    Capped to fit int64: only an empty tensor (no unit: `(0, 2**40, 2**40)`) has a longer row, and for it
+    only "keeps a bitmap" matters.
+    """
+    return min(row_length(shape), 1 << 62) if tracked(shape) else 0
 
 
 def _scan_fd(
     fd: int, path: str, header: FileHeader, segments: Sequence[Segment], buffer_bytes: int
-) -> list[TensorStats]:
-    """Summarize segments of an open file whose header is `header`."""
+) -> StatsBlock:
+    """Summarize segments of an open file whose header is `header`: one row per segment."""
     dtypes = {entry.name: DTYPES[entry.dtype] for entry in header.entries}
     reads = _plan_reads(segments, [dtypes[segment.name] for segment in segments], buffer_bytes)
     raw = memoryview(bytearray(max((read.end - read.begin for read in reads), default=0)))
@@ -370,7 +525,7 @@ def scan_segments(
         results = _scan_fd(fd, name, header, segments, buffer_bytes)
         if token is not None and _fd_token(fd, name) != token:
             raise _changed(name)
-        return results
+        return [results.stats(i) for i in range(len(results))]
     finally:
         os.close(fd)
 
@@ -380,26 +535,46 @@ def combine(
     path: str | os.PathLike[str],
     header: FileHeader,
     segments: Sequence[Segment],
-    results: Sequence[TensorStats],
+    results: Sequence[TensorStats] | StatsBlock,
 ) -> FileScan:
     """Fold per-segment results (in segment order) into the FileScan that scan_file returns."""
     if len(segments) != len(results):
         raise ValueError(f"{len(segments)} segments but {len(results)} results")
-    totals: dict[str, TensorStats] = {}
-    for segment, result in zip(segments, results, strict=True):
-        earlier = totals.get(segment.name)
-        totals[segment.name] = result if earlier is None else earlier.merge(result)
-    stats: dict[str, TensorStats] = {}
+    block = results if isinstance(results, StatsBlock) else _segment_block(segments, results)
+    row = {segment.name: i for i, segment in enumerate(segments)}
     skipped: dict[str, str] = {}
+    keys: list[str] = []
     for entry in header.entries:
         info = DTYPES[entry.dtype]
         if info.decode is None:
             skipped[entry.name] = info.skip_reason
-        elif entry.name in totals:
-            stats[entry.name] = totals[entry.name]
+        elif entry.name in row:
+            keys.append(entry.name)
         else:
             raise ValueError(f"no segment of tensor {entry.name!r}")
-    return FileScan(path=os.fspath(path), header=header, stats=stats, skipped=skipped)
+    if len(row) == len(segments):  # one segment per tensor: only put them in header order
+        order = np.array([row[key] for key in keys], dtype=np.intp)
+        fields = {name: getattr(block, name)[order] for name in STAT_FIELDS}
+        alive = tuple(block.alive[i] for i in order.tolist())
+        tensors = StatsBlock(keys=tuple(keys), **fields, alive=alive)
+    else:
+        tensors = _merge_segments(block, keys)
+    return FileScan(path=os.fspath(path), header=header, block=tensors, skipped=skipped)
+
+
+def _segment_block(segments: Sequence[Segment], results: Sequence[TensorStats]) -> StatsBlock:
+    """Per-segment TensorStats (from scan_segments) as a block keyed by the segments' tensor names."""
+    fields = {name: np.array([getattr(r, name) for r in results], dtype=_DTYPE[name]) for name in STAT_FIELDS}
+    return StatsBlock(keys=tuple(s.name for s in segments), **fields, alive=tuple(r.alive for r in results))
+
+
+def _merge_segments(block: StatsBlock, keys: Sequence[str]) -> StatsBlock:
+    """A block of tensors from the rows of their segments (a tensor cut into several is merged in order)."""
+    totals: dict[str, TensorStats] = {}
+    for i, name in enumerate(block.keys):
+        earlier = totals.get(name)
+        totals[name] = block.stats(i) if earlier is None else earlier.merge(block.stats(i))
+    return StatsBlock.from_stats({key: totals[key] for key in keys})
 
 
 @_collector_paused()
@@ -444,11 +619,11 @@ def summarize_bytes(
     segments = _cut("", 0, len(data), info.itemsize, SEGMENT_BYTES)
     reads = _plan_reads(segments, [info] * len(segments), buffer_bytes)
     total = TensorStats()
-    layouts = (
-        [layout(s.begin, s.end - s.begin, info.itemsize, shape) for s in segments]
-        if shape is not None
-        else []
-    )
-    for result in _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts):
-        total = total.merge(result)
+    layouts = None
+    if shape is not None:
+        header = FileHeader((TensorEntry("", dtype, tuple(shape), 0, len(data)),), {}, len(data))
+        layouts = _layouts(header, segments)
+    block = _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts)
+    for i in range(len(block)):
+        total = total.merge(block.stats(i))
     return total
