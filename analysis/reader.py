@@ -30,7 +30,7 @@ from .header import (
     parse_header,
 )
 from .stats import TensorStats, merge_all, piece_arrays
-from .units import RowTracker, row_length, tracked
+from .units import PackedBitmaps, RowTracker, row_length, tracked
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
 BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
@@ -322,7 +322,7 @@ def _summarize_reads(
     return StatsBlock(
         keys=tuple(s.name for s in segments),
         **_fold_pieces(owners, per_segment, fields),
-        alive=tuple(units.bitmaps()),
+        alive=units.bitmaps(),
     )
 
 
@@ -365,8 +365,13 @@ class _UnitCollector:
 
     def __init__(self, layouts: _Layouts | None, single: np.ndarray) -> None:
         self.layouts = layouts
-        count = single.size if layouts is None else layouts.row.size
-        self.alive: list[int | None] = [None] * count
+        self.alive: dict[int, int] = {}  # bitmaps made as ints, by segment
+        self.parts: list[
+            tuple[np.ndarray, np.ndarray, np.ndarray]
+        ] = []  # (segments, starts, ends) in buffers
+        self.buffers: list[np.ndarray] = []
+        self.size = 0
+        self.count = single.size
         self.trackers: dict[int, RowTracker] = {}
         if layouts is not None:
             kept = layouts.row > 0
@@ -435,7 +440,7 @@ class _UnitCollector:
         return ~all_zero[is_start[keep]]
 
     def _store(self, segments: np.ndarray, low: np.ndarray, units: np.ndarray, alive: np.ndarray) -> None:
-        """Bitmaps of the segments from their units' flags: one packbits for all, then one int each."""
+        """Bitmaps of the segments from their units' flags: one packbits for all, kept packed."""
         padded = (units + 7) // 8 * 8
         ends = np.cumsum(padded)
         place = np.repeat(ends - padded, units) + (
@@ -443,17 +448,34 @@ class _UnitCollector:
         )
         flags = np.zeros(int(ends[-1]), dtype=bool)
         flags[place] = alive
-        packed = np.packbits(flags, bitorder="little").tobytes()
-        for segment, shift, end, size in zip(
-            segments.tolist(), low.tolist(), (ends // 8).tolist(), (padded // 8).tolist(), strict=True
-        ):
-            self.alive[segment] = int.from_bytes(packed[end - size : end], "little") << shift
+        packed = np.packbits(flags, bitorder="little")
+        whole = low == 0
+        self.parts.append(
+            (segments[whole], (ends - padded)[whole] // 8 + self.size, ends[whole] // 8 + self.size)
+        )
+        self.buffers.append(packed)
+        self.size += packed.size
+        for index in np.flatnonzero(~whole).tolist():  # the later part of a cut tensor: bits shifted in place
+            start, end = int(ends[index] - padded[index]) // 8, int(ends[index]) // 8
+            bits = int.from_bytes(packed[start:end].tobytes(), "little") << int(low[index])
+            self.alive[int(segments[index])] = bits
 
-    def bitmaps(self) -> list[int | None]:
-        """Every segment's bitmap (None where none is kept)."""
+    def bitmaps(self) -> PackedBitmaps:
+        """Every segment's bitmap (None where none is kept), packed."""
         for index, tracker in self.trackers.items():
             self.alive[index] = tracker.bitmap()
-        return self.alive
+        count = self.count
+        starts, ends = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        known = np.zeros(count, dtype=bool)
+        for segments, begin, end in self.parts:
+            starts[segments], ends[segments], known[segments] = begin, end, True
+        for index, bits in self.alive.items():  # the few bitmaps made as ints: appended as bytes
+            data = bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+            self.buffers.append(np.frombuffer(data, dtype=np.uint8))
+            starts[index], ends[index], known[index] = self.size, self.size + len(data), True
+            self.size += len(data)
+        data = np.concatenate(self.buffers) if self.buffers else np.zeros(0, dtype=np.uint8)
+        return PackedBitmaps(data, starts, ends, known)
 
 
 def _layouts(header: FileHeader, segments: Sequence[Segment]) -> _Layouts:
@@ -555,7 +577,11 @@ def combine(
     if len(row) == len(segments):  # one segment per tensor: only put them in header order
         order = np.array([row[key] for key in keys], dtype=np.intp)
         fields = {name: getattr(block, name)[order] for name in STAT_FIELDS}
-        alive = tuple(block.alive[i] for i in order.tolist())
+        alive = (
+            block.alive.take(order)
+            if isinstance(block.alive, PackedBitmaps)
+            else tuple(block.alive[i] for i in order.tolist())
+        )
         tensors = StatsBlock(keys=tuple(keys), **fields, alive=alive)
     else:
         tensors = _merge_segments(block, keys)
