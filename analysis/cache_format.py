@@ -23,6 +23,7 @@ from .columns import FLOAT_FIELDS, INT_FIELDS, STAT_FIELDS, StatsBlock
 from .dtypes import DTYPES
 from .header import FileHeader, TensorEntry
 from .reader import FileScan
+from .summaries import Summaries
 from .units import PackedBitmaps, pack_bitmaps, unit_count
 
 _DIGEST_CHARS = 64  # a sha256 in hex
@@ -32,8 +33,8 @@ _COLUMNS = (
     ("alive_known", "u1"),
     ("alive_bytes", "<i8"),
 )
-_HEAD_KEYS = {"layouts", "files", "rows", "bitmap_bytes"}
-_FILE_KEYS = {"path", "identity", "file_size", "layout", "metadata", "skipped"}
+_HEAD_KEYS = {"layouts", "summary_layouts", "files", "rows", "bitmap_bytes"}
+_FILE_KEYS = {"path", "identity", "file_size", "layout", "metadata", "skipped", "summaries"}
 _LAYOUT_KEYS = {"names", "dtypes", "shapes", "begins", "ends"}
 
 # One stored file: (absolute path, identity as a list of ints, scan).
@@ -45,6 +46,7 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
     layouts: list[dict[str, Any]] = []
     by_entries: dict[tuple[TensorEntry, ...], int] = {}
     by_id: dict[int, int] = {}
+    summary_layouts: dict[tuple[Any, ...], int] = {}
     heads, blocks, bitmaps = [], [], []
     for path, identity, scan in files:
         entries = scan.header.entries
@@ -55,6 +57,9 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
                 layouts.append(_layout_head(entries))
             by_id[id(entries)] = layout
         units = [unit_count(entry.shape) for entry in entries if DTYPES[entry.dtype].decode is not None]
+        summaries = scan.__dict__.get(
+            "summaries"
+        )  # kept only when a reader asked for them (and they were good)
         heads.append({
             "path": path,
             "identity": list(identity),
@@ -62,9 +67,15 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
             "layout": layout,
             "metadata": scan.header.metadata,
             "skipped": scan.skipped,
+            "summaries": None if summaries is None else _summary_layout(summaries, summary_layouts),
         })  # fmt: skip
         blocks.append(scan.block)
         bitmaps.append(pack_bitmaps(scan.block.alive, units).compact())
+        if summaries is not None:
+            blocks.append(summaries.block)
+            bitmaps.append(
+                pack_bitmaps(summaries.block.alive, list(map(unit_count, summaries.shapes))).compact()
+            )
     columns = {
         name: _joined([getattr(b, name) for b in blocks], np.dtype(code)) for name, code in _COLUMNS[:9]
     }
@@ -74,6 +85,10 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
     head = {
         **key,
         "layouts": layouts,
+        "summary_layouts": [
+            {"keys": list(keys), "shapes": [list(shape) for shape in shapes], "dtypes": list(dtypes)}
+            for keys, shapes, dtypes in summary_layouts
+        ],
         "files": heads,
         "rows": len(columns["count"]),
         "bitmap_bytes": len(data),
@@ -85,6 +100,11 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
 
 def _joined(arrays: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+
+
+def _summary_layout(summaries: Summaries, known: dict[tuple[Any, ...], int]) -> int:
+    """The index of the summaries' (keys, shapes, dtypes) among those of the entry, adding it if new."""
+    return known.setdefault((summaries.block.keys, summaries.shapes, summaries.dtypes), len(known))
 
 
 def _layout_head(entries: Sequence[TensorEntry]) -> dict[str, Any]:
@@ -126,6 +146,8 @@ def _decode_files(obj: dict[str, Any], blob: memoryview) -> dict[str, tuple[list
     layouts = obj["layouts"]
     _check(type(layouts) is list and type(obj["files"]) is list)
     decoded = [_decode_layout(layout) for layout in layouts]
+    _check(type(obj["summary_layouts"]) is list)
+    summary_layouts = [_decode_summary_layout(layout) for layout in obj["summary_layouts"]]
     rows, extra = obj["rows"], obj["bitmap_bytes"]
     _check(type(rows) is int and type(extra) is int and rows >= 0 and extra >= 0)
     columns, offset = {}, 0
@@ -138,11 +160,15 @@ def _decode_files(obj: dict[str, Any], blob: memoryview) -> dict[str, tuple[list
     files, start, expected = [], 0, []
     for head in obj["files"]:
         _check(type(head) is dict and set(head) == _FILE_KEYS)
-        layout = head["layout"]
+        layout, summaries = head["layout"], head["summaries"]
         _check(type(layout) is int and 0 <= layout < len(decoded))
+        _check(summaries is None or (type(summaries) is int and 0 <= summaries < len(summary_layouts)))
         files.append((head, start))
         start += len(decoded[layout][1])
         expected.append(decoded[layout][2])
+        if summaries is not None:
+            start += len(summary_layouts[summaries][0])
+            expected.append(summary_layouts[summaries][3])
     _check(start == rows)
     counts = np.concatenate(expected) if expected else np.zeros((0, 2), dtype=np.int64)
     _check_numbers(columns, counts[:, 0])
@@ -152,7 +178,14 @@ def _decode_files(obj: dict[str, Any], blob: memoryview) -> dict[str, tuple[list
     out: dict[str, tuple[list[int], FileScan]] = {}
     for head, first in files:
         entries, keys, _ = decoded[head["layout"]]
-        out[_file_path(head, out)] = (head["identity"], _scan(head, entries, keys, columns, bitmaps, first))
+        scan = _scan(head, entries, keys, columns, bitmaps, first)
+        if head["summaries"] is not None:
+            names, shapes, dtypes, _ = summary_layouts[head["summaries"]]
+            rows = np.arange(first + len(keys), first + len(keys) + len(names))
+            fields = {name: columns[name][rows] for name in STAT_FIELDS}
+            block = StatsBlock(keys=names, **fields, alive=bitmaps.take(rows))
+            scan.__dict__["summaries"] = Summaries(block, shapes, dtypes)  # the cached_property's value
+        out[_file_path(head, out)] = (head["identity"], scan)
     return out
 
 
@@ -210,6 +243,21 @@ def _decode_layout(obj: Any) -> tuple[tuple[TensorEntry, ...], tuple[str, ...], 
             counts.append((math.prod(shape), unit_count(shape)))
     table = np.array(counts, dtype=np.int64).reshape(-1, 2)
     return tuple(entries), tuple(keys), table
+
+
+def _decode_summary_layout(
+    obj: Any,
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[str, ...], np.ndarray]:
+    """Keys, shapes and dtypes of stored summaries, and their (element count, unit count)."""
+    _check(type(obj) is dict and set(obj) == {"keys", "shapes", "dtypes"})
+    keys, shapes, dtypes = obj["keys"], obj["shapes"], obj["dtypes"]
+    for column in (keys, shapes, dtypes):
+        _check(type(column) is list and len(column) == len(keys))
+    _check(set(map(type, keys)) <= {str} and set(map(type, dtypes)) <= {str} and len(set(keys)) == len(keys))
+    _check(set(map(type, shapes)) <= {list})
+    _check(all(type(d) is int and 0 <= d < 1 << 63 for shape in shapes for d in shape))
+    table = np.array([(math.prod(s), unit_count(s)) for s in shapes], dtype=np.int64).reshape(-1, 2)
+    return tuple(keys), tuple(map(tuple, shapes)), tuple(dtypes), table
 
 
 def _check_numbers(columns: dict[str, np.ndarray], counts: np.ndarray) -> None:

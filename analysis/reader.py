@@ -30,6 +30,7 @@ from .header import (
     parse_header,
 )
 from .stats import TensorStats, merge_all, piece_arrays
+from .summaries import Summaries, parse_summaries, summary_block
 from .units import PackedBitmaps, RowTracker, row_length, tracked
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
@@ -49,6 +50,16 @@ class FileScan:
     def stats(self) -> dict[str, TensorStats]:
         """{key: TensorStats}: the per-object view of `block`, built on first use (for older callers)."""
         return self.block.as_dict()
+
+    @functools.cached_property
+    def summaries(self) -> Summaries | None:
+        """The stats-mode summaries in the metadata as one block, None when there are none.
+
+        Raises what `parse_summaries` and `summary_block` raise for bad metadata (json.JSONDecodeError,
+        ValueError, TypeError, RecursionError). The stats cache keeps it once it has been asked for.
+        """
+        table = parse_summaries(self.header.metadata)
+        return summary_block(table) if table else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FileScan):
@@ -297,12 +308,13 @@ def _summarize_reads(
     reads: Sequence[_Read],
     fetch: Callable[[_Read], memoryview],
     layouts: _Layouts | None = None,
-) -> StatsBlock:
-    """Fetch each read's bytes, summarize its pieces and merge them, in order, into their segments.
+) -> Callable[[], StatsBlock]:
+    """Fetch each read's bytes and summarize its pieces; return what merges them, in order, into segments.
 
-    One row per segment (keys: the segments' tensor names). A segment with a layout also gets its units'
-    "ever non-zero" bitmap (TensorStats.alive). All of it is numpy over a read's pieces at once: a file of
-    thousands of small tensors makes no Python object per tensor but its bitmap.
+    The merge is returned, not done, so that a caller checks the file's identity right after its last
+    read. It gives one row per segment (keys: the segments' tensor names); a segment with a layout also
+    gets its units' "ever non-zero" bitmap (TensorStats.alive). All of it is numpy over a read's pieces at
+    once: a file of thousands of small tensors makes no Python object per tensor.
     """
     pieces = [np.array(read.pieces, dtype=np.intp).reshape(-1, 2) for read in reads]
     owners = np.concatenate([p[:, 0] for p in pieces]) if pieces else np.zeros(0, dtype=np.intp)
@@ -318,12 +330,16 @@ def _summarize_reads(
             arrays, zero = piece_arrays(magnitudes, table[:, 1], wide)
             units.add(table[:, 0], table[:, 1], arrays["zeros"], zero)
             parts.append(arrays)
-    fields = {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
-    return StatsBlock(
-        keys=tuple(s.name for s in segments),
-        **_fold_pieces(owners, per_segment, fields),
-        alive=units.bitmaps(),
-    )
+
+    def merged() -> StatsBlock:
+        fields = {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
+        return StatsBlock(
+            keys=tuple(s.name for s in segments),
+            **_fold_pieces(owners, per_segment, fields),
+            alive=units.bitmaps(),
+        )
+
+    return merged
 
 
 def _fold_pieces(
@@ -501,8 +517,8 @@ def _row_if_tracked(shape: Sequence[int]) -> int:
 
 def _scan_fd(
     fd: int, path: str, header: FileHeader, segments: Sequence[Segment], buffer_bytes: int
-) -> StatsBlock:
-    """Summarize segments of an open file whose header is `header`: one row per segment."""
+) -> Callable[[], StatsBlock]:
+    """Read and summarize segments of an open file whose header is `header`; return what merges the rows."""
     dtypes = {entry.name: DTYPES[entry.dtype] for entry in header.entries}
     reads = _plan_reads(segments, [dtypes[segment.name] for segment in segments], buffer_bytes)
     raw = memoryview(bytearray(max((read.end - read.begin for read in reads), default=0)))
@@ -544,12 +560,13 @@ def scan_segments(
         if token is not None and _fd_token(fd, name) != token:
             raise _changed(name)
         _check_size(header, size, name)
-        results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        merge = _scan_fd(fd, name, header, segments, buffer_bytes)
         if token is not None and _fd_token(fd, name) != token:
             raise _changed(name)
-        return [results.stats(i) for i in range(len(results))]
     finally:
         os.close(fd)
+    results = merge()
+    return [results.stats(i) for i in range(len(results))]
 
 
 @_collector_paused()
@@ -617,12 +634,12 @@ def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES)
         before = _fd_token(fd, name)
         header = _read_header_fd(fd, size, name)
         segments = plan_segments(header)
-        results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        merge = _scan_fd(fd, name, header, segments, buffer_bytes)
         if _fd_token(fd, name) != before:  # rewritten in place (same inode) while we read it
             raise _changed(name)
     finally:
         os.close(fd)
-    return combine(name, header, segments, results)
+    return combine(name, header, segments, merge())
 
 
 def summarize_bytes(
@@ -649,7 +666,7 @@ def summarize_bytes(
     if shape is not None:
         header = FileHeader((TensorEntry("", dtype, tuple(shape), 0, len(data)),), {}, len(data))
         layouts = _layouts(header, segments)
-    block = _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts)
+    block = _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts)()
     for i in range(len(block)):
         total = total.merge(block.stats(i))
     return total

@@ -21,7 +21,7 @@ from gradcheck.analysis import cache_format
 from gradcheck.analysis.cache import FileIdentity, StatsCache, default_cache_dir, file_identity
 from gradcheck.analysis.columns import StatsBlock
 from gradcheck.analysis.reader import FileScan, scan_file
-from gradcheck.analysis.stats import TensorStats
+from gradcheck.analysis.stats import TensorStats, summarize_array
 
 RNG = np.random.default_rng(7)
 ARRAYS = {
@@ -417,3 +417,45 @@ def test_entry_of_1500_tensors_is_compact(tmp_path: Path, cache: StatsCache) -> 
     cache.put(name, identity, scan)
     assert cache.entry_path(name).stat().st_size < 400_000  # about 200 bytes a tensor with these names
     assert cache.get(name, identity) == scan
+
+
+def test_summaries_asked_for_are_kept_as_arrays(
+    tmp_path: Path, cache: StatsCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import summaries as summaries_module
+    from gradcheck.analysis.summaries import STATS_KEY, summary_entry
+
+    grad = np.zeros((5, 3), np.float32)
+    grad[1] = 2.0
+    table = {
+        "grad/w": summary_entry(summarize_array(grad), grad.shape, "BF16") | {"alive": "2"},
+        "grad/b": summary_entry(TensorStats(2, 2, 0, 0), (2,), "F32"),
+    }
+    path = tmp_path / "step_3.safetensors"
+    save_file({"param/w": np.ones(3, np.float32)}, str(path), metadata={STATS_KEY: json.dumps(table)})
+    name, identity, scan = scanned(path)
+    expected = scan.summaries  # asked for: from now on the cache keeps it
+    assert expected is not None and expected.block.alive[0] == 2
+    cache.put(name, identity, scan)
+    monkeypatch.setattr(summaries_module, "summary_block", None)  # a re-parse would fail
+    got = cache.get(name, identity)
+    assert got is not None and got.summaries is not None
+    assert got.summaries.block.as_dict() == expected.block.as_dict()
+    assert list(got.summaries.block.alive) == [2, None]
+    assert got.summaries.shapes == ((5, 3), (2,)) and got.summaries.dtypes == ("BF16", "F32")
+    assert got.header.metadata[STATS_KEY] == json.dumps(table)  # the metadata itself is unchanged
+
+
+def test_summaries_not_asked_for_are_parsed_when_read(tmp_path: Path, cache: StatsCache) -> None:
+    from gradcheck.analysis.summaries import STATS_KEY
+
+    path = tmp_path / "step_3.safetensors"
+    save_file(
+        {"param/w": np.ones(3, np.float32)}, str(path), metadata={STATS_KEY: '{"grad/w": {"count": -1}}'}
+    )
+    name, identity, scan = scanned(path)
+    cache.put(name, identity, scan)
+    got = cache.get(name, identity)
+    assert got is not None and "summaries" not in got.__dict__
+    with pytest.raises(ValueError, match="no field .nan."):
+        _ = got.summaries

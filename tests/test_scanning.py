@@ -161,6 +161,64 @@ def test_a_file_that_vanished_is_reported_not_raised(run_paths: list[str], tmp_p
     assert "no such file" in result.problem
 
 
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the files scan_files reads (instead of taking from the cache)."""
+    read: list[str] = []
+
+    def recording(path: str, **kwargs: object) -> FileScan:
+        read.append(os.path.basename(path))
+        return scan_file(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanning, "scan_file", recording)
+    return read
+
+
+def test_a_grown_run_reads_only_its_new_snapshots_and_keeps_one_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.full(4, step, np.float32)}})) for step in range(3)]
+    first = scan_all(paths, cache=cache)
+    read = _reads(monkeypatch)
+    paths.append(str(write_step(run, 3, {"grad": {"w": np.full(4, 3, np.float32)}})))
+    grown = scan_all(paths, cache=cache)
+    assert read == ["step_00000003.safetensors"]
+    assert as_comparable(grown[:3]) == as_comparable(first)
+    assert [entry.suffix for entry in (tmp_path / "cache").iterdir()] == [".run"]
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in paths)
+    read.clear()
+    assert as_comparable(scan_all(paths, cache=cache)) == as_comparable(grown)
+    assert read == []
+
+
+def test_a_caller_reading_part_of_a_run_keeps_the_rest_of_its_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(3)]
+    scan_all(paths, cache=cache)
+    os.remove(paths[0])  # gone: dropped from the index when it is next rewritten
+    new = str(write_step(run, 3, {"grad": {"w": np.ones(4, np.float32)}}))
+    list(scan_files([new], ScanOptions(cache=cache), folder=str(run)))  # as load_run(previous=...) will
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in [*paths[1:], new])
+    read = _reads(monkeypatch)
+    scan_all([*paths[1:], new], cache=cache)
+    assert read == []
+
+
+def test_a_damaged_index_is_read_around_and_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(2)]
+    first = scan_all(paths, cache=cache)
+    index = cache.index_path(str(run))
+    index.write_bytes(index.read_bytes()[:-1])
+    read = _reads(monkeypatch)
+    assert as_comparable(scan_all(paths, cache=cache)) == as_comparable(first)
+    assert len(read) == 2 and len(cache.load_index(str(run))) == 2
+
+
 def test_runs_of_small_files_are_read_without_workers(
     run_paths: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
