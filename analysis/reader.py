@@ -15,6 +15,7 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -207,9 +208,12 @@ def _fd_token(fd: int, path: str) -> FileToken:
         raise UnreadableFileError(path, f"cannot stat: {(e.strerror or str(e)).lower()}") from None
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A byte range [begin, end) of one float tensor of a file, whole elements, absolute file offsets."""
+class Segment(NamedTuple):
+    """A byte range [begin, end) of one float tensor of a file, whole elements, absolute file offsets.
+
+    A NamedTuple, not a frozen dataclass: a file of 1,500 small tensors makes 1,500 of them per scan, and a
+    frozen dataclass costs four times as much to build.
+    """
 
     name: str
     begin: int
@@ -497,13 +501,18 @@ class _UnitCollector:
 def _layouts(header: FileHeader, segments: Sequence[Segment]) -> _Layouts:
     """Where each segment sits in its tensor, as arrays; row 0 for tensors that keep no unit bitmap."""
     entries = {entry.name: entry for entry in header.entries}
-    rows = {name: _row_if_tracked(entry.shape) for name, entry in entries.items()}
-    itemsize = {name: DTYPES[entry.dtype].itemsize for name, entry in entries.items()}
-    names = [s.name for s in segments]
-    size = np.array([itemsize[name] for name in names], dtype=np.int64)
-    begin = np.array([s.begin - entries[s.name].begin for s in segments], dtype=np.int64)
-    length = np.array([s.end - s.begin for s in segments], dtype=np.int64)
-    return _Layouts(begin // size, length // size, np.array([rows[name] for name in names], dtype=np.int64))
+    rows: dict[tuple[int, ...], int] = {}  # shapes repeat: a model has few distinct ones
+    first, length, row = [], [], []
+    for segment in segments:
+        entry = entries[segment.name]
+        size = DTYPES[entry.dtype].itemsize
+        first.append((segment.begin - entry.begin) // size)
+        length.append((segment.end - segment.begin) // size)
+        found = rows.get(entry.shape)
+        if found is None:
+            found = rows[entry.shape] = _row_if_tracked(entry.shape)
+        row.append(found)
+    return _Layouts(*(np.array(values, dtype=np.int64) for values in (first, length, row)))
 
 
 def _row_if_tracked(shape: Sequence[int]) -> int:
