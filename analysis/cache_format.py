@@ -21,7 +21,7 @@ import numpy as np
 
 from .columns import FLOAT_FIELDS, INT_FIELDS, STAT_FIELDS, StatsBlock
 from .dtypes import DTYPES
-from .header import FileHeader, TensorEntry
+from .header import FileHeader, TensorEntry, _collector_paused
 from .reader import FileScan
 from .summaries import Summaries
 from .units import PackedBitmaps, pack_bitmaps, unit_count
@@ -41,6 +41,7 @@ _LAYOUT_KEYS = {"names", "dtypes", "shapes", "begins", "ends"}
 Stored = tuple[str, Sequence[int], FileScan]
 
 
+@_collector_paused()
 def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
     """An entry holding `files` under `key` (a JSON object of its own: format, version, what it is for)."""
     layouts: list[dict[str, Any]] = []
@@ -126,6 +127,7 @@ def _check(condition: object) -> None:
         raise _Bad
 
 
+@_collector_paused()  # the JSON head of a long run's index is thousands of small containers
 def decode(raw: bytes, key: dict[str, Any]) -> dict[str, tuple[list[int], FileScan]] | None:
     """{path: (identity, scan)} of an entry stored under `key` whose checksum holds; None for anything else."""
     head, payload = raw[: _DIGEST_CHARS + 1], memoryview(raw)[_DIGEST_CHARS + 1 :]

@@ -50,7 +50,12 @@ class FileScan:
     @functools.cached_property
     def stats(self) -> dict[str, TensorStats]:
         """{key: TensorStats}: the per-object view of `block`, built on first use (for older callers)."""
-        return self.block.as_dict()
+        block = self.block
+        columns = [getattr(block, name).tolist() for name in STAT_FIELDS]  # one conversion per column
+        return {
+            key: TensorStats(*values, alive=alive)
+            for key, *values, alive in zip(block.keys, *columns, block.alive, strict=True)
+        }
 
     @functools.cached_property
     def summaries(self) -> Summaries | None:
