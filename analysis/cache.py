@@ -13,6 +13,7 @@ anything unexpected is a miss, never an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 
 from . import cache_format
 from .atomic import replace_atomically
+from .cache_format import Stored
 from .reader import FileScan
 
 # Bump whenever the stats computation or the layout changes: a dev install keeps its version number.
@@ -31,6 +33,8 @@ from .reader import FileScan
 CACHE_FORMAT = 5
 _SUFFIX = ".scan"  # one file's scan
 _INDEX_SUFFIX = ".run"  # a run folder's index
+_TAIL_SUFFIX = ".tail"  # scans added to it since it was last written whole
+_TAIL_MIN_FILES = 16  # a tail may always hold this many files, however small the index
 # About 100 bytes per tensor: 256 MiB is two million tensors in one file, far beyond any snapshot; an index
 # of a whole run may hold a thousand such files (1,000 x 1,500 tensors: about 150 MB).
 MAX_ENTRY_BYTES = 256 << 20
@@ -130,6 +134,7 @@ class StatsCache:
     def __init__(self, directory: Path) -> None:
         self._directory = Path(directory)
         self._version = _tool_version()
+        self._main: dict[str, dict[str, list[int]]] = {}  # by folder: the identities in its index file
 
     def entry_path(self, path: str) -> Path:
         """Where the scan of one file lives (the absolute path, symlinks not resolved, hashed)."""
@@ -157,15 +162,65 @@ class StatsCache:
         key = self._key("file", path)
         self._write(self.entry_path(path), cache_format.encode(key, [(key["file"], identity, scan)]))
 
+    def tail_path(self, folder: str) -> Path:
+        """Where the scans added to a run folder's index since it was last written whole live."""
+        return self._directory / (_hashed(folder) + _TAIL_SUFFIX)
+
     def load_index(self, folder: str) -> dict[str, tuple[list[int], FileScan]]:
-        """{absolute path: (identity, scan)} of a run folder's index; {} when there is none or it is damaged."""
-        raw = _read_entry(self.index_path(folder), MAX_INDEX_BYTES)
+        """{absolute path: (identity, scan)} of a run folder's index and its tail; {} where damaged or absent."""
+        main = self._load(self.index_path(folder), folder)
+        self._main[os.path.abspath(folder)] = {path: identity for path, (identity, _) in main.items()}
+        return {**main, **self._load(self.tail_path(folder), folder)}
+
+    def store_index(self, folder: str, files: Sequence[Stored]) -> None:
+        """Make a run folder's index hold exactly these (absolute path, identity, scan); never raises.
+
+        After `load_index`, a few scans more than the index holds go to its tail, a small file of their
+        own, so that a run growing one snapshot at a time does not rewrite its whole index each time;
+        anything else (the first write, files gone or changed, a tail of more than a quarter of the
+        index) writes the index whole and removes the tail.
+        """
+        main = self._main.get(os.path.abspath(folder))
+        if main:
+            extra = [item for item in files if main.get(item[0]) != list(item[1])]
+            kept = len(files) - len(extra)
+            if kept == len(main) and len(extra) <= max(_TAIL_MIN_FILES, len(main) // 4):
+                self._write(self.tail_path(folder), self._encode(folder, extra))
+                return
+        self._write(self.index_path(folder), self._encode(folder, files))
+        self._main[os.path.abspath(folder)] = {path: list(identity) for path, identity, _ in files}
+        with contextlib.suppress(OSError):
+            os.unlink(self.tail_path(folder))
+
+    def add_to_index(self, folder: str, files: Sequence[Stored]) -> None:
+        """Add scans of files new to the caller to a run folder's index, reading only its tail; never raises.
+
+        For a caller that reads a run a part at a time (`watch`): the cost does not grow with the run,
+        but with what was added since the index was last written whole; when the tail grows past a
+        quarter of the index, both are read and the index written whole again.
+        """
+        tail = self._load(self.tail_path(folder), folder)
+        tail.update({path: (list(identity), scan) for path, identity, scan in files})
+        merged = [(path, identity, scan) for path, (identity, scan) in tail.items()]
+        data = self._encode(folder, merged)
+        try:
+            main_bytes = os.stat(self.index_path(folder)).st_size
+        except (OSError, ValueError):
+            main_bytes = 0
+        if main_bytes and len(data) <= main_bytes // 4:
+            self._write(self.tail_path(folder), data)
+            return
+        everything = self.load_index(folder)
+        everything.update(tail)
+        self.store_index(folder, [(path, ident, scan) for path, (ident, scan) in everything.items()])
+
+    def _load(self, target: Path, folder: str) -> dict[str, tuple[list[int], FileScan]]:
+        raw = _read_entry(target, MAX_INDEX_BYTES)
         files = None if raw is None else cache_format.decode(raw, self._key("folder", folder))
         return files or {}
 
-    def store_index(self, folder: str, files: Sequence[tuple[str, Sequence[int], FileScan]]) -> None:
-        """Replace a run folder's index by these (absolute path, identity, scan); never raises."""
-        self._write(self.index_path(folder), cache_format.encode(self._key("folder", folder), files))
+    def _encode(self, folder: str, files: Sequence[Stored]) -> bytes:
+        return cache_format.encode(self._key("folder", folder), files)
 
     def _write(self, target: Path, data: bytes) -> None:
         try:

@@ -48,6 +48,7 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
     by_entries: dict[tuple[TensorEntry, ...], int] = {}
     by_id: dict[int, int] = {}
     summary_layouts: dict[tuple[Any, ...], int] = {}
+    lazy_units: dict[int, _LazyUnits] = {}
     heads, blocks, bitmaps = [], [], []
     for path, identity, scan in files:
         entries = scan.header.entries
@@ -57,7 +58,7 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
             if layout == len(layouts):
                 layouts.append(_layout_head(entries))
             by_id[id(entries)] = layout
-        units = [unit_count(entry.shape) for entry in entries if DTYPES[entry.dtype].decode is not None]
+        units = lazy_units.setdefault(layout, _LazyUnits(entries))  # only bitmaps made as ints need them
         summaries = scan.__dict__.get(
             "summaries"
         )  # kept only when a reader asked for them (and they were good)
@@ -95,12 +96,34 @@ def encode(key: dict[str, Any], files: Sequence[Stored]) -> bytes:
         "bitmap_bytes": len(data),
     }
     text = json.dumps(head, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode("ascii")
-    payload = b"".join([text, b"\n", *(columns[name].tobytes() for name, _ in _COLUMNS), data.tobytes()])
-    return hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
+    parts = [text, b"\n", *(memoryview(columns[name]).cast("B") for name, _ in _COLUMNS), memoryview(data)]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return b"".join([digest.hexdigest().encode("ascii"), b"\n", *parts])  # one copy of the columns
 
 
 def _joined(arrays: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+    return np.concatenate(arrays, dtype=dtype, casting="same_kind") if arrays else np.zeros(0, dtype=dtype)
+
+
+class _LazyUnits(Sequence[int]):
+    """The unit counts of a header's decoded tensors, worked out only if asked for."""
+
+    def __init__(self, entries: Sequence[TensorEntry]) -> None:
+        self._entries = entries
+        self._units: list[int] | None = None
+
+    def _all(self) -> list[int]:
+        if self._units is None:
+            self._units = [unit_count(e.shape) for e in self._entries if DTYPES[e.dtype].decode is not None]
+        return self._units
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        return self._all()[index]
 
 
 def _summary_layout(summaries: Summaries, known: dict[tuple[Any, ...], int]) -> int:
@@ -179,8 +202,8 @@ def _decode_files(obj: dict[str, Any], blob: memoryview) -> dict[str, tuple[list
     bitmaps = PackedBitmaps(data, ends - columns["alive_bytes"], ends, columns["alive_known"] == 1)
     out: dict[str, tuple[list[int], FileScan]] = {}
     for head, first in files:
-        entries, keys, _ = decoded[head["layout"]]
-        scan = _scan(head, entries, keys, columns, bitmaps, first)
+        keys = decoded[head["layout"]][1]
+        scan = _scan(head, decoded[head["layout"]], columns, bitmaps, first)
         if head["summaries"] is not None:
             names, shapes, dtypes, _ = summary_layouts[head["summaries"]]
             rows = np.arange(first + len(keys), first + len(keys) + len(names))
@@ -200,19 +223,14 @@ def _file_path(head: dict[str, Any], seen: dict[str, Any]) -> str:
 
 
 def _scan(
-    head: dict[str, Any],
-    entries: tuple[TensorEntry, ...],
-    keys: tuple[str, ...],
-    columns: dict[str, np.ndarray],
-    bitmaps: PackedBitmaps,
-    first: int,
+    head: dict[str, Any], layout: _Layout, columns: dict[str, np.ndarray], bitmaps: PackedBitmaps, first: int
 ) -> FileScan:
     """One file's scan from its rows [first, first + len(keys)) of the columns."""
+    entries, keys, _, end, undecoded = layout
     size = head["file_size"]
-    _check(max((entry.end for entry in entries), default=0) <= size)
+    _check(end <= size)
     metadata, skipped = _string_map(head["metadata"]), _string_map(head["skipped"])
-    undecoded = {entry.name for entry in entries if DTYPES[entry.dtype].decode is None}
-    _check(set(skipped) == undecoded)
+    _check(skipped.keys() == undecoded)
     rows = slice(first, first + len(keys))
     fields = {name: columns[name][rows] for name in STAT_FIELDS}
     block = StatsBlock(keys=keys, **fields, alive=bitmaps.take(np.arange(first, first + len(keys))))
@@ -224,8 +242,13 @@ def _string_map(value: Any) -> dict[str, str]:
     return value
 
 
-def _decode_layout(obj: Any) -> tuple[tuple[TensorEntry, ...], tuple[str, ...], np.ndarray]:
-    """Header entries of a layout, the keys of its decoded tensors, and their (element count, unit count)."""
+# A stored header layout: its entries, the keys of its decoded tensors, their (element count, unit count),
+# the end of its last tensor and the names of the tensors not decoded.
+_Layout = tuple[tuple[TensorEntry, ...], tuple[str, ...], np.ndarray, int, set[str]]
+
+
+def _decode_layout(obj: Any) -> _Layout:
+    """A header layout as `encode` stores it, checked."""
     _check(type(obj) is dict and set(obj) == _LAYOUT_KEYS)
     names, dtypes, shapes, begins, ends = (
         obj[name] for name in ("names", "dtypes", "shapes", "begins", "ends")
@@ -244,7 +267,8 @@ def _decode_layout(obj: Any) -> tuple[tuple[TensorEntry, ...], tuple[str, ...], 
             keys.append(name)
             counts.append((math.prod(shape), unit_count(shape)))
     table = np.array(counts, dtype=np.int64).reshape(-1, 2)
-    return tuple(entries), tuple(keys), table
+    undecoded = {e.name for e in entries if DTYPES[e.dtype].decode is None}
+    return tuple(entries), tuple(keys), table, max(ends, default=0), undecoded
 
 
 def _decode_summary_layout(

@@ -244,16 +244,19 @@ class _Runner:
 
 
 def scan_files(
-    paths: Sequence[str], options: ScanOptions | None = None, *, folder: str | None = None
+    paths: Sequence[str], options: ScanOptions | None = None, *, folder: str | None = None, new: bool = False
 ) -> Iterator[tuple[str, Result]]:
     """Yield (path, FileScan or UnreadableFileError) for every path, in order.
 
     With a cache, the files' scans are kept in one index for `folder` (default: the deepest folder holding
     them all; a caller reading a run a part at a time passes the run folder, so that all parts share it).
+    `new`: the caller knows these files are new or changed since it last read the run (`watch`): they are
+    not looked up, and their scans are added to the index at a cost that does not grow with the run.
     """
     options = options or ScanOptions()
     folder = os.path.abspath(folder) if folder is not None else _folder(paths)
-    stored = options.cache.load_index(folder) if options.cache is not None and folder else {}
+    cache = options.cache if folder else None
+    stored = cache.load_index(folder) if cache is not None and not new else {}
     files, units = _plan(paths, options, stored)
     total = sum(unit.nbytes for unit in units)
     done = 0
@@ -274,8 +277,10 @@ def scan_files(
             yield item.path, item.result
     finally:
         runner.close()
-    if options.cache is not None and folder:
-        _store_index(options.cache, folder, files, stored)
+    if cache is not None and new:
+        cache.add_to_index(folder, [entry for entry in _unchanged(files) if entry])
+    elif cache is not None:
+        _store_index(cache, folder, files, stored)
 
 
 def _outcome(item: _File, runner: _Runner) -> Result:
@@ -312,6 +317,16 @@ def _folder(paths: Sequence[str]) -> str | None:
         return None
 
 
+def _unchanged(files: Sequence[_File]) -> Iterator[tuple[str, FileIdentity, FileScan] | None]:
+    """(absolute path, identity, scan) of each file read now and unchanged since (None for the others)."""
+    for item in files:
+        fresh = isinstance(item.result, FileScan) and item.identity is not None and not item.cached
+        if fresh and _identity(item.path) == item.identity:  # not changed while it was read
+            yield os.path.abspath(item.path), item.identity, item.result  # type: ignore[misc]
+        else:
+            yield None
+
+
 def _store_index(
     cache: StatsCache, folder: str, files: Sequence[_File], index: Mapping[str, tuple[list[int], FileScan]]
 ) -> None:
@@ -322,14 +337,12 @@ def _store_index(
     """
     kept: dict[str, tuple[str, Sequence[int], FileScan]] = {}
     fresh = False
-    for item in files:
-        if not isinstance(item.result, FileScan) or item.identity is None:
-            continue
-        name = os.path.abspath(item.path)
-        if item.cached:
+    for item, entry in zip(files, _unchanged(files), strict=True):
+        if entry is not None:
+            kept[entry[0]], fresh = entry, True
+        elif item.cached and isinstance(item.result, FileScan) and item.identity is not None:
+            name = os.path.abspath(item.path)
             kept[name] = (name, item.identity, item.result)
-        elif _identity(item.path) == item.identity:  # not changed while it was read
-            kept[name], fresh = (name, item.identity, item.result), True
     dropped = False
     for name, (identity, scan) in index.items():
         if name in kept:

@@ -184,11 +184,53 @@ def test_a_grown_run_reads_only_its_new_snapshots_and_keeps_one_index(
     grown = scan_all(paths, cache=cache)
     assert read == ["step_00000003.safetensors"]
     assert as_comparable(grown[:3]) == as_comparable(first)
-    assert [entry.suffix for entry in (tmp_path / "cache").iterdir()] == [".run"]
+    # the new scan went to the index's tail: the run's index file was not written again
+    assert sorted(entry.suffix for entry in (tmp_path / "cache").iterdir()) == [".run", ".tail"]
     assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in paths)
     read.clear()
     assert as_comparable(scan_all(paths, cache=cache)) == as_comparable(grown)
     assert read == []
+
+
+def test_a_tail_past_a_quarter_of_the_index_is_folded_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_TAIL_MIN_FILES", 0)  # so a quarter of 40 files decides
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(40)]
+    scan_all(paths, cache=cache)
+    index = cache.index_path(str(run))
+    written = index.stat().st_mtime_ns
+    for step in range(40, 50):  # ten files: a quarter of 40, into the tail
+        paths.append(str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})))
+        scan_all(paths, cache=StatsCache(tmp_path / "cache"))
+        assert index.stat().st_mtime_ns == written and cache.tail_path(str(run)).exists()
+    paths.append(str(write_step(run, 50, {"grad": {"w": np.ones(4, np.float32)}})))
+    scan_all(paths, cache=StatsCache(tmp_path / "cache"))  # the 11th: written whole, no tail
+    assert not cache.tail_path(str(run)).exists()
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in paths)
+
+
+def test_new_files_are_added_without_reading_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import cache as cache_module
+
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(40)]
+    scan_all(paths, cache=cache)
+    opened: list[str] = []
+    real = cache_module._read_entry
+    monkeypatch.setattr(
+        cache_module, "_read_entry", lambda path, *a: opened.append(path.suffix) or real(path, *a)
+    )
+    new = str(write_step(run, 40, {"grad": {"w": np.ones(4, np.float32)}}))
+    ((_, scan),) = scan_files([new], ScanOptions(cache=cache), folder=str(run), new=True)
+    assert isinstance(scan, FileScan) and opened == [".tail"]  # the index itself is not read
+    monkeypatch.undo()
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in [*paths, new])
 
 
 def test_a_caller_reading_part_of_a_run_keeps_the_rest_of_its_index(
