@@ -155,7 +155,7 @@ class StatsCache:
         if not files or set(files) != {os.path.abspath(path)}:
             return None
         stored, scan = files[os.path.abspath(path)]
-        return _as_read(scan, path) if stored == list(identity) else None
+        return scan.at(os.fspath(path)) if stored == list(identity) else None
 
     def put(self, path: str, identity: FileIdentity, scan: FileScan) -> None:
         """Store the scan of one file; never raises (an unwritable cache just caches nothing)."""
@@ -232,8 +232,3 @@ class StatsCache:
 
 def _hashed(path: str) -> str:
     return hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()
-
-
-def _as_read(scan: FileScan, path: str) -> FileScan:
-    """A cached scan under the path it is asked for now (relative or not, as the caller spells it)."""
-    return FileScan(os.fspath(path), scan.header, scan.block, scan.skipped)

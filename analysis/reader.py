@@ -69,6 +69,14 @@ class FileScan:
         table = parse_summaries(self.header.metadata)
         return summary_block(table) if table else None
 
+    def at(self, path: str) -> FileScan:
+        """The same scan under another spelling of its path (a cached scan asked for as `path`)."""
+        moved = FileScan(path, self.header, self.block, self.skipped)
+        for name in ("stats", "summaries"):  # what was already worked out comes along
+            if name in self.__dict__:
+                moved.__dict__[name] = self.__dict__[name]
+        return moved
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FileScan):
             return NotImplemented

@@ -148,7 +148,7 @@ def _plan(
         if item.identity is not None:
             hit = index.get(os.path.abspath(path))
             if hit is not None and hit[0] == list(item.identity):
-                item.result = FileScan(path, hit[1].header, hit[1].block, hit[1].skipped)
+                item.result = hit[1].at(path)
                 item.cached = True
                 continue
         size = item.identity.size if item.identity else 0

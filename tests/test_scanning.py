@@ -273,3 +273,27 @@ def test_runs_of_small_files_are_read_without_workers(
     monkeypatch.setattr(scanning, "ProcessPoolExecutor", no_pool)
     small = run_paths[:5]
     assert as_comparable(scan_all(small, jobs=2)) == as_comparable(scan_all(small))
+
+
+def test_summaries_read_once_come_back_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from gradcheck.analysis import summaries as summaries_module
+    from gradcheck.analysis.stats import TensorStats
+    from gradcheck.analysis.summaries import STATS_KEY, summary_entry
+
+    table = {"grad/w": summary_entry(TensorStats(3, 0, 0, 1, 0.0, 2.0, 3.0, 5.0, alive=0b101), (3,), "F32")}
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    run.mkdir()
+    path = write_arrays(run / "step_1.safetensors", {"param/w": ("F32", np.ones(3, np.float32))}, {
+        STATS_KEY: json.dumps(table)
+    })  # fmt: skip
+    ((_, first),) = scan_all([str(path)], cache=cache)
+    assert isinstance(first, FileScan) and first.summaries is not None  # read, so the index keeps it
+    monkeypatch.setattr(summaries_module, "summary_block", None)  # parsing again would fail
+    ((_, again),) = scan_all([str(path)], cache=cache)
+    assert isinstance(again, FileScan) and again.summaries is not None
+    assert again.summaries.block.as_dict() == first.summaries.block.as_dict()
+    assert list(again.summaries.block.alive) == [0b101]
