@@ -73,8 +73,9 @@ def _fold_pieces(
     for name in STAT_FIELDS:
         out[name][owners[single]] = fields[name][single]
     for segment in np.flatnonzero(per_segment > 1).tolist():  # a tensor larger than one piece
-        rows = np.flatnonzero(owners == segment).tolist()
-        total = merge_all(TensorStats(*(fields[name][row].item() for name in STAT_FIELDS)) for row in rows)
+        rows = np.flatnonzero(owners == segment)
+        pieces = zip(*(fields[name][rows].tolist() for name in STAT_FIELDS), strict=True)
+        total = merge_all(TensorStats(*values) for values in pieces)  # in order, as the pieces were read
         for name in STAT_FIELDS:
             out[name][segment] = getattr(total, name)
     return out
