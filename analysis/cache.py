@@ -1,49 +1,44 @@
-"""A per-file cache of scans in the user cache dir, so re-inspecting an unchanged run reads no tensor data.
+"""The stats cache in the user cache dir, so re-inspecting an unchanged run reads no tensor data.
 
-One entry file per snapshot file, named from a sha256 of its absolute path. An entry is the sha256 of its
-payload (64 hex digits and a newline) followed by the payload: ASCII JSON holding the key (format, gradcheck
-version, absolute path, file identity) and the scan in columns; numeric columns are base64 of little-endian
-uint64/float64 arrays, exact to the bit and fast to load. No pickle: an entry is data, never code.
+One index file per run folder (`StatsCache.load_index` / `store_index`) holds the scan of every snapshot of
+the run, each valid for one file identity: an unchanged run opens one cache file, and a run that grew reads
+only its new snapshots, then the index is rewritten whole (atomically) with them. `get` / `put` keep the
+scan of one file on its own, in the same format. The layout of a cache file is in cache_format.py.
 
 The folder is trusted only if this user owns it and nobody else may write to it (`refusal`): whoever can
-write an entry decides what gradcheck reports. Entries are opened without following symlinks and without
-blocking, must be regular files under a size cap, and are checked completely when decoded: anything
-unexpected is a miss, never an error.
+write an entry decides what gradcheck reports. Cache files are opened without following symlinks and
+without blocking, must be regular files under a size cap, and are checked completely when decoded:
+anything unexpected is a miss, never an error.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
-import json
-import math
 import os
 import stat
 import sys
-from array import array
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from importlib import metadata
-from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from . import cache_format
 from .atomic import replace_atomically
-from .dtypes import DTYPES
-from .header import FileHeader, TensorEntry
+from .cache_format import Stored
 from .reader import FileScan
-from .stats import TensorStats
-from .units import unit_count
 
-# Bump whenever the stats computation or this layout changes: a dev install keeps its version number.
-CACHE_FORMAT = 4  # 3: the sums' scale (stats.py); 4: per-unit "ever non-zero" bitmaps (TensorStats.alive)
-_DIGEST_CHARS = 64  # a sha256 in hex
-_SUFFIX = ".scan"
-_COUNT_FIELDS = ("count", "nan", "inf", "zeros")  # then the float fields: TensorStats' field order
-_FLOAT_FIELDS = ("abs_min", "abs_max", "abs_sum", "sq_sum", "scale")
-_SWAP = sys.byteorder == "big"  # columns are stored little-endian
-# About 200 bytes per tensor: 256 MiB is a million tensors in one file, far beyond any snapshot.
+# Bump whenever the stats computation or the layout changes: a dev install keeps its version number.
+# 3: the sums' scale (stats.py); 4: per-unit "ever non-zero" bitmaps; 5: binary columns, one index per run.
+CACHE_FORMAT = 5
+_SUFFIX = ".scan"  # one file's scan
+_INDEX_SUFFIX = ".run"  # a run folder's index
+_TAIL_SUFFIX = ".tail"  # scans added to it since it was last written whole
+_TAIL_MIN_FILES = 16  # a tail may always hold this many files, however small the index
+# About 100 bytes per tensor: 256 MiB is two million tensors in one file, far beyond any snapshot; an index
+# of a whole run may hold a thousand such files (1,000 x 1,500 tensors: about 150 MB).
 MAX_ENTRY_BYTES = 256 << 20
+MAX_INDEX_BYTES = 4 << 30
 _OPEN_FLAGS = (
     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 )
@@ -87,141 +82,6 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def _pack(values: Iterable[float], code: str) -> str:
-    """A column of uint64 ("Q") or float64 ("d") values as base64 of its little-endian bytes."""
-    column = array(code, values)
-    if _SWAP:
-        column.byteswap()
-    return base64.b64encode(column.tobytes()).decode("ascii")
-
-
-def _encode_scan(scan: FileScan) -> dict[str, Any]:
-    """The scan as JSON-ready columns (compact, and fast to check and rebuild)."""
-    entries, stats = scan.header.entries, scan.stats.values()
-    columns = {name: _pack([getattr(s, name) for s in stats], "Q") for name in _COUNT_FIELDS}
-    columns.update({name: _pack([getattr(s, name) for s in stats], "d") for name in _FLOAT_FIELDS})
-    columns["alive"] = [None if s.alive is None else format(s.alive, "x") for s in stats]
-    return {
-        "path": scan.path,
-        "file_size": scan.header.file_size,
-        "metadata": scan.header.metadata,
-        "names": [e.name for e in entries],
-        "dtypes": [e.dtype for e in entries],
-        "shapes": [e.shape for e in entries],  # ragged, so plain JSON lists
-        "begins": _pack([e.begin for e in entries], "Q"),
-        "ends": _pack([e.end for e in entries], "Q"),
-        "stats": {"names": list(scan.stats), **columns},
-        "skipped": scan.skipped,
-    }
-
-
-class _BadEntry(ValueError):
-    """An entry whose checksum holds but whose content is not what `put` writes."""
-
-
-def _check(condition: bool) -> None:
-    """Reject an entry unless `condition` holds."""
-    if not condition:
-        raise _BadEntry
-
-
-def _strings(column: Any) -> list[str]:
-    """A JSON list of strings, checked."""
-    _check(type(column) is list and set(map(type, column)) <= {str})
-    return column
-
-
-def _unpack(text: Any, code: str) -> list[Any]:
-    """A column written by `_pack`."""
-    _check(type(text) is str)
-    column = array(code)
-    column.frombytes(base64.b64decode(text, validate=True))  # ValueError unless whole, valid base64 items
-    if _SWAP:
-        column.byteswap()
-    return column.tolist()
-
-
-def _string_map(value: Any) -> dict[str, str]:
-    """A JSON object of strings, checked."""
-    _check(type(value) is dict and set(map(type, value.values())) <= {str})
-    return value
-
-
-def _same_lengths(columns: Sequence[list[Any]]) -> None:
-    """Reject columns of different lengths, which map() would silently truncate."""
-    _check(len({len(column) for column in columns}) <= 1)
-
-
-def _decode_entries(obj: Any, file_size: int) -> tuple[TensorEntry, ...]:
-    """The header's tensor entries from their columns: known dtypes, byte ranges that fit their shapes."""
-    shapes = obj["shapes"]
-    _check(type(shapes) is list and set(map(type, shapes)) <= {list})
-    dims = list(chain.from_iterable(shapes))
-    _check(set(map(type, dims)) <= {int} and (not dims or min(dims) >= 0))
-    names, dtypes = _strings(obj["names"]), _strings(obj["dtypes"])
-    begins, ends = _unpack(obj["begins"], "Q"), _unpack(obj["ends"], "Q")
-    _same_lengths([names, dtypes, shapes, begins, ends])
-    _check(len(set(names)) == len(names))
-    for dtype, shape, begin, end in zip(dtypes, shapes, begins, ends, strict=True):
-        _check(dtype in DTYPES and begin <= end <= file_size)
-        _check(math.prod(shape) * DTYPES[dtype].bits == (end - begin) * 8)
-    return tuple(map(TensorEntry, names, dtypes, map(tuple, shapes), begins, ends))
-
-
-def _decode_stats(obj: Any, entries: dict[str, TensorEntry]) -> dict[str, TensorStats]:
-    """The per-tensor stats from their columns, in TensorStats field order, each possible for its tensor."""
-    _check(type(obj) is dict)
-    columns = [_unpack(obj[name], "Q") for name in _COUNT_FIELDS]
-    columns += [_unpack(obj[name], "d") for name in _FLOAT_FIELDS]
-    names = _strings(obj["names"])
-    alive = obj["alive"]
-    _check(type(alive) is list and set(map(type, alive)) <= {str, type(None)})
-    _same_lengths([names, *columns, alive])
-    stats = {
-        name: replace(s, alive=_bitmap(a))
-        for name, s, a in zip(names, map(TensorStats, *columns), alive, strict=True)
-    }
-    _check(len(stats) == len(names))
-    for name, value in stats.items():
-        _check(name in entries and value.count == math.prod(entries[name].shape))
-        _check(_possible(value))
-        _check(value.alive is None or value.alive.bit_length() <= unit_count(entries[name].shape))
-    return stats
-
-
-def _possible(stats: TensorStats) -> bool:
-    """Counts that fit and sums and extremes that |x| can have (what a scan can produce)."""
-    floats = (stats.abs_min, stats.abs_max, stats.abs_sum, stats.sq_sum)
-    return (
-        stats.nan + stats.inf + stats.zeros <= stats.count
-        and all(value >= 0 for value in floats)  # also no NaN
-        and math.isfinite(stats.abs_max)
-        and 0 < stats.scale < math.inf
-        and math.frexp(stats.scale)[0] == 0.5
-    )
-
-
-def _bitmap(text: str | None) -> int | None:
-    """A unit bitmap column value (hex, as `_encode_scan` writes it)."""
-    if text is None:
-        return None
-    _check(0 < len(text) and all(c in "0123456789abcdef" for c in text))
-    return int(text, 16)
-
-
-def _decode_scan(obj: Any) -> FileScan:
-    """Rebuild a FileScan from `_encode_scan`'s output, raising on anything else."""
-    _check(type(obj) is dict and type(obj["path"]) is str and type(obj["file_size"]) is int)
-    entries = _decode_entries(obj, obj["file_size"])
-    header = FileHeader(entries, _string_map(obj["metadata"]), obj["file_size"])
-    by_name = {entry.name: entry for entry in entries}
-    stats, skipped = _decode_stats(obj["stats"], by_name), _string_map(obj["skipped"])
-    # every tensor is either summarized (a decoded float dtype) or skipped, never both
-    decoded = {entry.name for entry in entries if DTYPES[entry.dtype].decode is not None}
-    _check(set(stats) == decoded and set(skipped) == set(by_name) - decoded)
-    return FileScan(obj["path"], header, stats, skipped)
-
-
 def cache_refusal(directory: Path) -> str | None:
     """Why a cache folder cannot be trusted (owned by someone else, writable by others); None if it can.
 
@@ -242,93 +102,133 @@ def cache_refusal(directory: Path) -> str | None:
     return None
 
 
-def _read_entry(path: Path) -> bytes | None:
-    """The bytes of an entry file: a regular file of ours under the size cap, opened without following links."""
+def _read_entry(path: Path, cap: int = MAX_ENTRY_BYTES) -> bytes | None:
+    """The bytes of a cache file: a regular file of ours under the size cap, opened without following links."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except (OSError, ValueError):
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ENTRY_BYTES:
+        if not stat.S_ISREG(info.st_mode) or info.st_size > cap:
             return None
         if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
             return None
         chunks, total = [], 0
-        while total <= MAX_ENTRY_BYTES:  # the size may grow while we read
-            chunk = os.read(fd, min(1 << 20, MAX_ENTRY_BYTES + 1 - total))
+        while total <= cap:  # the size may grow while we read
+            chunk = os.read(fd, min(16 << 20, cap + 1 - total))
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
-        return b"".join(chunks) if total <= MAX_ENTRY_BYTES else None
+        return b"".join(chunks) if total <= cap else None
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def decode_entry(raw: bytes, key: dict[str, Any]) -> FileScan | None:
-    """The scan an entry holds if its checksum holds and it was stored under `key`; None for anything else."""
-    payload = _payload(raw)
-    if payload is None:
-        return None
-    try:
-        entry = json.loads(payload)
-        _check(type(entry) is dict and "scan" in entry)
-        scan = entry.pop("scan")
-        if entry != key:
-            return None
-        decoded = _decode_scan(scan)
-        identity = key.get("identity")
-        _check(isinstance(identity, list) and len(identity) == len(FileIdentity._fields))
-        _check(decoded.header.file_size == identity[FileIdentity._fields.index("size")])
-        return decoded
-    except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
-        return None
-
-
-def _payload(raw: bytes) -> bytes | None:
-    """The payload of an entry if its checksum matches; None for a truncated or altered entry."""
-    head, payload = raw[: _DIGEST_CHARS + 1], raw[_DIGEST_CHARS + 1 :]
-    if head != hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n":
-        return None
-    return payload
-
-
 class StatsCache:
-    """Scans stored one file per snapshot path under `directory`, valid for one file identity."""
+    """Scans stored under `directory`: one index per run folder, or one file's scan alone."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = Path(directory)
         self._version = _tool_version()
+        self._main: dict[str, dict[str, list[int]]] = {}  # by folder: the identities in its index file
 
     def entry_path(self, path: str) -> Path:
-        """Where the entry for a snapshot path lives (the absolute path, symlinks not resolved, hashed)."""
-        key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()
-        return self._directory / (key + _SUFFIX)
+        """Where the scan of one file lives (the absolute path, symlinks not resolved, hashed)."""
+        return self._directory / (_hashed(path) + _SUFFIX)
 
-    def _key(self, path: str, identity: FileIdentity) -> dict[str, Any]:
-        """Everything an entry must match besides its checksum."""
-        return {
-            "format": CACHE_FORMAT,
-            "version": self._version,
-            "path": os.path.abspath(path),
-            "identity": list(identity),
-        }
+    def index_path(self, folder: str) -> Path:
+        """Where the index of a run folder lives (its absolute path, hashed)."""
+        return self._directory / (_hashed(folder) + _INDEX_SUFFIX)
+
+    def _key(self, what: str, path: str) -> dict[str, Any]:
+        """Everything a cache file must match besides its checksum and the identities of its files."""
+        return {"format": CACHE_FORMAT, "version": self._version, what: os.path.abspath(path)}
 
     def get(self, path: str, identity: FileIdentity) -> FileScan | None:
         """The cached scan of `path` if it was stored for this exact identity and tool version; None otherwise."""
         raw = _read_entry(self.entry_path(path))
-        return None if raw is None else decode_entry(raw, self._key(path, identity))
+        files = None if raw is None else cache_format.decode(raw, self._key("file", path))
+        if not files or set(files) != {os.path.abspath(path)}:
+            return None
+        stored, scan = files[os.path.abspath(path)]
+        return scan.at(os.fspath(path)) if stored == list(identity) else None
 
     def put(self, path: str, identity: FileIdentity, scan: FileScan) -> None:
-        """Store a scan; never raises (an unwritable cache just caches nothing)."""
-        entry = {**self._key(path, identity), "scan": _encode_scan(scan)}
-        payload = json.dumps(entry, separators=(",", ":"), allow_nan=False).encode("ascii")
-        data = hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
+        """Store the scan of one file; never raises (an unwritable cache just caches nothing)."""
+        key = self._key("file", path)
+        self._write(self.entry_path(path), cache_format.encode(key, [(key["file"], identity, scan)]))
+
+    def tail_path(self, folder: str) -> Path:
+        """Where the scans added to a run folder's index since it was last written whole live."""
+        return self._directory / (_hashed(folder) + _TAIL_SUFFIX)
+
+    def load_index(self, folder: str) -> dict[str, tuple[list[int], FileScan]]:
+        """{absolute path: (identity, scan)} of a run folder's index and its tail; {} where damaged or absent."""
+        main = self._load(self.index_path(folder), folder)
+        self._main[os.path.abspath(folder)] = {path: identity for path, (identity, _) in main.items()}
+        return {**main, **self._load(self.tail_path(folder), folder)}
+
+    def store_index(self, folder: str, files: Sequence[Stored]) -> None:
+        """Make a run folder's index hold exactly these (absolute path, identity, scan); never raises.
+
+        After `load_index`, a few scans more than the index holds go to its tail, a small file of their
+        own, so that a run growing one snapshot at a time does not rewrite its whole index each time;
+        anything else (the first write, files gone or changed, a tail of more than a quarter of the
+        index) writes the index whole and removes the tail.
+        """
+        main = self._main.get(os.path.abspath(folder))
+        if main:
+            extra = [item for item in files if main.get(item[0]) != list(item[1])]
+            kept = len(files) - len(extra)
+            if kept == len(main) and len(extra) <= max(_TAIL_MIN_FILES, len(main) // 4):
+                self._write(self.tail_path(folder), self._encode(folder, extra))
+                return
+        self._write(self.index_path(folder), self._encode(folder, files))
+        self._main[os.path.abspath(folder)] = {path: list(identity) for path, identity, _ in files}
+        with contextlib.suppress(OSError):
+            os.unlink(self.tail_path(folder))
+
+    def add_to_index(self, folder: str, files: Sequence[Stored]) -> None:
+        """Add scans of files new to the caller to a run folder's index, reading only its tail; never raises.
+
+        For a caller that reads a run a part at a time (`watch`): the cost does not grow with the run,
+        but with what was added since the index was last written whole; when the tail grows past a
+        quarter of the index, both are read and the index written whole again.
+        """
+        tail = self._load(self.tail_path(folder), folder)
+        tail.update({path: (list(identity), scan) for path, identity, scan in files})
+        merged = [(path, identity, scan) for path, (identity, scan) in tail.items()]
+        data = self._encode(folder, merged)
+        try:
+            main_bytes = os.stat(self.index_path(folder)).st_size
+        except (OSError, ValueError):
+            main_bytes = 0
+        if main_bytes and len(data) <= main_bytes // 4:
+            self._write(self.tail_path(folder), data)
+            return
+        everything = self.load_index(folder)
+        everything.update(tail)
+        self.store_index(folder, [(path, ident, scan) for path, (ident, scan) in everything.items()])
+
+    def _load(self, target: Path, folder: str) -> dict[str, tuple[list[int], FileScan]]:
+        raw = _read_entry(target, MAX_INDEX_BYTES)
+        files = None if raw is None else cache_format.decode(raw, self._key("folder", folder))
+        return files or {}
+
+    def _encode(self, folder: str, files: Sequence[Stored]) -> bytes:
+        return cache_format.encode(self._key("folder", folder), files)
+
+    def _write(self, target: Path, data: bytes) -> None:
         try:
             self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            replace_atomically(self.entry_path(path), data)
+            replace_atomically(target, data)
         except OSError:
             return
+
+
+def _hashed(path: str) -> str:
+    return hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()

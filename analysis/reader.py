@@ -8,39 +8,86 @@ combine. The header parser itself is in header.py.
 from __future__ import annotations
 
 import errno
+import functools
 import operator
 import os
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from .columns import STAT_FIELDS, StatsBlock
 from .dtypes import DTYPES, DtypeInfo
 from .errors import FileChangedError, UnreadableFileError
 from .header import (
     _PREFIX_BYTES,
     FileHeader,
+    TensorEntry,
     _check_header_length,
     _collector_paused,
     parse_header,
 )
-from .stats import TensorStats, summarize_pieces
-from .units import Layout, RowTracker, layout
+from .piece_summaries import DTYPE, summarize_reads
+from .piece_summaries import layouts as layouts_of
+from .stats import TensorStats
+from .summaries import Summaries, parse_summaries, summary_block
+from .units import PackedBitmaps
 
 SEGMENT_BYTES = 64 << 20  # a tensor larger than this is split; constant, independent of any job count
 BUFFER_BYTES = 1 << 20  # bytes read at a time; the float scratch takes twice that, the decoded floats as much
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FileScan:
-    """Statistics of every float tensor of one file, and why the others were skipped."""
+    """Statistics of every float tensor of one file (a StatsBlock in header order), and why others were skipped."""
 
     path: str
     header: FileHeader
-    stats: dict[str, TensorStats]
+    block: StatsBlock
     skipped: dict[str, str]
+
+    @functools.cached_property
+    def stats(self) -> dict[str, TensorStats]:
+        """{key: TensorStats}: the per-object view of `block`, built on first use (for older callers)."""
+        block = self.block
+        columns = [getattr(block, name).tolist() for name in STAT_FIELDS]  # one conversion per column
+        return {
+            key: TensorStats(*values, alive=alive)
+            for key, *values, alive in zip(block.keys, *columns, block.alive, strict=True)
+        }
+
+    @functools.cached_property
+    def summaries(self) -> Summaries | None:
+        """The stats-mode summaries in the metadata as one block, None when there are none.
+
+        Raises what `parse_summaries` and `summary_block` raise for bad metadata (json.JSONDecodeError,
+        ValueError, TypeError, RecursionError). The stats cache keeps it once it has been asked for.
+        """
+        table = parse_summaries(self.header.metadata)
+        return summary_block(table) if table else None
+
+    def at(self, path: str) -> FileScan:
+        """The same scan under another spelling of its path (a cached scan asked for as `path`)."""
+        moved = FileScan(path, self.header, self.block, self.skipped)
+        for name in ("stats", "summaries"):  # what was already worked out comes along
+            if name in self.__dict__:
+                moved.__dict__[name] = self.__dict__[name]
+        return moved
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FileScan):
+            return NotImplemented
+        return (self.path, self.header, self.skipped, self.stats) == (
+            other.path,
+            other.header,
+            other.skipped,
+            other.stats,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _os_problem(error: OSError, path: str) -> str:
@@ -176,9 +223,12 @@ def _fd_token(fd: int, path: str) -> FileToken:
         raise UnreadableFileError(path, f"cannot stat: {(e.strerror or str(e)).lower()}") from None
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A byte range [begin, end) of one float tensor of a file, whole elements, absolute file offsets."""
+class Segment(NamedTuple):
+    """A byte range [begin, end) of one float tensor of a file, whole elements, absolute file offsets.
+
+    A NamedTuple, not a frozen dataclass: a file of 1,500 small tensors makes 1,500 of them per scan, and a
+    frozen dataclass costs four times as much to build.
+    """
 
     name: str
     begin: int
@@ -272,60 +322,10 @@ def _tensor_at(read: _Read, segments: Sequence[Segment], offset: int) -> str:
     return f"tensor {segments[read.pieces[-1][0]].name!r}"
 
 
-def _summarize_reads(
-    segments: Sequence[Segment],
-    reads: Sequence[_Read],
-    fetch: Callable[[_Read], memoryview],
-    layouts: Sequence[Layout | None] = (),
-) -> list[TensorStats]:
-    """Fetch each read's bytes, summarize its pieces and merge them, in order, into their segments.
-
-    A segment with a layout also gets its units' "ever non-zero" bitmap (TensorStats.alive).
-    """
-    results: list[TensorStats | None] = [None] * len(segments)
-    trackers = {i: RowTracker(*layout) for i, layout in enumerate(layouts) if layout is not None}
-    elements = max((read.elements for read in reads), default=0)
-    work, wide = np.empty(elements, dtype=np.uint32), np.empty(elements, dtype=np.float64)
-    # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
-    with np.errstate(invalid="ignore", over="ignore"):
-        for read in reads:
-            magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
-            counts = [count for _, count in read.pieces]
-            # float64 magnitudes are squared in place by summarize_pieces: mark the non-zero ones first.
-            marks = magnitudes != 0 if trackers and magnitudes.dtype == np.float64 else magnitudes
-            start = 0
-            for (index, count), stats in zip(
-                read.pieces, summarize_pieces(magnitudes, counts, wide), strict=True
-            ):
-                earlier = results[index]
-                results[index] = stats if earlier is None else earlier.merge(stats)
-                if index in trackers:  # a piece without zeros makes every unit it touches alive
-                    trackers[index].add(None if stats.zeros == 0 else marks[start : start + count], count)
-                start += count
-    out = [TensorStats() if result is None else result for result in results]
-    for index, tracker in trackers.items():
-        out[index] = replace(out[index], alive=tracker.bitmap())
-    return out
-
-
-def _layouts(header: FileHeader, segments: Sequence[Segment]) -> list[Layout | None]:
-    """Where each segment sits in its tensor (units.layout), None for tensors that keep no unit bitmap."""
-    entries = {entry.name: entry for entry in header.entries}
-    return [
-        layout(
-            s.begin - entries[s.name].begin,
-            s.end - s.begin,
-            DTYPES[entries[s.name].dtype].itemsize,
-            entries[s.name].shape,
-        )
-        for s in segments
-    ]
-
-
 def _scan_fd(
     fd: int, path: str, header: FileHeader, segments: Sequence[Segment], buffer_bytes: int
-) -> list[TensorStats]:
-    """Summarize segments of an open file whose header is `header`."""
+) -> Callable[[], StatsBlock]:
+    """Read and summarize segments of an open file whose header is `header`; return what merges the rows."""
     dtypes = {entry.name: DTYPES[entry.dtype] for entry in header.entries}
     reads = _plan_reads(segments, [dtypes[segment.name] for segment in segments], buffer_bytes)
     raw = memoryview(bytearray(max((read.end - read.begin for read in reads), default=0)))
@@ -335,7 +335,7 @@ def _scan_fd(
         _read_exactly(fd, view, read.begin, path, lambda offset: _tensor_at(read, segments, offset))
         return view
 
-    return _summarize_reads(segments, reads, fetch, _layouts(header, segments))
+    return summarize_reads(segments, reads, fetch, layouts_of(header, segments))
 
 
 def _check_size(header: FileHeader, size: int, path: str) -> None:
@@ -367,12 +367,13 @@ def scan_segments(
         if token is not None and _fd_token(fd, name) != token:
             raise _changed(name)
         _check_size(header, size, name)
-        results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        merge = _scan_fd(fd, name, header, segments, buffer_bytes)
         if token is not None and _fd_token(fd, name) != token:
             raise _changed(name)
-        return results
     finally:
         os.close(fd)
+    results = merge()
+    return [results.stats(i) for i in range(len(results))]
 
 
 @_collector_paused()
@@ -380,26 +381,50 @@ def combine(
     path: str | os.PathLike[str],
     header: FileHeader,
     segments: Sequence[Segment],
-    results: Sequence[TensorStats],
+    results: Sequence[TensorStats] | StatsBlock,
 ) -> FileScan:
     """Fold per-segment results (in segment order) into the FileScan that scan_file returns."""
     if len(segments) != len(results):
         raise ValueError(f"{len(segments)} segments but {len(results)} results")
-    totals: dict[str, TensorStats] = {}
-    for segment, result in zip(segments, results, strict=True):
-        earlier = totals.get(segment.name)
-        totals[segment.name] = result if earlier is None else earlier.merge(result)
-    stats: dict[str, TensorStats] = {}
+    block = results if isinstance(results, StatsBlock) else _segment_block(segments, results)
+    row = {segment.name: i for i, segment in enumerate(segments)}
     skipped: dict[str, str] = {}
+    keys: list[str] = []
     for entry in header.entries:
         info = DTYPES[entry.dtype]
         if info.decode is None:
             skipped[entry.name] = info.skip_reason
-        elif entry.name in totals:
-            stats[entry.name] = totals[entry.name]
+        elif entry.name in row:
+            keys.append(entry.name)
         else:
             raise ValueError(f"no segment of tensor {entry.name!r}")
-    return FileScan(path=os.fspath(path), header=header, stats=stats, skipped=skipped)
+    if len(row) == len(segments):  # one segment per tensor: only put them in header order
+        order = np.array([row[key] for key in keys], dtype=np.intp)
+        fields = {name: getattr(block, name)[order] for name in STAT_FIELDS}
+        alive = (
+            block.alive.take(order)
+            if isinstance(block.alive, PackedBitmaps)
+            else tuple(block.alive[i] for i in order.tolist())
+        )
+        tensors = StatsBlock(keys=tuple(keys), **fields, alive=alive)
+    else:
+        tensors = _merge_segments(block, keys)
+    return FileScan(path=os.fspath(path), header=header, block=tensors, skipped=skipped)
+
+
+def _segment_block(segments: Sequence[Segment], results: Sequence[TensorStats]) -> StatsBlock:
+    """Per-segment TensorStats (from scan_segments) as a block keyed by the segments' tensor names."""
+    fields = {name: np.array([getattr(r, name) for r in results], dtype=DTYPE[name]) for name in STAT_FIELDS}
+    return StatsBlock(keys=tuple(s.name for s in segments), **fields, alive=tuple(r.alive for r in results))
+
+
+def _merge_segments(block: StatsBlock, keys: Sequence[str]) -> StatsBlock:
+    """A block of tensors from the rows of their segments (a tensor cut into several is merged in order)."""
+    totals: dict[str, TensorStats] = {}
+    for i, name in enumerate(block.keys):
+        earlier = totals.get(name)
+        totals[name] = block.stats(i) if earlier is None else earlier.merge(block.stats(i))
+    return StatsBlock.from_stats({key: totals[key] for key in keys})
 
 
 @_collector_paused()
@@ -416,12 +441,12 @@ def scan_file(path: str | os.PathLike[str], *, buffer_bytes: int = BUFFER_BYTES)
         before = _fd_token(fd, name)
         header = _read_header_fd(fd, size, name)
         segments = plan_segments(header)
-        results = _scan_fd(fd, name, header, segments, buffer_bytes)
+        merge = _scan_fd(fd, name, header, segments, buffer_bytes)
         if _fd_token(fd, name) != before:  # rewritten in place (same inode) while we read it
             raise _changed(name)
     finally:
         os.close(fd)
-    return combine(name, header, segments, results)
+    return combine(name, header, segments, merge())
 
 
 def summarize_bytes(
@@ -444,11 +469,11 @@ def summarize_bytes(
     segments = _cut("", 0, len(data), info.itemsize, SEGMENT_BYTES)
     reads = _plan_reads(segments, [info] * len(segments), buffer_bytes)
     total = TensorStats()
-    layouts = (
-        [layout(s.begin, s.end - s.begin, info.itemsize, shape) for s in segments]
-        if shape is not None
-        else []
-    )
-    for result in _summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts):
-        total = total.merge(result)
+    layouts = None
+    if shape is not None:
+        header = FileHeader((TensorEntry("", dtype, tuple(shape), 0, len(data)),), {}, len(data))
+        layouts = layouts_of(header, segments)
+    block = summarize_reads(segments, reads, lambda read: data[read.begin : read.end], layouts)()
+    for i in range(len(block)):
+        total = total.merge(block.stats(i))
     return total

@@ -8,7 +8,7 @@ apart and the parent folds in segment order, so the numbers are the same with 1 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -114,6 +114,7 @@ class _File:
     header: FileHeader | None = None
     segments: tuple[Segment, ...] = ()
     token: FileToken | None = None
+    cached: bool = False  # the result came from the cache index
 
 
 def _identity(path: str) -> FileIdentity | None:
@@ -123,8 +124,10 @@ def _identity(path: str) -> FileIdentity | None:
         return None  # scanning says what is wrong with it
 
 
-def _plan(paths: Sequence[str], options: ScanOptions) -> tuple[list[_File], list[Unit]]:
-    """Files in order, and the units of work for those the cache does not answer."""
+def _plan(
+    paths: Sequence[str], options: ScanOptions, index: Mapping[str, tuple[list[int], FileScan]]
+) -> tuple[list[_File], list[Unit]]:
+    """Files in order, and the units of work for those the run's cache index does not answer."""
     files: list[_File] = []
     units: list[Unit] = []
     batch: list[str] = []
@@ -142,9 +145,11 @@ def _plan(paths: Sequence[str], options: ScanOptions) -> tuple[list[_File], list
     for path in paths:
         item = _File(path, _identity(path))
         files.append(item)
-        if options.cache is not None and item.identity is not None:
-            item.result = options.cache.get(path, item.identity)
-            if item.result is not None:
+        if item.identity is not None:
+            hit = index.get(os.path.abspath(path))
+            if hit is not None and hit[0] == list(item.identity):
+                item.result = hit[1].at(path)
+                item.cached = True
                 continue
         size = item.identity.size if item.identity else 0
         if size <= options.segment_bytes:
@@ -238,10 +243,21 @@ class _Runner:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def scan_files(paths: Sequence[str], options: ScanOptions | None = None) -> Iterator[tuple[str, Result]]:
-    """Yield (path, FileScan or UnreadableFileError) for every path, in order."""
+def scan_files(
+    paths: Sequence[str], options: ScanOptions | None = None, *, folder: str | None = None, new: bool = False
+) -> Iterator[tuple[str, Result]]:
+    """Yield (path, FileScan or UnreadableFileError) for every path, in order.
+
+    With a cache, the files' scans are kept in one index for `folder` (default: the deepest folder holding
+    them all; a caller reading a run a part at a time passes the run folder, so that all parts share it).
+    `new`: the caller knows these files are new or changed since it last read the run (`watch`): they are
+    not looked up, and their scans are added to the index at a cost that does not grow with the run.
+    """
     options = options or ScanOptions()
-    files, units = _plan(paths, options)
+    folder = os.path.abspath(folder) if folder is not None else _folder(paths)
+    cache = options.cache if folder else None
+    stored = cache.load_index(folder) if cache is not None and not new else {}
+    files, units = _plan(paths, options, stored)
     total = sum(unit.nbytes for unit in units)
     done = 0
     reported: set[int] = set()
@@ -258,10 +274,13 @@ def scan_files(paths: Sequence[str], options: ScanOptions | None = None) -> Iter
                         if options.progress is not None:
                             options.progress(done, total)
                 runner.forget_before(used[0])
-                _store(options.cache, item)
             yield item.path, item.result
     finally:
         runner.close()
+    if cache is not None and new:
+        cache.add_to_index(folder, [entry for entry in _unchanged(files) if entry])
+    elif cache is not None:
+        _store_index(cache, folder, files, stored)
 
 
 def _outcome(item: _File, runner: _Runner) -> Result:
@@ -287,9 +306,51 @@ def _outcome(item: _File, runner: _Runner) -> Result:
     return combine(item.path, item.header, item.segments, stats)
 
 
-def _store(cache: StatsCache | None, item: _File) -> None:
-    """Cache a fresh scan, unless the file changed while it was read."""
-    if cache is None or not isinstance(item.result, FileScan) or item.identity is None:
-        return
-    if _identity(item.path) == item.identity:
-        cache.put(item.path, item.identity, item.result)
+def _folder(paths: Sequence[str]) -> str | None:
+    """The folder whose index holds these files: the deepest one holding them all (None for no path)."""
+    if not paths:
+        return None
+    names = [os.path.abspath(path) for path in paths]
+    try:
+        return os.path.commonpath([os.path.dirname(name) for name in names])
+    except ValueError:  # paths on different Windows drives share no folder
+        return None
+
+
+def _unchanged(files: Sequence[_File]) -> Iterator[tuple[str, FileIdentity, FileScan] | None]:
+    """(absolute path, identity, scan) of each file read now and unchanged since (None for the others)."""
+    for item in files:
+        fresh = isinstance(item.result, FileScan) and item.identity is not None and not item.cached
+        if fresh and _identity(item.path) == item.identity:  # not changed while it was read
+            yield os.path.abspath(item.path), item.identity, item.result  # type: ignore[misc]
+        else:
+            yield None
+
+
+def _store_index(
+    cache: StatsCache, folder: str, files: Sequence[_File], index: Mapping[str, tuple[list[int], FileScan]]
+) -> None:
+    """Rewrite the folder's index when this scan read something new or found stored files changed or gone.
+
+    It keeps the fresh scans of files unchanged since they were read, the cached ones, and the stored
+    scans of files not asked for this time (a caller that skips files it already has) that are unchanged.
+    """
+    kept: dict[str, tuple[str, Sequence[int], FileScan]] = {}
+    fresh = False
+    for item, entry in zip(files, _unchanged(files), strict=True):
+        if entry is not None:
+            kept[entry[0]], fresh = entry, True
+        elif item.cached and isinstance(item.result, FileScan) and item.identity is not None:
+            name = os.path.abspath(item.path)
+            kept[name] = (name, item.identity, item.result)
+    dropped = False
+    for name, (identity, scan) in index.items():
+        if name in kept:
+            continue
+        now = _identity(name)
+        if now is not None and list(now) == identity:
+            kept[name] = (name, identity, scan)
+        else:
+            dropped = True
+    if fresh or dropped:
+        cache.store_index(folder, list(kept.values()))

@@ -9,7 +9,6 @@ F16 and BF16 value is far inside the safe range, so their sums are unscaled (sca
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -136,41 +135,67 @@ def summarize_pieces(magnitudes: np.ndarray, counts: Sequence[int], wide: np.nda
     """Summarize pieces of an array of |x| laid back to back, counts[i] >= 1 elements each, independently.
 
     `magnitudes` is float32 or float64 and is overwritten; `wide` is a float64 buffer at least as long (it
-    may be `magnitudes`). numpy's reduceat sums each piece on its own, so a piece's result depends on its
-    values only, never on its neighbours: many small tensors can be summarized in one call. No BLAS call:
-    a threaded dot product takes other cores and sums in an order that depends on their number.
+    may be `magnitudes`). The per-object form of `piece_arrays`.
     """
-    starts = list(itertools.accumulate(counts[:-1], initial=0))
-    index = np.array(starts, dtype=np.intp)
+    arrays, _ = piece_arrays(magnitudes, np.asarray(counts, dtype=np.intp), wide)
+    columns = [arrays[name].tolist() for name in _FIELDS]
+    return [TensorStats(*values) for values in zip(*columns, strict=True)]
+
+
+_FIELDS = ("count", "nan", "inf", "zeros", "abs_min", "abs_max", "abs_sum", "sq_sum", "scale")
+
+
+def piece_arrays(
+    magnitudes: np.ndarray, counts: np.ndarray, wide: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Summaries of pieces of |x| laid back to back (counts[i] >= 1 elements each) as arrays by field name.
+
+    Also returns `magnitudes == 0` (taken before `magnitudes` is overwritten) when any piece holds a zero,
+    else None. numpy's reduceat sums each piece on its own, so a piece's result depends on its values only,
+    never on its neighbours: many small tensors are summarized in one call. No BLAS call: a threaded dot
+    product takes other cores and sums in an order that depends on their number.
+    """
+    index = np.zeros(counts.size, dtype=np.intp)
+    np.cumsum(counts[:-1], out=index[1:])
     highest = np.maximum.reduceat(magnitudes, index)  # NaN and Inf propagate to the maximum
     lowest = np.minimum.reduceat(magnitudes, index)
     special = {}  # the rare pieces holding NaN or Inf, summarized before `magnitudes` is overwritten
     if not np.isfinite(highest).all():
         for i in np.flatnonzero(~np.isfinite(highest)).tolist():
-            special[i] = _summarize_non_finite(magnitudes[starts[i] : starts[i] + counts[i]])
-    lows, highs = lowest.tolist(), highest.tolist()
+            special[i] = _summarize_non_finite(magnitudes[index[i] : index[i] + counts[i]])
     if magnitudes.dtype == np.float64:  # only F64 values can leave the safe range
-        for i, high in enumerate(highs):
-            if i not in special and (high > SAFE_HIGH or 0 < high < SAFE_LOW):
-                special[i] = _summarize_scaled(magnitudes[starts[i] : starts[i] + counts[i]], lows[i], high)
-    zeros = (
-        np.add.reduceat(magnitudes == 0, index, dtype=np.intp).tolist() if 0.0 in lows else [0] * len(lows)
-    )
+        unsafe = (highest > SAFE_HIGH) | ((highest > 0) & (highest < SAFE_LOW))
+        for i in np.flatnonzero(unsafe).tolist():
+            if i not in special:
+                piece = magnitudes[index[i] : index[i] + counts[i]]
+                special[i] = _summarize_scaled(piece, float(lowest[i]), float(highest[i]))
+    zero = None
+    if (lowest == 0).any() or any(stats.zeros for stats in special.values()):
+        zero = magnitudes == 0
+        zeros = np.add.reduceat(zero, index, dtype=np.int64)
+    else:
+        zeros = np.zeros(counts.size, dtype=np.int64)
     values = magnitudes if magnitudes.dtype == np.float64 else wide[: magnitudes.size]
     if values is not magnitudes:
         np.copyto(values, magnitudes)
-    sums = np.add.reduceat(values, index).tolist()
+    sums = np.add.reduceat(values, index)
     np.multiply(values, values, out=values)
-    squares = np.add.reduceat(values, index).tolist()
-    results = [
-        TensorStats(count, 0, 0, zero, low, high, total, square)
-        for count, zero, low, high, total, square in zip(
-            counts, zeros, lows, highs, sums, squares, strict=True
-        )
-    ]
+    squares = np.add.reduceat(values, index)
+    arrays = {
+        "count": counts.astype(np.int64),
+        "nan": np.zeros(counts.size, dtype=np.int64),
+        "inf": np.zeros(counts.size, dtype=np.int64),
+        "zeros": zeros,
+        "abs_min": lowest.astype(np.float64),
+        "abs_max": highest.astype(np.float64),
+        "abs_sum": sums,
+        "sq_sum": squares,
+        "scale": np.ones(counts.size, dtype=np.float64),
+    }
     for i, stats in special.items():
-        results[i] = stats
-    return results
+        for name in _FIELDS:
+            arrays[name][i] = getattr(stats, name)
+    return arrays, zero
 
 
 def _summarize_scaled(magnitudes: np.ndarray, low: float, high: float) -> TensorStats:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+import numpy as np
+
+from .columns import StatsBlock
 from .stats import TensorStats
 from .units import decode, encode, unit_count
 
@@ -116,3 +121,92 @@ def _short(value: object) -> str:
 def _is_int(value: object) -> bool:
     """A JSON integer (bool is not one)."""
     return type(value) is int
+
+
+@dataclass(frozen=True, eq=False)
+class Summaries:
+    """A file's precomputed summaries as one StatsBlock (keys in the table's order), with shapes and dtypes."""
+
+    block: StatsBlock
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+
+def summary_block(table: Mapping[str, Mapping[str, object]]) -> Summaries:
+    """The summaries of a `parse_summaries` table, checked as `stats_from_entry` and `shape_of` check them.
+
+    The checks run over columns; a table they refuse is read entry by entry instead, which raises the
+    first entry's own message (so both ways give the same result and the same error).
+    """
+    try:
+        fast = _columns(table)
+    except (ValueError, TypeError, OverflowError):
+        fast = None
+    if fast is not None:
+        return fast
+    stats, shapes = {}, []
+    for key, entry in table.items():  # in the order runs.py reads them: the first problem is raised
+        stats[key] = stats_from_entry(entry)
+        shapes.append(shape_of(entry))
+    dtypes = tuple(str(entry.get("dtype", "?")) for entry in table.values())
+    return Summaries(StatsBlock.from_stats(stats), tuple(shapes), dtypes)
+
+
+# Counts below this add up (nan + inf + zeros) without leaving int64; larger ones take the slow path.
+_FAST_COUNT_CAP = 1 << 61
+
+
+def _columns(table: Mapping[str, Mapping[str, object]]) -> Summaries | None:
+    """The Summaries of a table every entry of which is valid, built column by column; None otherwise."""
+    entries = list(table.values())
+    counts = {}
+    for name in _COUNTS:
+        column = [entry.get(name) for entry in entries]
+        if not set(map(type, column)) <= {int}:
+            return None
+        counts[name] = np.array(column, dtype=np.int64)
+        if not ((counts[name] >= 0) & (counts[name] < _FAST_COUNT_CAP)).all():
+            return None
+    floats = {name: _float_column([entry.get(name) for entry in entries]) for name in _FLOATS}
+    if any(column is None for column in floats.values()):
+        return None
+    scale = [entry.get("scale", 1.0) for entry in entries]
+    if not set(map(type, scale)) <= {float}:
+        return None
+    scales = np.array(scale, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        good = (
+            (counts["nan"] + counts["inf"] + counts["zeros"] <= counts["count"]).all()
+            and np.isfinite(floats["abs_max"]).all()  # type: ignore[arg-type]
+            and ((scales > 0) & (scales < math.inf)).all()
+            and (np.frexp(scales)[0] == 0.5).all()
+        )
+    shapes = [entry.get("shape") for entry in entries]
+    if not good or not set(map(type, shapes)) <= {list}:
+        return None
+    dims = list(itertools.chain.from_iterable(shapes))  # type: ignore[arg-type]
+    if not set(map(type, dims)) <= {int} or (dims and not 0 <= min(dims) <= max(dims) < _COUNT_CAP):
+        return None
+    if list(map(math.prod, shapes)) != counts["count"].tolist():  # type: ignore[arg-type]
+        return None
+    shape_tuples = tuple(map(tuple, shapes))  # type: ignore[arg-type]
+    alive = tuple(
+        decode(entry["alive"], unit_count(shape)) if "alive" in entry else None
+        for entry, shape in zip(entries, shape_tuples, strict=True)
+    )
+    block = StatsBlock(keys=tuple(table), **counts, **floats, scale=scales, alive=alive)  # type: ignore[arg-type]
+    dtypes = tuple(str(entry.get("dtype", "?")) for entry in entries)
+    return Summaries(block, shape_tuples, dtypes)
+
+
+def _float_column(column: list[object]) -> np.ndarray | None:
+    """Numbers >= 0 or "inf" as float64; None when any is something else (the slow path then says what)."""
+    kinds = set(map(type, column))
+    if str in kinds:
+        column = [math.inf if value == "inf" else value for value in column]
+        kinds = set(map(type, column))
+    if not kinds <= {int, float}:
+        return None
+    values = np.array(column, dtype=np.float64)  # OverflowError beyond the float64 range
+    with np.errstate(invalid="ignore"):
+        return values if (values >= 0).all() else None

@@ -10,7 +10,8 @@ cut along axis 0 are shifted into place first (`merge_shards`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -129,3 +130,68 @@ def decode(text: object, units: int) -> int:
     if text.strip() != text or text.startswith(("-", "+", "0x", "0X")) or alive.bit_length() > units:
         raise ValueError(f"alive bitmap has bits beyond the {units} unit(s) of the shape")
     return alive
+
+
+class PackedBitmaps(Sequence[int | None]):
+    """The unit bitmaps of a file's tensors packed in one byte buffer; each becomes a Python int only when read.
+
+    Row i is `data[starts[i]:ends[i]]` as a little-endian integer where `known[i]`, else None. A scan or a
+    cache load of thousands of tensors thus makes no object per bitmap; `dead-units` reads the gradients' few.
+    """
+
+    __slots__ = ("data", "ends", "known", "starts")
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, known: np.ndarray) -> None:
+        self.data, self.starts, self.ends, self.known = data, starts, ends, known
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    @overload
+    def __getitem__(self, index: int) -> int | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> PackedBitmaps: ...
+
+    def __getitem__(self, index: int | slice) -> int | None | PackedBitmaps:
+        if isinstance(index, slice):
+            return self.take(np.arange(len(self))[index])
+        if not self.known[index]:
+            return None
+        return int.from_bytes(self.data[self.starts[index] : self.ends[index]].tobytes(), "little")
+
+    def __iter__(self) -> Iterator[int | None]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def take(self, rows: np.ndarray) -> PackedBitmaps:
+        """The bitmaps of `rows`, in that order (sharing the buffer)."""
+        return PackedBitmaps(self.data, self.starts[rows], self.ends[rows], self.known[rows])
+
+    def compact(self) -> PackedBitmaps:
+        """The same bitmaps with the bytes of the known ones back to back, in row order (for storing)."""
+        lengths = np.where(self.known, self.ends - self.starts, 0)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        index = np.repeat(self.starts - starts, lengths) + np.arange(int(ends[-1]) if ends.size else 0)
+        return PackedBitmaps(self.data[index], starts, ends, self.known.copy())
+
+
+def pack_bitmaps(alive: Sequence[int | None], units: Sequence[int]) -> PackedBitmaps:
+    """Bitmaps as a PackedBitmaps, row i in (units[i] + 7) // 8 bytes (already packed ones are kept)."""
+    if isinstance(alive, PackedBitmaps):
+        return alive
+    lengths = [(u + 7) // 8 if a is not None else 0 for a, u in zip(alive, units, strict=True)]
+    data = b"".join(a.to_bytes(n, "little") for a, n in zip(alive, lengths, strict=True) if a is not None)
+    ends = np.cumsum(np.array(lengths, dtype=np.int64))
+    return PackedBitmaps(
+        np.frombuffer(data, dtype=np.uint8),
+        ends - np.array(lengths, dtype=np.int64),
+        ends,
+        np.array([a is not None for a in alive], dtype=bool),
+    )

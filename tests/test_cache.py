@@ -17,9 +17,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from gradcheck.analysis import cache as cache_module
+from gradcheck.analysis import cache_format
 from gradcheck.analysis.cache import FileIdentity, StatsCache, default_cache_dir, file_identity
+from gradcheck.analysis.columns import StatsBlock
 from gradcheck.analysis.reader import FileScan, scan_file
-from gradcheck.analysis.stats import TensorStats
+from gradcheck.analysis.stats import TensorStats, summarize_array
 
 RNG = np.random.default_rng(7)
 ARRAYS = {
@@ -38,6 +40,11 @@ def snapshot(path: Path, arrays: dict[str, np.ndarray] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(ARRAYS if arrays is None else arrays, str(path), metadata=METADATA)
     return path
+
+
+def with_stats(scan: FileScan, stats: dict[str, TensorStats]) -> FileScan:
+    """The scan with other statistics (what a forger or a buggy writer could put in an entry)."""
+    return FileScan(scan.path, scan.header, StatsBlock.from_stats(stats), scan.skipped)
 
 
 def scanned(path: Path | str) -> tuple[str, FileIdentity, FileScan]:
@@ -88,7 +95,7 @@ def test_floats_round_trip_to_the_bit(cache: StatsCache, tmp_path: Path) -> None
         0.1 + 0.2,
         float.fromhex("0x1.fffffffffffffp-1"),
     )
-    scan = dataclasses.replace(scan, stats={**scan.stats, "grad/fc.weight": odd})
+    scan = with_stats(scan, {**scan.stats, "grad/fc.weight": odd})
     cache.put(name, identity, scan)
     got = cache.get(name, identity)
     assert got is not None
@@ -100,7 +107,7 @@ def test_floats_round_trip_to_the_bit(cache: StatsCache, tmp_path: Path) -> None
 
 def test_stat_fields_are_all_stored_in_field_order() -> None:
     names = [field.name for field in dataclasses.fields(TensorStats)]
-    assert names == [*cache_module._COUNT_FIELDS, *cache_module._FLOAT_FIELDS, "alive"]
+    assert names == [name for name, _ in cache_format._COLUMNS[:9]] + ["alive"]
 
 
 def test_unit_bitmaps_survive_the_cache(tmp_path: Path) -> None:
@@ -168,7 +175,10 @@ def test_relative_and_absolute_paths_share_an_entry(
 ) -> None:
     _, identity, scan = stored
     monkeypatch.chdir(tmp_path)
-    assert cache.get(os.path.join("run", "step_00000010.safetensors"), identity) == scan
+    relative = os.path.join("run", "step_00000010.safetensors")
+    got = cache.get(relative, identity)
+    assert got is not None and got.path == relative  # as the caller spells it
+    assert got == FileScan(relative, scan.header, scan.block, scan.skipped)
 
 
 def test_rewritten_file_of_the_same_size_with_a_new_mtime_is_a_miss(
@@ -239,54 +249,76 @@ def test_entry_of_another_format_is_a_miss(
     assert cache.get(name, identity) == scan
 
 
-def forge(cache: StatsCache, name: str, entry: object) -> None:
-    """Write an entry with a valid checksum but the given content."""
-    payload = json.dumps(entry).encode()
-    cache.entry_path(name).write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+def read_entry(path: Path) -> tuple[dict, bytes]:
+    """The JSON head and the binary columns of a cache file."""
+    payload = path.read_bytes()[65:]
+    line, _, blob = payload.partition(b"\n")
+    return json.loads(line), blob
+
+
+def forge(path: Path, head: object, blob: bytes) -> None:
+    """Write a cache file with a valid checksum but the given content."""
+    payload = json.dumps(head).encode() + b"\n" + blob
+    path.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
 def test_forged_entry_of_the_right_shape_is_a_hit(
     stored: tuple[str, FileIdentity, FileScan], cache: StatsCache
 ) -> None:
     name, identity, scan = stored
-    entry = json.loads(cache.entry_path(name).read_bytes()[65:])
-    forge(cache, name, entry)
+    forge(cache.entry_path(name), *read_entry(cache.entry_path(name)))
     assert cache.get(name, identity) == scan  # so the misses below come from the damage alone
+
+
+def _file(head: dict) -> dict:
+    return head["files"][0]
+
+
+def _layout(head: dict) -> dict:
+    return head["layouts"][0]
 
 
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda e: [],
-        lambda e: e.pop("scan"),
-        lambda e: e["scan"].pop("stats"),
-        lambda e: e["scan"].update(names=e["scan"]["names"][:-1]),
-        lambda e: e["scan"].update(names=5),
-        lambda e: e["scan"].update(dtypes=[None] * len(e["scan"]["dtypes"])),
-        lambda e: e["scan"].update(shapes=[[-1]] * len(e["scan"]["shapes"])),
-        lambda e: e["scan"].update(shapes=[[1.5]] * len(e["scan"]["shapes"])),
-        lambda e: e["scan"].update(shapes=[{}] * len(e["scan"]["shapes"])),
-        lambda e: e["scan"].update(begins="not base64!"),
-        lambda e: e["scan"].update(begins=e["scan"]["begins"][:-4]),
-        lambda e: e["scan"].update(ends=[1, 2]),
-        lambda e: e["scan"].update(file_size="12"),
-        lambda e: e["scan"].update(path=None),
-        lambda e: e["scan"].update(metadata={"step": 10}),
-        lambda e: e["scan"].update(skipped=["a"]),
-        lambda e: e["scan"]["stats"].update(names=e["scan"]["stats"]["names"] + ["extra"]),
-        lambda e: e["scan"]["stats"].update(abs_sum="AAAAAAAAAAA="),
-        lambda e: e["scan"].update(stats=[]),
-        lambda e: e.update(identity=e["identity"][:4]),
-        lambda e: e.update(extra=1),
+        lambda h, b: ([], b),
+        lambda h, b: (h, b[:-1]),
+        lambda h, b: (h, b + b"\0"),
+        lambda h, b: (h.pop("files"), b),
+        lambda h, b: (h.update(rows=h["rows"] - 1), b),
+        lambda h, b: (h.update(bitmap_bytes=h["bitmap_bytes"] + 1), b),
+        lambda h, b: (_layout(h).update(names=_layout(h)["names"][:-1]), b),
+        lambda h, b: (_layout(h).update(names=5), b),
+        lambda h, b: (_layout(h).update(names=["x"] * len(_layout(h)["names"])), b),
+        lambda h, b: (_layout(h).update(dtypes=[None] * len(_layout(h)["dtypes"])), b),
+        lambda h, b: (_layout(h).update(shapes=[[-1]] * len(_layout(h)["shapes"])), b),
+        lambda h, b: (_layout(h).update(shapes=[[1.5]] * len(_layout(h)["shapes"])), b),
+        lambda h, b: (_layout(h).update(shapes=[{}] * len(_layout(h)["shapes"])), b),
+        lambda h, b: (_layout(h).update(ends=[1, 2]), b),
+        lambda h, b: (_layout(h).update(begins=[-8] * len(_layout(h)["begins"])), b),
+        lambda h, b: (_file(h).update(file_size="12"), b),
+        lambda h, b: (_file(h).update(file_size=1), b),
+        lambda h, b: (_file(h).update(path=None), b),
+        lambda h, b: (_file(h).update(layout=1), b),
+        lambda h, b: (_file(h).update(metadata={"step": 10}), b),
+        lambda h, b: (_file(h).update(skipped=["a"]), b),
+        lambda h, b: (_file(h).update(skipped={}), b),
+        lambda h, b: (_file(h).update(identity=_file(h)["identity"][:4]), b),
+        lambda h, b: (_file(h).update(extra=1), b),
+        lambda h, b: (h.update(extra=1), b),
+        lambda h, b: (h.update(format=4), b),
+        lambda h, b: (h, b"\xff" * 8 + b[8:]),  # a count of -1
+        lambda h, b: (h, b[: 8 * h["rows"]] + b[: 8 * h["rows"]] + b[16 * h["rows"] :]),  # nan = count
+        lambda h, b: (h, b[:-1] + b"\xff"),  # a bit beyond the last unit of a bitmap
     ],
 )
 def test_forged_entry_with_bad_content_is_a_miss(
     stored: tuple[str, FileIdentity, FileScan], cache: StatsCache, damage: object
 ) -> None:
     name, identity, _ = stored
-    entry = json.loads(cache.entry_path(name).read_bytes()[65:])
-    result = damage(entry)  # type: ignore[operator]
-    forge(cache, name, result if isinstance(result, list) else entry)
+    head, blob = read_entry(cache.entry_path(name))
+    result, blob = damage(head, blob)  # type: ignore[operator]
+    forge(cache.entry_path(name), result if isinstance(result, list) else head, blob)
     assert cache.get(name, identity) is None
 
 
@@ -385,3 +417,45 @@ def test_entry_of_1500_tensors_is_compact(tmp_path: Path, cache: StatsCache) -> 
     cache.put(name, identity, scan)
     assert cache.entry_path(name).stat().st_size < 400_000  # about 200 bytes a tensor with these names
     assert cache.get(name, identity) == scan
+
+
+def test_summaries_asked_for_are_kept_as_arrays(
+    tmp_path: Path, cache: StatsCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import summaries as summaries_module
+    from gradcheck.analysis.summaries import STATS_KEY, summary_entry
+
+    grad = np.zeros((5, 3), np.float32)
+    grad[1] = 2.0
+    table = {
+        "grad/w": summary_entry(summarize_array(grad), grad.shape, "BF16") | {"alive": "2"},
+        "grad/b": summary_entry(TensorStats(2, 2, 0, 0), (2,), "F32"),
+    }
+    path = tmp_path / "step_3.safetensors"
+    save_file({"param/w": np.ones(3, np.float32)}, str(path), metadata={STATS_KEY: json.dumps(table)})
+    name, identity, scan = scanned(path)
+    expected = scan.summaries  # asked for: from now on the cache keeps it
+    assert expected is not None and expected.block.alive[0] == 2
+    cache.put(name, identity, scan)
+    monkeypatch.setattr(summaries_module, "summary_block", None)  # a re-parse would fail
+    got = cache.get(name, identity)
+    assert got is not None and got.summaries is not None
+    assert got.summaries.block.as_dict() == expected.block.as_dict()
+    assert list(got.summaries.block.alive) == [2, None]
+    assert got.summaries.shapes == ((5, 3), (2,)) and got.summaries.dtypes == ("BF16", "F32")
+    assert got.header.metadata[STATS_KEY] == json.dumps(table)  # the metadata itself is unchanged
+
+
+def test_summaries_not_asked_for_are_parsed_when_read(tmp_path: Path, cache: StatsCache) -> None:
+    from gradcheck.analysis.summaries import STATS_KEY
+
+    path = tmp_path / "step_3.safetensors"
+    save_file(
+        {"param/w": np.ones(3, np.float32)}, str(path), metadata={STATS_KEY: '{"grad/w": {"count": -1}}'}
+    )
+    name, identity, scan = scanned(path)
+    cache.put(name, identity, scan)
+    got = cache.get(name, identity)
+    assert got is not None and "summaries" not in got.__dict__
+    with pytest.raises(ValueError, match="no field .nan."):
+        _ = got.summaries

@@ -161,6 +161,106 @@ def test_a_file_that_vanished_is_reported_not_raised(run_paths: list[str], tmp_p
     assert "no such file" in result.problem
 
 
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the files scan_files reads (instead of taking from the cache)."""
+    read: list[str] = []
+
+    def recording(path: str, **kwargs: object) -> FileScan:
+        read.append(os.path.basename(path))
+        return scan_file(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanning, "scan_file", recording)
+    return read
+
+
+def test_a_grown_run_reads_only_its_new_snapshots_and_keeps_one_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.full(4, step, np.float32)}})) for step in range(3)]
+    first = scan_all(paths, cache=cache)
+    read = _reads(monkeypatch)
+    paths.append(str(write_step(run, 3, {"grad": {"w": np.full(4, 3, np.float32)}})))
+    grown = scan_all(paths, cache=cache)
+    assert read == ["step_00000003.safetensors"]
+    assert as_comparable(grown[:3]) == as_comparable(first)
+    # the new scan went to the index's tail: the run's index file was not written again
+    assert sorted(entry.suffix for entry in (tmp_path / "cache").iterdir()) == [".run", ".tail"]
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in paths)
+    read.clear()
+    assert as_comparable(scan_all(paths, cache=cache)) == as_comparable(grown)
+    assert read == []
+
+
+def test_a_tail_past_a_quarter_of_the_index_is_folded_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_TAIL_MIN_FILES", 0)  # so a quarter of 40 files decides
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(40)]
+    scan_all(paths, cache=cache)
+    index = cache.index_path(str(run))
+    written = index.stat().st_mtime_ns
+    for step in range(40, 50):  # ten files: a quarter of 40, into the tail
+        paths.append(str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})))
+        scan_all(paths, cache=StatsCache(tmp_path / "cache"))
+        assert index.stat().st_mtime_ns == written and cache.tail_path(str(run)).exists()
+    paths.append(str(write_step(run, 50, {"grad": {"w": np.ones(4, np.float32)}})))
+    scan_all(paths, cache=StatsCache(tmp_path / "cache"))  # the 11th: written whole, no tail
+    assert not cache.tail_path(str(run)).exists()
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in paths)
+
+
+def test_new_files_are_added_without_reading_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheck.analysis import cache as cache_module
+
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(40)]
+    scan_all(paths, cache=cache)
+    opened: list[str] = []
+    real = cache_module._read_entry
+    monkeypatch.setattr(
+        cache_module, "_read_entry", lambda path, *a: opened.append(path.suffix) or real(path, *a)
+    )
+    new = str(write_step(run, 40, {"grad": {"w": np.ones(4, np.float32)}}))
+    ((_, scan),) = scan_files([new], ScanOptions(cache=cache), folder=str(run), new=True)
+    assert isinstance(scan, FileScan) and opened == [".tail"]  # the index itself is not read
+    monkeypatch.undo()
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in [*paths, new])
+
+
+def test_a_caller_reading_part_of_a_run_keeps_the_rest_of_its_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(3)]
+    scan_all(paths, cache=cache)
+    os.remove(paths[0])  # gone: dropped from the index when it is next rewritten
+    new = str(write_step(run, 3, {"grad": {"w": np.ones(4, np.float32)}}))
+    list(scan_files([new], ScanOptions(cache=cache), folder=str(run)))  # as load_run(previous=...) will
+    assert sorted(cache.load_index(str(run))) == sorted(os.path.abspath(p) for p in [*paths[1:], new])
+    read = _reads(monkeypatch)
+    scan_all([*paths[1:], new], cache=cache)
+    assert read == []
+
+
+def test_a_damaged_index_is_read_around_and_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    paths = [str(write_step(run, step, {"grad": {"w": np.ones(4, np.float32)}})) for step in range(2)]
+    first = scan_all(paths, cache=cache)
+    index = cache.index_path(str(run))
+    index.write_bytes(index.read_bytes()[:-1])
+    read = _reads(monkeypatch)
+    assert as_comparable(scan_all(paths, cache=cache)) == as_comparable(first)
+    assert len(read) == 2 and len(cache.load_index(str(run))) == 2
+
+
 def test_runs_of_small_files_are_read_without_workers(
     run_paths: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,3 +273,27 @@ def test_runs_of_small_files_are_read_without_workers(
     monkeypatch.setattr(scanning, "ProcessPoolExecutor", no_pool)
     small = run_paths[:5]
     assert as_comparable(scan_all(small, jobs=2)) == as_comparable(scan_all(small))
+
+
+def test_summaries_read_once_come_back_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from gradcheck.analysis import summaries as summaries_module
+    from gradcheck.analysis.stats import TensorStats
+    from gradcheck.analysis.summaries import STATS_KEY, summary_entry
+
+    table = {"grad/w": summary_entry(TensorStats(3, 0, 0, 1, 0.0, 2.0, 3.0, 5.0, alive=0b101), (3,), "F32")}
+    run, cache = tmp_path / "run", StatsCache(tmp_path / "cache")
+    run.mkdir()
+    path = write_arrays(run / "step_1.safetensors", {"param/w": ("F32", np.ones(3, np.float32))}, {
+        STATS_KEY: json.dumps(table)
+    })  # fmt: skip
+    ((_, first),) = scan_all([str(path)], cache=cache)
+    assert isinstance(first, FileScan) and first.summaries is not None  # read, so the index keeps it
+    monkeypatch.setattr(summaries_module, "summary_block", None)  # parsing again would fail
+    ((_, again),) = scan_all([str(path)], cache=cache)
+    assert isinstance(again, FileScan) and again.summaries is not None
+    assert again.summaries.block.as_dict() == first.summaries.block.as_dict()
+    assert list(again.summaries.block.alive) == [0b101]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from helpers import healthy_run, no_traceback
 from runs_builder import write_step
 
-from gradcheck.analysis.cache import MAX_ENTRY_BYTES, StatsCache, cache_refusal, file_identity
-from gradcheck.analysis.reader import scan_file
+from gradcheck.analysis.cache import MAX_INDEX_BYTES, StatsCache, cache_refusal, file_identity
+from gradcheck.analysis.columns import StatsBlock
+from gradcheck.analysis.reader import FileScan, scan_file
 from gradcheck.analysis.stats import TensorStats
 from gradcheck.cli.main import cli
 
@@ -28,11 +29,12 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _stored(run: Path, folder: Path) -> tuple[StatsCache, str, Path]:
-    """Inspect once (filling the cache); the cache, the snapshot path and its entry file."""
+    """Inspect once (filling the cache); the cache, a snapshot path and the run's index file."""
     assert CliRunner().invoke(cli, ["inspect", str(run)]).exit_code == 0
     cache = StatsCache(folder)
     path = str(max(run.iterdir()))
-    return cache, path, cache.entry_path(path)
+    assert os.path.abspath(path) in cache.load_index(str(run))
+    return cache, path, cache.index_path(str(run))
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
@@ -68,9 +70,9 @@ def test_a_forged_entry_cannot_make_a_nan_run_healthy(tmp_path: Path, cache_dir:
     scan = scan_file(path)
     healthy = TensorStats(16, 0, 0, 0, 0.01, 0.02, 0.2, 0.003)
     cache_dir.chmod(0o777)  # a co-tenant could write here: e.g. a shared /tmp cache
-    StatsCache(cache_dir).put(
-        path, file_identity(os.stat(path)), dataclasses.replace(scan, stats={"grad/w": healthy})
-    )
+    forged = FileScan(scan.path, scan.header, StatsBlock.from_stats({"grad/w": healthy}), scan.skipped)
+    identity = file_identity(os.stat(path))
+    StatsCache(cache_dir).store_index(str(run), [(os.path.abspath(path), identity, forged)])
     result = CliRunner().invoke(cli, ["inspect", str(run)])
     assert result.exit_code == 1 and "reading without the cache" in result.stderr
 
@@ -78,8 +80,7 @@ def test_a_forged_entry_cannot_make_a_nan_run_healthy(tmp_path: Path, cache_dir:
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "huge", "foreign-owner"])
 def test_odd_entry_files_are_misses(tmp_path: Path, cache_dir: Path, kind: str) -> None:
     run = healthy_run(tmp_path / "run", steps=1)
-    cache, path, entry = _stored(run, cache_dir)
-    identity = file_identity(os.stat(path))
+    cache, _, entry = _stored(run, cache_dir)
     entry.unlink()
     if kind == "fifo":
         os.mkfifo(entry)
@@ -89,44 +90,48 @@ def test_odd_entry_files_are_misses(tmp_path: Path, cache_dir: Path, kind: str) 
         entry.mkdir()
     elif kind == "huge":
         with open(entry, "wb") as handle:
-            handle.truncate(MAX_ENTRY_BYTES + 1)
+            handle.truncate(MAX_INDEX_BYTES + 1)
     else:
         entry.write_bytes(b"x")
         if os.geteuid() != 0:
             pytest.skip("chown needs root")
         os.chown(entry, 4321, 4321)
-    assert cache.get(path, identity) is None  # no hang, no MemoryError, no exception
+    assert cache.load_index(str(run)) == {}  # no hang, no MemoryError, no exception
     result = CliRunner().invoke(cli, ["inspect", str(run)])
     assert result.exit_code == 0 and no_traceback(result.stderr)
 
 
 def _rewrite(entry: Path, change) -> None:
-    """Alter an entry's payload and give it a valid checksum again (what a forger would do)."""
-    payload = json.loads(entry.read_bytes()[65:])
-    change(payload)
-    data = json.dumps(payload, separators=(",", ":")).encode()
+    """Alter a cache file's JSON head and give it a valid checksum again (what a forger would do)."""
+    line, _, blob = entry.read_bytes()[65:].partition(b"\n")
+    head = json.loads(line)
+    change(head)
+    data = json.dumps(head, separators=(",", ":")).encode() + b"\n" + blob
     entry.write_bytes(hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        lambda p: p["scan"].pop("stats"),
-        lambda p: p["scan"].update(names=["grad/w", "grad/w", "param/w"]),
-        lambda p: p["scan"].update(dtypes=["F99"] * len(p["scan"]["dtypes"])),
-        lambda p: p["scan"].update(shapes=[[5, 5]] * len(p["scan"]["shapes"])),
-        lambda p: p["scan"]["stats"].update(names=p["scan"]["stats"]["names"][:1]),
-        lambda p: p["scan"].update(file_size=1),
-        lambda p: p.update(identity="x"),
-        lambda p: p["scan"].update(skipped=[]),
-        lambda p: p.update(scan=None),
+        lambda h: h.pop("layouts"),
+        lambda h: h["layouts"][0].update(names=["grad/w", "grad/w", "param/w"]),
+        lambda h: h["layouts"][0].update(dtypes=["F99"] * len(h["layouts"][0]["dtypes"])),
+        lambda h: h["layouts"][0].update(shapes=[[5, 5]] * len(h["layouts"][0]["shapes"])),
+        lambda h: h.update(rows=1),
+        lambda h: h["files"][0].update(file_size=1),
+        lambda h: h["files"][0].update(identity="x"),
+        lambda h: h["files"][0].update(skipped=[]),
+        lambda h: h.update(files=None),
+        lambda h: h.update(folder="/elsewhere"),
     ],
 )
 def test_malformed_entries_are_misses(tmp_path: Path, cache_dir: Path, change) -> None:
     run = healthy_run(tmp_path / "run", steps=1)
-    cache, path, entry = _stored(run, cache_dir)
+    cache, _, entry = _stored(run, cache_dir)
     _rewrite(entry, change)
-    assert cache.get(path, file_identity(os.stat(path))) is None
+    assert cache.load_index(str(run)) == {}
+    result = CliRunner().invoke(cli, ["inspect", str(run)])
+    assert result.exit_code == 0 and no_traceback(result.stderr)
 
 
 def test_impossible_statistics_in_an_entry_are_a_miss(tmp_path: Path, cache_dir: Path) -> None:
@@ -140,8 +145,13 @@ def test_impossible_statistics_in_an_entry_are_a_miss(tmp_path: Path, cache_dir:
         TensorStats(16, 0, 0, 0, 0.0, 1.0, 1.0, -1.0),  # negative sum of squares
         TensorStats(17, 0, 0, 0, 0.0, 1.0, 1.0, 1.0),  # not the shape's count
         TensorStats(16, 0, 0, 0, 0.0, 1.0, 1.0, 1.0, scale=3.0),  # not a power of two
+        TensorStats(16, 0, 0, 0, 0.0, math.inf, 1.0, 1.0),  # an infinite largest finite value
+        TensorStats(16, 0, 0, 0, math.nan, 1.0, 1.0, 1.0),  # a NaN smallest value
+        TensorStats(16, 0, 0, 0, 0.0, 1.0, 1.0, 1.0, alive=1 << 4),  # a unit beyond the 4 of the shape
     ):
-        forged = dataclasses.replace(scan, stats={**scan.stats, "grad/w": bad})
+        forged = FileScan(
+            scan.path, scan.header, StatsBlock.from_stats({**scan.stats, "grad/w": bad}), scan.skipped
+        )
         cache.put(path, identity, forged)
         assert cache.get(path, identity) is None
     cache.put(path, identity, scan)
@@ -156,4 +166,4 @@ def test_watch_has_no_cache(tmp_path: Path, cache_dir: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert not cache_dir.exists()
     CliRunner().invoke(cli, ["watch", str(run), "--timeout", "0", "--interval", "0.01"])
-    assert len(list(cache_dir.iterdir())) == 3
+    assert [entry.suffix for entry in cache_dir.iterdir()] == [".run"]  # one index for the run
