@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import mul, sub
 from typing import NamedTuple
 
+import numpy as np
+
+from .columns import Columns
 from .errors import GradcheckError
+from .layer_columns import kind_rows, layer_order, log10_cells, merge_layers
 from .metrics import ParamStep
 from .stats import merge_all
 
@@ -20,6 +26,7 @@ TREND_MIN_POINTS = 3
 SPARK_WIDTH = 16
 
 OK, ZERO, NONFINITE, MISSING = "ok", "zero", "nonfinite", "missing"
+STATES = (OK, ZERO, NONFINITE, MISSING)  # GradHistory.state holds indexes into this
 UP, DOWN, FLAT = "up", "down", "flat"
 
 
@@ -130,15 +137,22 @@ def _point(row: ParamStep | None, step: int) -> Point:
 def trend(series: Sequence[Point]) -> Trend:
     """Least-squares slope of log10 ‖g‖ against the step number, as the change over the points it fits."""
     used = [(p.step, p.log_norm) for p in series if p.log_norm is not None]
-    if len(used) < TREND_MIN_POINTS:
-        return Trend(None, None, len(used))
-    mean_x = sum(x for x, _ in used) / len(used)
-    mean_y = sum(y for _, y in used) / len(used)
-    spread = sum((x - mean_x) ** 2 for x, _ in used)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in used) / spread
-    decades = slope * (used[-1][0] - used[0][0])
+    return _fit([x for x, _ in used], [y for _, y in used])  # type: ignore[misc]
+
+
+def _fit(xs: list[int], ys: list[float]) -> Trend:
+    """The least-squares fit of `trend`; C-level maps over lists do the same float operations as a loop, faster."""
+    n = len(xs)
+    if n < TREND_MIN_POINTS:
+        return Trend(None, None, n)
+    mean_x = sum(xs) / n
+    mean_y = sum(ys) / n
+    dx = list(map(sub, xs, repeat(mean_x)))
+    spread = sum(map(pow, dx, repeat(2)))
+    slope = sum(map(mul, dx, map(sub, ys, repeat(mean_y)))) / spread
+    decades = slope * (xs[-1] - xs[0])
     direction = UP if decades >= TREND_DECADES else DOWN if decades <= -TREND_DECADES else FLAT
-    return Trend(direction, decades, len(used))
+    return Trend(direction, decades, n)
 
 
 def bin_series(series: Sequence[Point], width: int = SPARK_WIDTH) -> tuple[Point, ...]:
@@ -182,3 +196,139 @@ def _layer_depth(layer: str, members: list[ParamStep]) -> LayerDepth:
         nonfinite=stats.nan + stats.inf,
         count=stats.count,
     )
+
+
+# The same, over a run's columns (analysis/columns.py): what the table, the depth view and the charts read.
+
+
+@dataclass(frozen=True, eq=False)
+class GradHistory:
+    """`grad_series` of every parameter over chosen steps as arrays [step, param] (column p is params[p])."""
+
+    steps: tuple[int, ...]
+    log_norm: np.ndarray  # float64; NaN where the state is not ok
+    state: np.ndarray  # int8 index into STATES
+
+    def series(self, p: int) -> tuple[Point, ...]:
+        """Parameter column `p` as Points: grad_series of that parameter."""
+        return self._points(p, range(len(self.steps)))
+
+    def _points(self, p: int, rows: Iterable[int]) -> tuple[Point, ...]:
+        logs, states = self.log_norm[:, p].tolist(), self.state[:, p].tolist()
+        return tuple(
+            Point(self.steps[i], logs[i] if states[i] == 0 else None, STATES[states[i]]) for i in rows
+        )
+
+    def trend(self, p: int) -> Trend:
+        """trend(series(p)), without building the Points."""
+        ok = self.state[:, p] == 0
+        xs = np.asarray(self.steps, dtype=np.int64)[ok].tolist()
+        return _fit(xs, self.log_norm[ok, p].tolist())
+
+    def binned(self, width: int = SPARK_WIDTH) -> list[list[int]]:
+        """For each parameter, the step rows bin_series keeps: all rows when they fit `width`."""
+        count, params = self.state.shape
+        if count <= width:
+            return [list(range(count))] * params
+        picks = np.empty((width, params), dtype=np.intp)
+        filled = np.where(self.state == 0, self.log_norm, -np.inf)
+        for b in range(width):
+            lo, hi = b * count // width, (b + 1) * count // width
+            picks[b] = lo + _pick(self.state[lo:hi], filled[lo:hi])
+        return picks.T.tolist()
+
+    def binned_series(self, p: int, rows: list[int]) -> tuple[Point, ...]:
+        """The Points of parameter `p` at `rows` (from `binned`): bin_series(series(p), width)."""
+        return self._points(p, rows)
+
+
+def _pick(state: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """Per column of one bin, the row history._binned keeps: first NaN/Inf, else first largest, else first zero,
+    else the last."""
+    nonfinite, ok, zero = state == 2, state == 0, state == 1
+    last = np.full(state.shape[1], state.shape[0] - 1)
+    pick = np.where(zero.any(axis=0), np.argmax(zero, axis=0), last)
+    pick = np.where(ok.any(axis=0), np.argmax(filled, axis=0), pick)
+    return np.where(nonfinite.any(axis=0), np.argmax(nonfinite, axis=0), pick)
+
+
+def grad_history(columns: Columns, steps: Sequence[int]) -> GradHistory:
+    """log10 ‖g‖ and state of every parameter at each of `steps` (recorded or not), as grad_series gives them."""
+    wanted = np.asarray(steps, dtype=np.int64)
+    rows = np.clip(np.searchsorted(columns.steps, wanted), 0, max(len(columns.steps) - 1, 0))
+    grad = columns.kinds["grad"]
+    recorded = (columns.steps[rows] == wanted) if len(columns.steps) else np.zeros(len(wanted), bool)
+    present = grad.present[rows] & recorded[:, None] & (grad.count[rows] > 0)
+    sq, scale = grad.sq_sum[rows], grad.scale[rows]
+    nonfinite = present & ((grad.nan[rows] > 0) | (grad.inf[rows] > 0) | ~np.isfinite(sq))
+    ok = present & ~nonfinite & (sq > 0)
+    state = np.full(sq.shape, 3, dtype=np.int8)
+    state[present] = 1
+    state[nonfinite] = 2
+    state[ok] = 0
+    log_norm = np.full(sq.shape, np.nan)
+    # log10(‖g‖²) / 2 + log10(scale), as TensorStats.log10_norm computes it
+    log_norm[ok] = log10_cells(sq[ok]) / 2 + _log10_scales(scale[ok])
+    return GradHistory(steps=tuple(int(step) for step in steps), log_norm=log_norm, state=state)
+
+
+def _log10_scales(scales: np.ndarray) -> np.ndarray:
+    """math.log10 of each scale: a power of two, almost always 1, so once per distinct value."""
+    distinct, inverse = np.unique(scales, return_inverse=True)
+    return log10_cells(distinct)[inverse.reshape(scales.shape)]
+
+
+def layer_depths(columns: Columns, step: int) -> list[LayerDepth]:
+    """depth_profile at `step`, from the run's columns."""
+    s = columns.step_index(step)
+    if s is None:
+        return []
+    return _depths(columns, slice(s, s + 1))[0]
+
+
+def depth_profiles(columns: Columns) -> dict[int, list[LayerDepth]]:
+    """depth_profile at every recorded step (the charts' gradient flow), merged over all steps at once."""
+    return dict(zip(columns.steps.tolist(), _depths(columns, slice(None)), strict=True))
+
+
+def _depths(columns: Columns, rows: slice) -> list[list[LayerDepth]]:
+    """Per step of `rows`, the layers with a gradient, ordered by their first parameter that has one."""
+    grad = kind_rows(columns.kinds["grad"], rows)
+    layers, groups = layer_order(columns)
+    merged = merge_layers(grad, groups)
+    steps = grad.present.shape[0]
+    first = np.full((steps, len(groups)), len(columns.params))  # first member with a gradient, per step
+    full = np.zeros((steps, len(groups)), dtype=bool)
+    for i, group in enumerate(groups):
+        has = grad.present[:, group]
+        first[:, i] = np.where(
+            has.any(axis=1), np.asarray(group)[np.argmax(has, axis=1)], len(columns.params)
+        )
+        full[:, i] = has.all(axis=1)
+    order = np.argsort(first, axis=1, kind="stable").tolist()
+    first_list, full_list, present = first.tolist(), full.tolist(), grad.present
+    known = (merged.finite > 0).tolist()
+    mean, top = merged.mean_abs.tolist(), merged.abs_max.tolist()
+    bad, count = (merged.nan + merged.inf).tolist(), merged.count.tolist()
+    names = [tuple(columns.params[p] for p in group) for group in groups]
+    out = []
+    for s in range(steps):
+        depths = []
+        for i in order[s]:
+            if first_list[s][i] == len(columns.params):
+                break  # sorted last: this layer and the rest have no gradient at the step
+            params = (
+                names[i] if full_list[s][i] else tuple(columns.params[p] for p in groups[i] if present[s, p])
+            )
+            depths.append(
+                LayerDepth(
+                    layer=layers[i],
+                    params=params,
+                    mean_abs=mean[s][i] if known[s][i] else None,
+                    max_abs=top[s][i] if known[s][i] else None,
+                    nonfinite=bad[s][i],
+                    count=count[s][i],
+                )
+            )
+        out.append(depths)
+    return out
