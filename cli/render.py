@@ -13,10 +13,10 @@ from rich.text import Text
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import SPARK_WIDTH, grad_series, steps_until
+from gradcheck.analysis.history import SPARK_WIDTH, GradHistory, Trend, grad_history, steps_until
 from gradcheck.analysis.inspection import Report
-from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.naming import layer_of
+from gradcheck.analysis.step_rows import StepRow, step_rows
 from gradcheck.analysis.story import tell, worst_of
 
 from .console import printable
@@ -91,11 +91,15 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     Columns of _DROP_ORDER go first; before dropping one, long names are shortened by structure (block
     prefixes as header rows, see cli/names.py). The parameter and status columns always stay.
     """
-    rows = report.rows_at(step)
+    rows = step_rows(report.run.columns, report.derived, step)
     at_step = _findings_at(report.findings, step)
     over_run = _findings_by_param(report.findings)
+    history = grad_history(report.run.columns, chosen)  # every row's ‖g‖ series, as [step, param] arrays
+    trends = {row.index: history.trend(row.index) for row in rows}
+    bins = history.binned(SPARK_WIDTH)
     cells = [
-        _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []), chosen)
+        _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []))
+        | {"‖g‖ history": _history(history, row.index, bins, trends)}
         for row in rows
     ]
     widths = {name: max([cell_len(name), *(_cell_len(row[name]) for row in cells)]) for name in _COLUMNS}
@@ -113,8 +117,9 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
         if room >= enough:
             break
     if spark != SPARK_WIDTH:
+        narrow = history.binned(spark)
         for row, row_cells in zip(rows, cells, strict=True):
-            row_cells["‖g‖ history"] = history_cell(grad_series(report.rows, row.param, chosen), spark)
+            row_cells["‖g‖ history"] = _history(history, row.index, narrow, trends, spark)
     name_width = max(len("parameter"), min(longest, room))
     table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
     fitted = fit(params, name_width)
@@ -164,29 +169,34 @@ def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = Fa
 
 
 def _row_cells(
-    report: Report, row: ParamStep, found: list[Finding], over_run: list[Finding], chosen: tuple[int, ...]
+    report: Report, row: StepRow, found: list[Finding], over_run: list[Finding]
 ) -> dict[str, Text | str]:
-    """The cells of one parameter: numbers of the shown step (styled by its findings there), run-wide status."""
+    """The cells of one parameter but its history: numbers of the shown step (styled by its findings there),
+    run-wide status."""
     t = report.config.thresholds
     worst = _worst(found)
     magnitude_style = (
         _SEVERITY_STYLE[worst.severity] if worst and worst.problem in _MAGNITUDE_PROBLEMS else ""
     )
-    grad = row.grad.stats if row.grad else None
     return {
         "parameter": Text(printable(row.param)),
-        "shape": _shape(row),
-        "dtype": _dtype(row),
-        "min|g|": sci(grad.min_abs if grad else None),
-        "mean|g|": Text(sci(grad.mean_abs if grad else None), style=magnitude_style),
-        "max|g|": sci(grad.max_abs if grad else None),
-        "‖g‖": sci(grad.norm if grad else None),
-        "log10": Text(_log10(grad.mean_abs if grad else None), style=magnitude_style),
+        "shape": shape_text(row.shape),
+        "dtype": row.dtype,
+        "min|g|": sci(row.min_abs),
+        "mean|g|": Text(sci(row.mean_abs), style=magnitude_style),
+        "max|g|": sci(row.max_abs),
+        "‖g‖": sci(row.norm),
+        "log10": Text(_log10(row.mean_abs), style=magnitude_style),
         "upd ratio": _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
         "depth": "-" if row.depth is None else f"{row.depth:.1f}",
-        "‖g‖ history": history_cell(grad_series(report.rows, row.param, chosen)),
         "status": _status_cell(over_run),
     }
+
+
+def _history(
+    history: GradHistory, p: int, bins: list[list[int]], trends: dict[int, Trend], width: int = SPARK_WIDTH
+) -> Text:
+    return history_cell(history.binned_series(p, bins[p]), width, trends[p])
 
 
 def _findings_at(findings: list[Finding], step: int) -> dict[str, list[Finding]]:
@@ -230,14 +240,9 @@ def _log10(value: float | None) -> str:
     return f"{math.log10(value):.1f}"
 
 
-def _shape(row: ParamStep) -> str:
-    tensor = row.tensor
-    return "×".join(map(str, tensor.shape)) if tensor and tensor.shape else "scalar"
-
-
-def _dtype(row: ParamStep) -> str:
-    tensor = row.tensor
-    return tensor.dtype if tensor else "-"
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A tensor shape as the tables show it: `64×32`, or `scalar`."""
+    return "×".join(map(str, shape)) if shape else "scalar"
 
 
 def findings_lines(

@@ -56,6 +56,9 @@ def trend_mark(fitted: Trend) -> Text:
     return Text(ARROWS.get(fitted.direction, FLAT_ARROW), style=_TREND_STYLE.get(fitted.direction, ""))
 
 
-def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
-    """The table's history cell: the sparkline, a space, and the trend arrow."""
-    return sparkline(series, width) + Text(" ") + trend_mark(trend(series))
+def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH, fitted: Trend | None = None) -> Text:
+    """The table's history cell: the sparkline, a space, and the trend arrow.
+
+    `fitted` is the trend of the whole series when `series` is already binned (GradHistory.binned_series).
+    """
+    return sparkline(series, width) + Text(" ") + trend_mark(trend(series) if fitted is None else fitted)
