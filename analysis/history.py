@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import mul, sub
@@ -211,12 +211,13 @@ class GradHistory:
 
     def series(self, p: int) -> tuple[Point, ...]:
         """Parameter column `p` as Points: grad_series of that parameter."""
-        return self._points(p, range(len(self.steps)))
+        return self._points(p, list(range(len(self.steps))))
 
-    def _points(self, p: int, rows: Iterable[int]) -> tuple[Point, ...]:
-        logs, states = self.log_norm[:, p].tolist(), self.state[:, p].tolist()
+    def _points(self, p: int, rows: Sequence[int]) -> tuple[Point, ...]:
+        logs, states = self.log_norm[rows, p].tolist(), self.state[rows, p].tolist()
         return tuple(
-            Point(self.steps[i], logs[i] if states[i] == 0 else None, STATES[states[i]]) for i in rows
+            Point(self.steps[i], log if state == 0 else None, STATES[state])
+            for i, log, state in zip(rows, logs, states, strict=True)
         )
 
     def trend(self, p: int) -> Trend:
