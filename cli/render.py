@@ -13,7 +13,7 @@ from rich.text import Text
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import SPARK_WIDTH, GradHistory, Trend, grad_history, steps_until
+from gradcheck.analysis.history import SPARK_WIDTH, GradHistory, grad_history, steps_until
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.naming import layer_of
 from gradcheck.analysis.step_rows import StepRow, step_rows
@@ -21,7 +21,7 @@ from gradcheck.analysis.story import tell, worst_of
 
 from .console import printable
 from .names import fit, middle, structural_width
-from .sparkline import NONFINITE_MARK, ZERO_MARK, history_cell
+from .sparkline import NONFINITE_MARK, ZERO_MARK, history_text
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 _LABEL = {"error": "ERROR", "warning": "warn"}
@@ -95,11 +95,11 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     at_step = _findings_at(report.findings, step)
     over_run = _findings_by_param(report.findings)
     history = grad_history(report.run.columns, chosen)  # every row's ‖g‖ series, as [step, param] arrays
-    trends = {row.index: history.trend(row.index) for row in rows}
+    directions = history.directions()
     bins = history.binned(SPARK_WIDTH)
     cells = [
         _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []))
-        | {"‖g‖ history": _history(history, row.index, bins, trends)}
+        | {"‖g‖ history": _history(history, row.index, bins, directions)}
         for row in rows
     ]
     widths = {name: max([cell_len(name), *(_cell_len(row[name]) for row in cells)]) for name in _COLUMNS}
@@ -119,7 +119,7 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     if spark != SPARK_WIDTH:
         narrow = history.binned(spark)
         for row, row_cells in zip(rows, cells, strict=True):
-            row_cells["‖g‖ history"] = _history(history, row.index, narrow, trends, spark)
+            row_cells["‖g‖ history"] = _history(history, row.index, narrow, directions, spark)
     name_width = max(len("parameter"), min(longest, room))
     table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
     fitted = fit(params, name_width)
@@ -180,23 +180,29 @@ def _row_cells(
     )
     return {
         "parameter": Text(printable(row.param)),
-        "shape": shape_text(row.shape),
-        "dtype": row.dtype,
-        "min|g|": sci(row.min_abs),
+        # Text, not str: rich would parse each str cell for markup and emoji twice (measure, render); these
+        # cells have neither, and a 500-row table draws faster without it
+        "shape": Text(shape_text(row.shape)),
+        "dtype": Text(row.dtype),
+        "min|g|": Text(sci(row.min_abs)),
         "mean|g|": Text(sci(row.mean_abs), style=magnitude_style),
-        "max|g|": sci(row.max_abs),
-        "‖g‖": sci(row.norm),
+        "max|g|": Text(sci(row.max_abs)),
+        "‖g‖": Text(sci(row.norm)),
         "log10": Text(_log10(row.mean_abs), style=magnitude_style),
         "upd ratio": _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
-        "depth": "-" if row.depth is None else f"{row.depth:.1f}",
+        "depth": Text("-" if row.depth is None else f"{row.depth:.1f}"),
         "status": _status_cell(over_run),
     }
 
 
 def _history(
-    history: GradHistory, p: int, bins: list[list[int]], trends: dict[int, Trend], width: int = SPARK_WIDTH
+    history: GradHistory,
+    p: int,
+    bins: list[list[int]],
+    directions: list[str | None],
+    width: int = SPARK_WIDTH,
 ) -> Text:
-    return history_cell(history.binned_series(p, bins[p]), width, trends[p])
+    return history_text(history.binned_series(p, bins[p]), directions[p], width)
 
 
 def _findings_at(findings: list[Finding], step: int) -> dict[str, list[Finding]]:

@@ -55,14 +55,21 @@ def sparkline(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
 
 def trend_mark(fitted: Trend) -> Text:
     """↑ growing, ↓ shrinking, → flat (analysis.history.TREND_DECADES), - when too few points."""
-    if fitted.direction is None:
+    return direction_mark(fitted.direction)
+
+
+def direction_mark(direction: str | None) -> Text:
+    """The arrow of a trend's direction (Trend.direction)."""
+    if direction is None:
         return Text(NO_TREND, style="dim")
-    return Text(ARROWS.get(fitted.direction, FLAT_ARROW), style=_TREND_STYLE.get(fitted.direction, ""))
+    return Text(ARROWS.get(direction, FLAT_ARROW), style=_TREND_STYLE.get(direction, ""))
 
 
-def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH, fitted: Trend | None = None) -> Text:
-    """The table's history cell: the sparkline, a space, and the trend arrow.
+def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
+    """The table's history cell: the sparkline, a space, and the trend arrow."""
+    return history_text(series, trend(series).direction, width)
 
-    `fitted` is the trend of the whole series when `series` is already binned (GradHistory.binned_series).
-    """
-    return sparkline(series, width) + Text(" ") + trend_mark(trend(series) if fitted is None else fitted)
+
+def history_text(binned: Sequence[Point], direction: str | None, width: int = SPARK_WIDTH) -> Text:
+    """history_cell of a series already binned (GradHistory.binned_series) with its trend's direction."""
+    return sparkline(binned, width) + Text(" ") + direction_mark(direction)

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from runs_builder import write_run
+
 from gradcheck.analysis.history import (
     SPARK_WIDTH,
+    TREND_DECADES,
+    GradHistory,
     bin_series,
     depth_profile,
     depth_profiles,
@@ -16,8 +20,6 @@ from gradcheck.analysis.history import (
     trend,
 )
 from gradcheck.analysis.inspection import Report, inspect_run
-
-from runs_builder import write_run
 
 SAMPLES = sorted(p for p in (Path(__file__).parent.parent / "sample_runs").iterdir() if p.is_dir())
 
@@ -71,3 +73,21 @@ def test_layer_depths_are_the_depth_profile(tmp_path: Path) -> None:
             assert layer_depths(report.run.columns, step) == wanted
             assert every[step] == wanted
         assert layer_depths(report.run.columns, report.run.steps[-1] + 1) == []
+
+
+def test_directions_are_the_trends_even_at_the_threshold(tmp_path: Path) -> None:
+    for report in _reports(tmp_path):
+        history = grad_history(report.run.columns, report.run.steps)
+        wanted = [trend(history.series(p)).direction for p in range(len(report.run.params))]
+        assert history.directions() == wanted
+    # series whose fitted change is within a few ulps of ±TREND_DECADES: the exact fit decides
+    rng = np.random.default_rng(11)
+    steps = tuple(range(0, 500, 10))
+    slopes = TREND_DECADES / (steps[-1] - steps[0]) * (1 + rng.integers(-4, 5, size=200) * 2.0**-52)
+    logs = np.array(steps, dtype=np.float64)[:, None] * slopes * rng.choice([-1, 1], size=200) - 7.0
+    state = np.zeros(logs.shape, dtype=np.int8)
+    state[rng.random(logs.shape) < 0.1] = 3  # some steps missing
+    near = GradHistory(steps=steps, log_norm=np.where(state == 0, logs, np.nan), state=state)
+    directions = near.directions()
+    assert directions == [trend(near.series(p)).direction for p in range(200)]
+    assert {"up", "down", "flat"} <= set(directions)
