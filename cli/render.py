@@ -121,8 +121,9 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
         for row, row_cells in zip(rows, cells, strict=True):
             row_cells["‖g‖ history"] = _history(history, row.index, narrow, directions, spark)
     name_width = max(len("parameter"), min(longest, room))
-    table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
     fitted = fit(params, name_width)
+    widths["parameter"] = max(cell_len("parameter"), *(cell_len(shown) for _, shown in fitted))
+    table = _build_table(chosen, names, widths, narrow=spark != SPARK_WIDTH)
     by_param = dict(zip(params, cells, strict=True))
     grouped = len(fitted) > len(params)
     for i, (param, shown) in enumerate(fitted):
@@ -149,7 +150,9 @@ def _cell_len(cell: Text | str) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = False) -> Table:
+def _build_table(
+    chosen: tuple[int, ...], names: list[str], widths: dict[str, int], *, narrow: bool = False
+) -> Table:
     span = f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
     table = Table(
         header_style="bold",
@@ -164,7 +167,9 @@ def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = Fa
         if narrow and name == "‖g‖ history":  # the header wraps to two lines, the sparkline fits its width
             table.add_column(name, width=_NARROW_SPARK + 2, no_wrap=False)
             continue
-        table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
+        # the widths rich would measure (the longest cell), given: rich then skips measuring every cell again
+        justify = "left" if name in _LEFT else "right"
+        table.add_column(name, justify=justify, no_wrap=True, width=widths[name])
     return table
 
 
