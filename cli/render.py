@@ -124,8 +124,18 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     fitted = fit(params, name_width)
     widths["parameter"] = max(cell_len("parameter"), *(cell_len(shown) for _, shown in fitted))
     table = _build_table(chosen, names, widths, narrow=spark != SPARK_WIDTH)
-    by_param = dict(zip(params, cells, strict=True))
-    grouped = len(fitted) > len(params)
+    _add_rows(table, names, fitted, dict(zip(params, cells, strict=True)))
+    return table
+
+
+def _add_rows(
+    table: Table,
+    names: list[str],
+    fitted: list[tuple[str | None, str]],
+    by_param: dict[str, dict[str, Text | str]],
+) -> None:
+    """One table row per fitted name: block headers (param None) in bold, a line under each layer or block."""
+    grouped = len(fitted) > len(by_param)
     for i, (param, shown) in enumerate(fitted):
         following = fitted[i + 1][0] if i + 1 < len(fitted) else None
         if param is None:
@@ -137,7 +147,6 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
         else:
             end = following is None or layer_of(following) != layer_of(param)
         table.add_row(*(row_cells[name] for name in names), end_section=end)
-    return table
 
 
 def _room(width: int, names: list[str], widths: dict[str, int]) -> int:
