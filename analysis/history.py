@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
@@ -318,52 +318,76 @@ def layer_depths(columns: Columns, step: int) -> list[LayerDepth]:
     s = columns.step_index(step)
     if s is None:
         return []
-    return _depths(columns, slice(s, s + 1))[0]
+    return _Depths(columns, slice(s, s + 1)).at(0)
 
 
-def depth_profiles(columns: Columns) -> dict[int, list[LayerDepth]]:
-    """depth_profile at every recorded step (the charts' gradient flow), merged over all steps at once."""
-    return dict(zip(columns.steps.tolist(), _depths(columns, slice(None)), strict=True))
+def depth_profiles(columns: Columns) -> Mapping[int, list[LayerDepth]]:
+    """depth_profile at every recorded step (the charts' gradient flow): merged over all steps at once, each
+    step's LayerDepth objects built when it is looked up (`gradcheck plot` draws one step of a long run)."""
+    return _Profiles(columns.steps.tolist(), _Depths(columns, slice(None)))
 
 
-def _depths(columns: Columns, rows: slice) -> list[list[LayerDepth]]:
-    """Per step of `rows`, the layers with a gradient, ordered by their first parameter that has one."""
-    grad = kind_rows(columns.kinds["grad"], rows)
-    layers, groups = layer_order(columns)
-    merged = merge_layers(grad, groups)
-    steps = grad.present.shape[0]
-    first = np.full((steps, len(groups)), len(columns.params))  # first member with a gradient, per step
-    full = np.zeros((steps, len(groups)), dtype=bool)
-    for i, group in enumerate(groups):
-        has = grad.present[:, group]
-        first[:, i] = np.where(
-            has.any(axis=1), np.asarray(group)[np.argmax(has, axis=1)], len(columns.params)
-        )
-        full[:, i] = has.all(axis=1)
-    order = np.argsort(first, axis=1, kind="stable").tolist()
-    first_list, full_list, present = first.tolist(), full.tolist(), grad.present
-    known = (merged.finite > 0).tolist()
-    mean, top = merged.mean_abs.tolist(), merged.abs_max.tolist()
-    bad, count = (merged.nan + merged.inf).tolist(), merged.count.tolist()
-    names = [tuple(columns.params[p] for p in group) for group in groups]
-    out = []
-    for s in range(steps):
+class _Depths:
+    """The merged gradients of every layer at the steps `rows`, and the order of the layers at each step."""
+
+    def __init__(self, columns: Columns, rows: slice) -> None:
+        grad = kind_rows(columns.kinds["grad"], rows)
+        self.layers, self.groups = layer_order(columns)
+        merged = merge_layers(grad, self.groups)
+        steps, none = grad.present.shape[0], len(columns.params)
+        first = np.full((steps, len(self.groups)), none)  # first member with a gradient, per step
+        full = np.zeros((steps, len(self.groups)), dtype=bool)
+        for i, group in enumerate(self.groups):
+            has = grad.present[:, group]
+            first[:, i] = np.where(has.any(axis=1), np.asarray(group)[np.argmax(has, axis=1)], none)
+            full[:, i] = has.all(axis=1)
+        # layers in the order of their first parameter with a gradient; those without one sort last
+        self.order = np.argsort(first, axis=1, kind="stable").tolist()
+        self.first, self.full, self.present, self.none = first.tolist(), full.tolist(), grad.present, none
+        self.known = (merged.finite > 0).tolist()
+        self.mean, self.top = merged.mean_abs.tolist(), merged.abs_max.tolist()
+        self.bad, self.count = (merged.nan + merged.inf).tolist(), merged.count.tolist()
+        self.params = columns.params
+        self.names = [tuple(columns.params[p] for p in group) for group in self.groups]
+
+    def at(self, s: int) -> list[LayerDepth]:
+        """The depth profile at step row `s`."""
         depths = []
-        for i in order[s]:
-            if first_list[s][i] == len(columns.params):
-                break  # sorted last: this layer and the rest have no gradient at the step
-            params = (
-                names[i] if full_list[s][i] else tuple(columns.params[p] for p in groups[i] if present[s, p])
-            )
+        for i in self.order[s]:
+            if self.first[s][i] == self.none:
+                break  # this layer and the rest have no gradient at the step
+            params = self.names[i]
+            if not self.full[s][i]:
+                params = tuple(self.params[p] for p in self.groups[i] if self.present[s, p])
+            known = self.known[s][i]
             depths.append(
                 LayerDepth(
-                    layer=layers[i],
+                    layer=self.layers[i],
                     params=params,
-                    mean_abs=mean[s][i] if known[s][i] else None,
-                    max_abs=top[s][i] if known[s][i] else None,
-                    nonfinite=bad[s][i],
-                    count=count[s][i],
+                    mean_abs=self.mean[s][i] if known else None,
+                    max_abs=self.top[s][i] if known else None,
+                    nonfinite=self.bad[s][i],
+                    count=self.count[s][i],
                 )
             )
-        out.append(depths)
-    return out
+        return depths
+
+
+class _Profiles(Mapping[int, list[LayerDepth]]):
+    """step -> depth profile, built on first look-up."""
+
+    def __init__(self, steps: list[int], depths: _Depths) -> None:
+        self._rows = {step: s for s, step in enumerate(steps)}
+        self._depths = depths
+        self._built: dict[int, list[LayerDepth]] = {}
+
+    def __getitem__(self, step: int) -> list[LayerDepth]:
+        if step not in self._built:
+            self._built[step] = self._depths.at(self._rows[step])
+        return self._built[step]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
