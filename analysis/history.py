@@ -16,7 +16,8 @@ from .columns import Columns
 from .errors import GradcheckError
 from .layer_columns import kind_rows, layer_order, log10_cells, merge_layers
 from .metrics import ParamStep
-from .stats import merge_all
+from .naming import layer_of
+from .stats import TensorStats, merge_all
 
 # A trend is a fitted change of at least a tenfold in ‖g‖ over the selected steps. The healthy sample runs drift
 # by 0.3 to 1 decade over 360 steps as the loss falls (sample_runs/README.md); exploding_nan climbs 25 decades.
@@ -191,10 +192,15 @@ def depth_profile(
 
 
 def _layer_depth(layer: str, members: list[ParamStep]) -> LayerDepth:
-    stats = merge_all(row.grad.stats for row in members if row.grad is not None)
+    grads = [row.grad.stats for row in members if row.grad is not None]
+    return _summary(layer, tuple(row.param for row in members), grads)
+
+
+def _summary(layer: str, params: tuple[str, ...], grads: list[TensorStats]) -> LayerDepth:
+    stats = merge_all(grads)
     return LayerDepth(
         layer=layer,
-        params=tuple(row.param for row in members),
+        params=params,
         mean_abs=stats.mean_abs if stats.finite else None,
         max_abs=stats.max_abs if stats.finite else None,
         nonfinite=stats.nan + stats.inf,
@@ -314,11 +320,19 @@ def _log10_scales(scales: np.ndarray) -> np.ndarray:
 
 
 def layer_depths(columns: Columns, step: int) -> list[LayerDepth]:
-    """depth_profile at `step`, from the run's columns."""
+    """depth_profile at `step`, from the run's columns (one step: a summary per parameter is cheap)."""
     s = columns.step_index(step)
     if s is None:
         return []
-    return _Depths(columns, slice(s, s + 1)).at(0)
+    grad = columns.kinds["grad"]
+    layers: dict[str, tuple[list[str], list[TensorStats]]] = {}
+    for p in np.flatnonzero(grad.present[s]).tolist():
+        cell, param = grad.stats(s, p), columns.params[p]
+        if cell is not None:
+            names, grads = layers.setdefault(layer_of(param), ([], []))
+            names.append(param)
+            grads.append(cell)
+    return [_summary(layer, tuple(names), grads) for layer, (names, grads) in layers.items()]
 
 
 def depth_profiles(columns: Columns) -> Mapping[int, list[LayerDepth]]:
