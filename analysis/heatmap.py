@@ -80,7 +80,7 @@ def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
 def layer_values(report: Report, metric: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """Layers in model order and, per layer and recorded step, the cell value and the missing mask."""
     layers, groups = layer_order(report.run.columns)
-    values, missing = _MEASURES[metric](report.run.columns, groups)
+    values, missing = _MEASURES[metric](report, groups)
     return layers, values.T, missing.T
 
 
@@ -152,17 +152,20 @@ def _grads(columns: Columns, groups: Groups) -> tuple[Merged, np.ndarray, np.nda
     return merged, _any(grad.present, groups), merged.nan + merged.inf > 0
 
 
-def _grad_norm(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+def _grad_norm(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
     merged, has, bad = _grads(columns, groups)  # the layer's ‖g‖, as derive's layer_norm merges it
     return _cells(has, bad, _log10(merged.norm), np.ones_like(has))
 
 
-def _grad_mean(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+def _grad_mean(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
     merged, has, bad = _grads(columns, groups)
     return _cells(has, bad, _log10(merged.mean_abs), merged.finite > 0)
 
 
-def _param_norm(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+def _param_norm(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
     values = columns.kinds["param"]
     merged = merge_layers(values, groups)
     norm = merged.norm
@@ -175,7 +178,8 @@ def _param_norm(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndarra
     return _cells(_any(values.present, groups), merged.nan + merged.inf > 0, value, np.ones(norm.shape, bool))
 
 
-def _update_ratio(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+def _update_ratio(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
     update, value = columns.kinds["update"], columns.kinds["param"]
     pairs = update.present & value.present
     top, bottom = merge_layers(update, groups, pairs), merge_layers(value, groups, pairs)
@@ -196,7 +200,8 @@ def _update_ratio(columns: Columns, groups: Groups) -> tuple[np.ndarray, np.ndar
 
 
 Groups = list[list[int]]  # parameter columns of each layer (layer_columns.layer_order)
-_MEASURES: dict[str, Callable[[Columns, Groups], tuple[np.ndarray, np.ndarray]]] = {
+# metric -> (values, missing), each [step, layer] over the layers of layer_order
+_MEASURES: dict[str, Callable[[Report, Groups], tuple[np.ndarray, np.ndarray]]] = {
     "grad-norm": _grad_norm,
     "grad-mean": _grad_mean,
     "update-ratio": _update_ratio,
