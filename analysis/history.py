@@ -24,8 +24,9 @@ from .stats import TensorStats, merge_all
 TREND_DECADES = 1.0
 # Two points are a difference, not a trend: one noisy step would decide it.
 TREND_MIN_POINTS = 3
-# How near a threshold (in decades) a fit in numpy is redone with `trend`'s own sums: numpy's pairwise sums differ
-# from them by far less (about 1e-12 decades over 10,000 steps of log10 ‖g‖ near ±300).
+# How near a threshold (in decades) a fit in numpy is redone with `trend`'s own sums. numpy sums pairwise, `trend`
+# in order: the two differ by rounding, a few ulps of sums of step offset x log10 ‖g‖ difference, which stays
+# below 1e-10 decades even for log10 ‖g‖ swinging by ±300 (the float64 range) around a one-decade trend.
 _DIRECTION_MARGIN = 1e-6
 # Sparkline cells per row: wide enough to show a spike's position, narrow enough for an 80-column table.
 SPARK_WIDTH = 16
@@ -141,8 +142,10 @@ def _point(row: ParamStep | None, step: int) -> Point:
 
 def trend(series: Sequence[Point]) -> Trend:
     """Least-squares slope of log10 ‖g‖ against the step number, as the change over the points it fits."""
-    used = [(p.step, p.log_norm) for p in series if p.log_norm is not None]
-    return _fit([x for x, _ in used], [y for _, y in used])  # type: ignore[misc]
+    return _fit(
+        [p.step for p in series if p.log_norm is not None],
+        [p.log_norm for p in series if p.log_norm is not None],
+    )
 
 
 def _fit(xs: list[int], ys: list[float]) -> Trend:
