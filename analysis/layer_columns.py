@@ -9,7 +9,7 @@ numpy operations over all steps, in the same float64 operations and the same par
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +77,8 @@ def _any_present(columns: Columns) -> np.ndarray:
     return np.logical_or.reduce([kind.present for kind in kinds]) if kinds else np.zeros(columns.shape, bool)
 
 
-def empty_merged(size: int) -> Merged:
-    """The empty summary's values, `size` times: what merging starts from."""
+def empty_merged(size: int | tuple[int, ...]) -> Merged:
+    """The empty summary's values in an array of `size`: what merging starts from."""
     zeros = np.zeros(size, dtype=np.int64)
     return Merged(
         count=zeros,
@@ -92,8 +92,8 @@ def empty_merged(size: int) -> Merged:
     )
 
 
-def cell_of(kind: KindColumns, p: int, rows: np.ndarray | slice = slice(None)) -> Merged:
-    """Parameter column `p` of a kind (at `rows`) as Merged arrays."""
+def cell_of(kind: KindColumns, p: int | np.ndarray, rows: np.ndarray | slice = slice(None)) -> Merged:
+    """Parameter column(s) `p` of a kind (at `rows`) as Merged arrays."""
     return Merged(
         count=kind.count[rows, p],
         nan=kind.nan[rows, p],
@@ -139,22 +139,23 @@ def _rescaled(value: np.ndarray, scale: np.ndarray, to: np.ndarray, power: int) 
 
 
 def merge_layers(
-    kind: KindColumns, groups: Sequence[Iterable[int]], mask: np.ndarray | None = None
+    kind: KindColumns, groups: Sequence[Sequence[int]], mask: np.ndarray | None = None
 ) -> Merged:
-    """Per step and layer ([S, L] arrays), merge_all of the layer's present cells (and `mask`), in `groups` order."""
+    """Per step and layer ([S, L] arrays), merge_all of the layer's present cells (and `mask`), in `groups` order.
+
+    Every layer merges its k-th parameter in the same pass, so the passes are as many as the largest layer has
+    parameters, and each layer still merges its parameters one by one in model order, as merge_all does.
+    """
     steps = kind.present.shape[0]
     take_all = kind.present if mask is None else kind.present & mask
-    merged = []
-    for members in groups:
-        acc = empty_merged(steps)
-        for p in members:
-            take = take_all[:, p]
-            if take.any():
-                acc = merge(acc, cell_of(kind, p), take)
-        merged.append(acc)
-    if not merged:
-        return Merged(**{name: np.empty((steps, 0)) for name in _FIELDS})
-    return Merged(**{name: np.stack([getattr(m, name) for m in merged], axis=1) for name in _FIELDS})
+    acc = empty_merged((steps, len(groups)))
+    for k in range(max((len(group) for group in groups), default=0)):
+        has = np.array([len(group) > k for group in groups])
+        members = np.array([group[k] if len(group) > k else 0 for group in groups], dtype=np.intp)
+        take = take_all[:, members] & has
+        if take.any():
+            acc = merge(acc, cell_of(kind, members), take)
+    return acc
 
 
 def log10_cells(values: np.ndarray) -> np.ndarray:
