@@ -8,17 +8,16 @@ recorded for the metric.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .activation_heatmap import ACT_METRIC_LABELS, ACT_METRICS, ACT_NEEDS, activation_values
+from .columns import Columns
 from .errors import RunError
 from .inspection import Report
-from .metrics import ParamStep, log10_ratio
-from .stats import TensorStats, merge_all
+from .layer_columns import Merged, layer_order, log10_cells, merge_layers
 
 LAYER_METRICS = ("grad-norm", "grad-mean", "update-ratio", "param-norm")
 METRICS = LAYER_METRICS + ACT_METRICS  # act-*: modules x steps, a share (analysis/activation_heatmap.py)
@@ -85,22 +84,9 @@ def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
 
 def layer_values(report: Report, metric: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """Layers in model order and, per layer and recorded step, the cell value and the missing mask."""
-    # rows are keyed step by step in model order, so first appearances give the model order of the layers
-    layers = tuple(dict.fromkeys(row.layer for row in report.rows.values()))
-    index = {layer: i for i, layer in enumerate(layers)}
-    values = np.full((len(layers), len(report.run.steps)), np.nan)
-    missing = np.ones(values.shape, dtype=bool)
-    measure = _MEASURES[metric]
-    for col, step in enumerate(report.run.steps):
-        groups: dict[str, list[ParamStep]] = {}
-        for row in report.rows_at(step):
-            groups.setdefault(row.layer, []).append(row)
-        for layer, rows in groups.items():
-            value = measure(rows)
-            if value is not None:
-                values[index[layer], col] = value
-                missing[index[layer], col] = False
-    return layers, values, missing
+    layers, groups = layer_order(report.run.columns)
+    values, missing = _MEASURES[metric](report, groups)
+    return layers, values.T, missing.T
 
 
 def bin_starts(count: int, max_columns: int) -> list[int]:
@@ -144,60 +130,83 @@ def level_bounds(lo: float, hi: float, levels: int) -> list[float]:
     return [lo + (hi - lo) * k / levels for k in range(levels + 1)]
 
 
-def _log10(value: float | None) -> float | None:
-    """log10 of a non-negative value: -inf for 0, NaN for NaN/Inf, None for missing."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        return math.nan
-    return math.log10(value) if value > 0 else -math.inf
+def _any(mask: np.ndarray, groups: Groups) -> np.ndarray:
+    """[S, L]: whether any parameter of the layer has `mask` set at the step."""
+    return np.stack([mask[:, group].any(axis=1) for group in groups], axis=1) if groups else mask[:, :0]
 
 
-def _any_nonfinite(stats: Sequence[TensorStats]) -> bool:
-    return any(s.nan or s.inf for s in stats)
+def _log10(values: np.ndarray) -> np.ndarray:
+    """log10 of non-negative values as the heatmap marks them: NaN for NaN/Inf, -inf for 0 (math.log10 elsewhere)."""
+    out = np.where(np.isfinite(values), -np.inf, np.nan)
+    positive = np.isfinite(values) & (values > 0)
+    out[positive] = log10_cells(values[positive])
+    return out
 
 
-def _mean_abs(stats: Sequence[TensorStats]) -> float | None:
-    merged = merge_all(stats)
-    return merged.mean_abs if merged.finite else None
+def _cells(
+    has: np.ndarray, bad: np.ndarray, value: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, missing): NaN where a NaN/Inf was recorded, `value` where `known`, missing where neither."""
+    missing = ~has | (~bad & ~known)
+    return np.where(has & bad, np.nan, np.where(missing, np.nan, value)), missing
 
 
-def _grad_norm(rows: list[ParamStep]) -> float | None:
-    grads = [r.grad.stats for r in rows if r.grad]
-    if not grads or _any_nonfinite(grads):
-        return math.nan if grads else None
-    return _log10(rows[0].layer_norm)
+def _grads(columns: Columns, groups: Groups) -> tuple[Merged, np.ndarray, np.ndarray]:
+    grad = columns.kinds["grad"]
+    merged = merge_layers(grad, groups)
+    return merged, _any(grad.present, groups), merged.nan + merged.inf > 0
 
 
-def _grad_mean(rows: list[ParamStep]) -> float | None:
-    grads = [r.grad.stats for r in rows if r.grad]
-    if not grads or _any_nonfinite(grads):
-        return math.nan if grads else None
-    return _log10(_mean_abs(grads))
+def _grad_norm(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
+    merged, has, bad = _grads(columns, groups)  # the layer's ‖g‖, as derive's layer_norm merges it
+    return _cells(has, bad, _log10(merged.norm), np.ones_like(has))
 
 
-def _param_norm(rows: list[ParamStep]) -> float | None:
-    values = [r.value.stats for r in rows if r.value]
-    if not values or _any_nonfinite(values):
-        return math.nan if values else None
-    merged = merge_all(values)
-    if math.isfinite(merged.norm) or not merged.sq_sum > 0:
-        return _log10(merged.norm)
-    return merged.log10_norm  # a norm beyond float64 (F64 values near 1e308)
+def _grad_mean(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
+    merged, has, bad = _grads(columns, groups)
+    return _cells(has, bad, _log10(merged.mean_abs), merged.finite > 0)
 
 
-def _update_ratio(rows: list[ParamStep]) -> float | None:
-    pairs = [(r.update.stats, r.value.stats) for r in rows if r.update and r.value]
-    if not pairs or _any_nonfinite([s for pair in pairs for s in pair]):
-        return math.nan if pairs else None
-    update = _mean_abs([u for u, _ in pairs])
-    value = _mean_abs([v for _, v in pairs])
-    if update is None or not value:  # a zero or empty parameter has no ratio
-        return None
-    return log10_ratio(update, value) if update > 0 else -math.inf  # the quotient may underflow
+def _param_norm(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
+    values = columns.kinds["param"]
+    merged = merge_layers(values, groups)
+    norm = merged.norm
+    # a norm beyond float64 (F64 values near 1e308): log10 of the sum of squares, as TensorStats.log10_norm
+    beyond = ~np.isfinite(norm) & (merged.sq_sum > 0)
+    value = _log10(norm)
+    huge = beyond & np.isfinite(merged.sq_sum)
+    value[huge] = log10_cells(merged.sq_sum[huge]) / 2 + log10_cells(merged.scale[huge])
+    value[beyond & np.isinf(merged.sq_sum)] = np.inf
+    return _cells(_any(values.present, groups), merged.nan + merged.inf > 0, value, np.ones(norm.shape, bool))
 
 
-_MEASURES: dict[str, Callable[[list[ParamStep]], float | None]] = {
+def _update_ratio(report: Report, groups: Groups) -> tuple[np.ndarray, np.ndarray]:
+    columns = report.run.columns
+    update, value = columns.kinds["update"], columns.kinds["param"]
+    pairs = update.present & value.present
+    top, bottom = merge_layers(update, groups, pairs), merge_layers(value, groups, pairs)
+    bad = top.nan + top.inf + bottom.nan + bottom.inf > 0
+    up, down = top.mean_abs, bottom.mean_abs
+    # no ratio for an empty update or a zero or empty parameter; the quotient may underflow
+    known = (top.finite > 0) & (bottom.finite > 0) & (down != 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        quotient = np.where(known, up / down, np.nan)
+    ratio = np.where(known & (up > 0), np.nan, -np.inf)
+    direct = known & (up > 0) & (quotient > 0) & (quotient < np.inf)
+    ratio[direct] = log10_cells(quotient[direct])
+    apart = (
+        known & (up > 0) & ~direct
+    )  # metrics.log10_ratio: the logs apart where the quotient leaves float64
+    ratio[apart] = log10_cells(up[apart]) - log10_cells(down[apart])
+    return _cells(_any(pairs, groups), bad, ratio, known)
+
+
+Groups = list[list[int]]  # parameter columns of each layer (layer_columns.layer_order)
+# metric -> (values, missing), each [step, layer] over the layers of layer_order
+_MEASURES: dict[str, Callable[[Report, Groups], tuple[np.ndarray, np.ndarray]]] = {
     "grad-norm": _grad_norm,
     "grad-mean": _grad_mean,
     "update-ratio": _update_ratio,

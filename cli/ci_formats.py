@@ -22,11 +22,11 @@ from gradcheck.analysis.config import PARAM_CHECK_IDS
 from gradcheck.analysis.formatting import beyond, sci, times
 from gradcheck.analysis.formatting import bound as threshold_text
 from gradcheck.analysis.inspection import Report
-from gradcheck.analysis.metrics import ParamStep
+from gradcheck.analysis.step_rows import StepRow, step_rows
 
 from .console import printable
 from .jsonout import dumps, report_document
-from .render import render_report, verdict
+from .render import render_report, shape_text, verdict
 
 FORMATS = ("table", "json", "github", "markdown", "junit")
 # The width of piped stdout (console.py), so a table written to a file reads like the CI log of the same run.
@@ -237,7 +237,7 @@ def _hints_markdown(findings: list[Finding]) -> str:
 
 def _params_markdown(report: Report, step: int) -> str:
     header = ("parameter", "shape", "dtype", r"mean\|g\|", r"max\|g\|", "‖g‖", "update ratio", "status")
-    rows = report.rows_at(step)
+    rows = step_rows(report.run.columns, report.derived, step)
     found: dict[str, list[Finding]] = {}
     for finding in report.findings:
         if step in finding.steps:
@@ -247,16 +247,15 @@ def _params_markdown(report: Report, step: int) -> str:
     return f"<details><summary>{summary}</summary>\n\n{table}\n\n</details>"
 
 
-def _param_cells(row: ParamStep, found: list[Finding]) -> tuple[str, ...]:
-    tensor, grad = row.tensor, row.grad.stats if row.grad else None
+def _param_cells(row: StepRow, found: list[Finding]) -> tuple[str, ...]:
     ratio = "-" if row.update_ratio is None else f"{row.update_ratio:.1f}"
     return (
         escape_markdown(printable(row.param)),
-        "×".join(map(str, tensor.shape)) if tensor and tensor.shape else "scalar",
-        tensor.dtype if tensor else "-",
-        sci(grad.mean_abs if grad else None),
-        sci(grad.max_abs if grad else None),
-        sci(grad.norm if grad else None),
+        shape_text(row.shape),
+        row.dtype,
+        sci(row.mean_abs),
+        sci(row.max_abs),
+        sci(row.norm),
         ratio,
         _status(found),
     )

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import LayerDepth, depth_profile
+from gradcheck.analysis.history import LayerDepth, layer_depths
 from gradcheck.analysis.inspection import Report
 
 from .console import printable
@@ -51,7 +51,7 @@ class _Axis:
 def render_depth(console: Console, report: Report, step: int) -> None:
     """Print one bar line per layer at `step`, the axis with the thresholds, and a legend."""
     glyphs = _ASCII if console.no_color or console.color_system is None else _UNICODE
-    layers = depth_profile(report.rows, report.run.params, step)
+    layers = layer_depths(report.run.columns, step)
     what = f" - step {step}: mean, max |g| per layer (log10)"
     console.print(Text(middle(printable(report.run.path), max(8, console.width - len(what))) + what))
     if not layers:

@@ -22,6 +22,7 @@ from gradcheck.analysis.heatmap import (
     scale_levels,
 )
 from gradcheck.analysis.inspection import inspect_run
+from gradcheck.analysis.layer_columns import layer_order
 
 from .common import InputError, progress_bar, reading_options, scan_options, warn_unreadable
 from .console import make_console, printable
@@ -88,7 +89,7 @@ def heatmap(
         warn_unreadable(report.run.unreadable)
         if not report.readable:
             raise InputError(f"{run_dir}: no readable snapshot file")
-        layers = tuple({row.layer for row in report.rows.values()})
+        layers = layer_order(report.run.columns)[0]
         drawn = build_heatmap(report, metric, max_columns=_grid_width(layers, console.width))
     except GradcheckError as error:
         raise InputError(str(error)) from None

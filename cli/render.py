@@ -13,16 +13,16 @@ from rich.text import Text
 from gradcheck.analysis.checks import Finding
 from gradcheck.analysis.context_summary import context_lines
 from gradcheck.analysis.formatting import sci
-from gradcheck.analysis.history import SPARK_WIDTH, grad_series, steps_until
+from gradcheck.analysis.history import SPARK_WIDTH, GradHistory, grad_history, steps_until
 from gradcheck.analysis.inspection import Report
-from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.naming import layer_of
+from gradcheck.analysis.step_rows import StepRow, step_rows
 from gradcheck.analysis.story import tell, worst_of
 
 from .console import printable
 from .loss_line import loss_line
 from .names import fit, middle, structural_width
-from .sparkline import NONFINITE_MARK, ZERO_MARK, history_cell
+from .sparkline import NONFINITE_MARK, ZERO_MARK, history_text
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 _LABEL = {"error": "ERROR", "warning": "warn"}
@@ -95,11 +95,15 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
     Columns of _DROP_ORDER go first; before dropping one, long names are shortened by structure (block
     prefixes as header rows, see cli/names.py). The parameter and status columns always stay.
     """
-    rows = report.rows_at(step)
+    rows = step_rows(report.run.columns, report.derived, step)
     at_step = _findings_at(report.findings, step)
     over_run = _findings_by_param(report.findings)
+    history = grad_history(report.run.columns, chosen)  # every row's ‖g‖ series, as [step, param] arrays
+    directions = history.directions()
+    bins = history.binned(SPARK_WIDTH)
     cells = [
-        _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []), chosen)
+        _row_cells(report, row, at_step.get(row.param, []), over_run.get(row.param, []))
+        | {"‖g‖ history": _history(history, row.index, bins, directions)}
         for row in rows
     ]
     widths = {name: max([cell_len(name), *(_cell_len(row[name]) for row in cells)]) for name in _COLUMNS}
@@ -117,13 +121,25 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
         if room >= enough:
             break
     if spark != SPARK_WIDTH:
+        narrow = history.binned(spark)
         for row, row_cells in zip(rows, cells, strict=True):
-            row_cells["‖g‖ history"] = history_cell(grad_series(report.rows, row.param, chosen), spark)
+            row_cells["‖g‖ history"] = _history(history, row.index, narrow, directions, spark)
     name_width = max(len("parameter"), min(longest, room))
-    table = _build_table(chosen, names, narrow=spark != SPARK_WIDTH)
     fitted = fit(params, name_width)
-    by_param = dict(zip(params, cells, strict=True))
-    grouped = len(fitted) > len(params)
+    widths["parameter"] = max(cell_len("parameter"), *(cell_len(shown) for _, shown in fitted))
+    table = _build_table(chosen, names, widths, narrow=spark != SPARK_WIDTH)
+    _add_rows(table, names, fitted, dict(zip(params, cells, strict=True)))
+    return table
+
+
+def _add_rows(
+    table: Table,
+    names: list[str],
+    fitted: list[tuple[str | None, str]],
+    by_param: dict[str, dict[str, Text | str]],
+) -> None:
+    """One table row per fitted name: block headers (param None) in bold, a line under each layer or block."""
+    grouped = len(fitted) > len(by_param)
     for i, (param, shown) in enumerate(fitted):
         following = fitted[i + 1][0] if i + 1 < len(fitted) else None
         if param is None:
@@ -135,7 +151,6 @@ def parameter_table(console: Console, report: Report, step: int, chosen: tuple[i
         else:
             end = following is None or layer_of(following) != layer_of(param)
         table.add_row(*(row_cells[name] for name in names), end_section=end)
-    return table
 
 
 def _room(width: int, names: list[str], widths: dict[str, int]) -> int:
@@ -148,7 +163,9 @@ def _cell_len(cell: Text | str) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = False) -> Table:
+def _build_table(
+    chosen: tuple[int, ...], names: list[str], widths: dict[str, int], *, narrow: bool = False
+) -> Table:
     span = f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
     table = Table(
         header_style="bold",
@@ -163,34 +180,47 @@ def _build_table(chosen: tuple[int, ...], names: list[str], *, narrow: bool = Fa
         if narrow and name == "‖g‖ history":  # the header wraps to two lines, the sparkline fits its width
             table.add_column(name, width=_NARROW_SPARK + 2, no_wrap=False)
             continue
-        table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
+        # the widths rich would measure (the longest cell), given: rich then skips measuring every cell again
+        justify = "left" if name in _LEFT else "right"
+        table.add_column(name, justify=justify, no_wrap=True, width=widths[name])
     return table
 
 
 def _row_cells(
-    report: Report, row: ParamStep, found: list[Finding], over_run: list[Finding], chosen: tuple[int, ...]
+    report: Report, row: StepRow, found: list[Finding], over_run: list[Finding]
 ) -> dict[str, Text | str]:
-    """The cells of one parameter: numbers of the shown step (styled by its findings there), run-wide status."""
+    """The cells of one parameter but its history: numbers of the shown step (styled by its findings there),
+    run-wide status."""
     t = report.config.thresholds
     worst = _worst(found)
     magnitude_style = (
         _SEVERITY_STYLE[worst.severity] if worst and worst.problem in _MAGNITUDE_PROBLEMS else ""
     )
-    grad = row.grad.stats if row.grad else None
     return {
         "parameter": Text(printable(row.param)),
-        "shape": _shape(row),
-        "dtype": _dtype(row),
-        "min|g|": sci(grad.min_abs if grad else None),
-        "mean|g|": Text(sci(grad.mean_abs if grad else None), style=magnitude_style),
-        "max|g|": sci(grad.max_abs if grad else None),
-        "‖g‖": sci(grad.norm if grad else None),
-        "log10": Text(_log10(grad.mean_abs if grad else None), style=magnitude_style),
+        # Text, not str: rich would parse each str cell for markup and emoji twice (measure, render); these
+        # cells have neither, and a 500-row table draws faster without it
+        "shape": Text(shape_text(row.shape)),
+        "dtype": Text(row.dtype),
+        "min|g|": Text(sci(row.min_abs)),
+        "mean|g|": Text(sci(row.mean_abs), style=magnitude_style),
+        "max|g|": Text(sci(row.max_abs)),
+        "‖g‖": Text(sci(row.norm)),
+        "log10": Text(_log10(row.mean_abs), style=magnitude_style),
         "upd ratio": _ratio_cell(row.update_ratio, t.update_ratio_low, t.update_ratio_high),
-        "depth": "-" if row.depth is None else f"{row.depth:.1f}",
-        "‖g‖ history": history_cell(grad_series(report.rows, row.param, chosen)),
+        "depth": Text("-" if row.depth is None else f"{row.depth:.1f}"),
         "status": _status_cell(over_run),
     }
+
+
+def _history(
+    history: GradHistory,
+    p: int,
+    bins: list[list[int]],
+    directions: list[str | None],
+    width: int = SPARK_WIDTH,
+) -> Text:
+    return history_text(history.binned_series(p, bins[p]), directions[p], width)
 
 
 def _findings_at(findings: list[Finding], step: int) -> dict[str, list[Finding]]:
@@ -234,14 +264,9 @@ def _log10(value: float | None) -> str:
     return f"{math.log10(value):.1f}"
 
 
-def _shape(row: ParamStep) -> str:
-    tensor = row.tensor
-    return "×".join(map(str, tensor.shape)) if tensor and tensor.shape else "scalar"
-
-
-def _dtype(row: ParamStep) -> str:
-    tensor = row.tensor
-    return tensor.dtype if tensor else "-"
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A tensor shape as the tables show it: `64×32`, or `scalar`."""
+    return "×".join(map(str, shape)) if shape else "scalar"
 
 
 def findings_lines(

@@ -32,30 +32,44 @@ def sparkline(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
     """At most `width` cells: a block per (binned) step, `!` NaN/Inf in red, `·` for ‖g‖ = 0, space if missing."""
     points = bin_series(series, width)
     finite = [p.log_norm for p in points if p.log_norm is not None]
-    text = Text()
     if not points:
-        return text
+        return Text()
     low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
     span = max(high - low, MIN_SPAN_DECADES)
     base = (low + high - span) / 2
+    cells = []
     for point in points:
         if point.log_norm is not None:
             level = min(len(BLOCKS) - 1, int((point.log_norm - base) / span * len(BLOCKS)))
-            text.append(BLOCKS[level])
+            cells.append(BLOCKS[level])
         elif point.state == NONFINITE:
-            text.append(NONFINITE_MARK, style="bold red")
+            cells.append(NONFINITE_MARK)
         else:
-            text.append(ZERO_MARK if point.state == ZERO else MISSING_MARK)
+            cells.append(ZERO_MARK if point.state == ZERO else MISSING_MARK)
+    text = Text("".join(cells))  # one string, then a style span per NaN/Inf cell: as appending cell by cell
+    for i, point in enumerate(points):
+        if point.log_norm is None and point.state == NONFINITE:
+            text.stylize("bold red", i, i + 1)
     return text
 
 
 def trend_mark(fitted: Trend) -> Text:
     """↑ growing, ↓ shrinking, → flat (analysis.history.TREND_DECADES), - when too few points."""
-    if fitted.direction is None:
+    return direction_mark(fitted.direction)
+
+
+def direction_mark(direction: str | None) -> Text:
+    """The arrow of a trend's direction (Trend.direction)."""
+    if direction is None:
         return Text(NO_TREND, style="dim")
-    return Text(ARROWS.get(fitted.direction, FLAT_ARROW), style=_TREND_STYLE.get(fitted.direction, ""))
+    return Text(ARROWS.get(direction, FLAT_ARROW), style=_TREND_STYLE.get(direction, ""))
 
 
 def history_cell(series: Sequence[Point], width: int = SPARK_WIDTH) -> Text:
     """The table's history cell: the sparkline, a space, and the trend arrow."""
-    return sparkline(series, width) + Text(" ") + trend_mark(trend(series))
+    return history_text(series, trend(series).direction, width)
+
+
+def history_text(binned: Sequence[Point], direction: str | None, width: int = SPARK_WIDTH) -> Text:
+    """history_cell of a series already binned (GradHistory.binned_series) with its trend's direction."""
+    return sparkline(binned, width) + Text(" ") + direction_mark(direction)

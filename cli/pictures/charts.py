@@ -15,8 +15,10 @@ import numpy as np
 
 from gradcheck.analysis.errors import RunError
 from gradcheck.analysis.heatmap import LAYER_METRICS, Heatmap, build_heatmap
-from gradcheck.analysis.history import NONFINITE, ZERO, LayerDepth, depth_profile, grad_series
+from gradcheck.analysis.history import NONFINITE, STATES, ZERO, LayerDepth, depth_profiles, grad_history
 from gradcheck.analysis.inspection import Report
+from gradcheck.analysis.layer_columns import log10_cells
+from gradcheck.analysis.naming import layer_of
 from gradcheck.analysis.story import Story, tell
 
 from .signal_data import CHART_OF_SIGNAL, ModuleSeries, module_series
@@ -58,7 +60,7 @@ class ChartData:
     steps: tuple[int, ...]
     layers: tuple[str, ...]  # model order
     series: tuple[ParamSeries, ...]  # model order
-    flow: Mapping[int, list[LayerDepth]]  # step -> mean and max |g| per layer (history.depth_profile)
+    flow: Mapping[int, list[LayerDepth]]  # step -> mean and max |g| per layer (history.depth_profiles)
     heatmaps: Mapping[str, Heatmap]  # metric -> heatmap, for each metric the run has values for
     band: tuple[float, float]  # healthy log10 update ratio, the thresholds of the update-ratio checks
     vanishing_mean: float
@@ -77,7 +79,7 @@ class ChartData:
 def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) -> ChartData:
     """The series of a report over all its recorded steps."""
     run = report.run
-    series = tuple(_param_series(report, param) for param in run.params)
+    series = _param_series(report)
     t = report.config.thresholds
     act_steps, modules = module_series(run.signals)
     return ChartData(
@@ -85,7 +87,7 @@ def chart_data(report: Report, *, heatmap_columns: int = MAX_HEATMAP_COLUMNS) ->
         steps=run.steps,
         layers=tuple(dict.fromkeys(s.layer for s in series)),
         series=series,
-        flow={step: depth_profile(report.rows, run.params, step) for step in run.steps},
+        flow=depth_profiles(run.columns),
         heatmaps=_heatmaps(report, heatmap_columns),
         band=(t.update_ratio_low, t.update_ratio_high),
         vanishing_mean=t.vanishing_mean,
@@ -137,25 +139,36 @@ def context_series(
     return {name: tuple(points) for name, points in out.items()}
 
 
-def _param_series(report: Report, param: str) -> ParamSeries:
-    steps = report.run.steps
-    points = grad_series(report.rows, param, steps)
-    rows = [report.rows.get((step, param)) for step in steps]
-    layer = next((row.layer for row in rows if row is not None), param)
-    return ParamSeries(
-        param=param,
-        layer=layer,
-        grad_log_norm=tuple(p.log_norm for p in points),
-        grad_state=tuple(p.state for p in points),
-        update_ratio=tuple(row.update_ratio if row else None for row in rows),
-        param_log_mean=tuple(
-            _log_mean(row.value.stats.mean_abs if row and row.value else None) for row in rows
-        ),
+def _param_series(report: Report) -> tuple[ParamSeries, ...]:
+    """Every parameter's series, read from the run's columns (history.grad_history is the table's ‖g‖ history)."""
+    columns, derived = report.run.columns, report.derived
+    history = grad_history(columns, report.run.steps)
+    recorded = derived.present.any(axis=0).tolist()
+    values = columns.kinds["param"]
+    mean = np.where(values.present, values.mean_abs, np.nan)
+    shown = np.isfinite(mean) & (mean > 0)
+    logs = np.full(mean.shape, np.nan)
+    logs[shown] = log10_cells(mean[shown])
+    norms = _per_param(history.log_norm, history.state == 0)
+    states = np.array(STATES, dtype=object)[history.state].T.tolist()
+    ratios = _per_param(derived.update_ratio, ~np.isnan(derived.update_ratio))
+    means = _per_param(logs, shown)
+    return tuple(
+        ParamSeries(
+            param=param,
+            layer=layer_of(param) if recorded[p] else param,
+            grad_log_norm=tuple(norms[p]),
+            grad_state=tuple(states[p]),
+            update_ratio=tuple(ratios[p]),
+            param_log_mean=tuple(means[p]),
+        )
+        for p, param in enumerate(report.run.params)
     )
 
 
-def _log_mean(value: float | None) -> float | None:
-    return math.log10(value) if value is not None and math.isfinite(value) and value > 0 else None
+def _per_param(values: np.ndarray, known: np.ndarray) -> list[list[float | None]]:
+    """[step, param] floats as one list per parameter, None where not `known`."""
+    return np.where(known, values, None).T.tolist()
 
 
 def _heatmaps(report: Report, columns: int) -> dict[str, Heatmap]:

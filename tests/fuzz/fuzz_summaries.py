@@ -23,7 +23,7 @@ import numpy as np
 
 with atheris.instrument_imports(include=["gradcheck"]):
     from gradcheck.analysis.errors import GradcheckError
-    from gradcheck.analysis.history import depth_profile
+    from gradcheck.analysis.history import layer_depths
     from gradcheck.analysis.inspection import inspect_run
     from gradcheck.analysis.stats import TensorStats, summarize_array
     from gradcheck.analysis.summaries import parse_summaries, shape_of, stats_from_entry, summary_entry
@@ -54,7 +54,7 @@ def _inspect() -> None:
     for name in ("json", "github", "markdown"):
         format_report(name, report, shown, 0, selection=steps or None)
     if shown is not None:
-        depth_profile(report.rows, report.run.params, shown)
+        layer_depths(report.run.columns, shown)
 
 
 def test_one_input(data: bytes) -> None:
