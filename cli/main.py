@@ -12,7 +12,8 @@ import importlib
 
 import click
 
-from . import __version__
+from gradcheck.analysis import __version__
+
 from .guard import DEBUG_ENV, GuardedGroup
 
 GROUP_HELP = """Exit codes: 0 healthy, 1 findings, 2 bad input or usage, 3 internal error (one line on stderr;
