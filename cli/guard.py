@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -98,6 +97,8 @@ def debug_wanted(ctx: click.Context) -> bool:
 def internal_error(error: BaseException, debug: bool) -> SystemExit:
     """Report a crash in one line (or with the traceback under --debug); the exit to raise."""
     if debug:
+        import traceback  # only for --debug: every command line imports this module
+
         traceback.print_exception(error, file=sys.stderr)
     detail = str(error).splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__ + (f": {detail}" if detail else "")
