@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from read_throughput import (
     print_setup,
     write_file,
 )
+from startup import compiled_env
 
 BLOCK = (  # (name, shape as multiples of the width): one pre-norm transformer block
     ("ln_1.weight", (1,)),
@@ -198,7 +200,10 @@ def measure_run(
     run: Path, folder: Path, out: Path, gradcheck: str, peer: Sample | None, with_json: bool = True
 ) -> dict[str, Figure]:
     """Cold, cache first/second and (`with_json`) JSON of one gradcheck on one run, printed as they finish."""
-    cache = {**os.environ, "GRADCHECK_CACHE_DIR": str(Path(tempfile.mkdtemp(dir=folder, prefix="cache-")))}
+    cache = {
+        **compiled_env(folder),
+        "GRADCHECK_CACHE_DIR": str(Path(tempfile.mkdtemp(dir=folder, prefix="cache-"))),
+    }
     command = [gradcheck, "inspect", str(run)]
     plan = {
         "cold (--no-cache)": (command + ["--no-cache"], _no_cache_env(folder)),
@@ -208,6 +213,7 @@ def measure_run(
     }
     if not with_json:
         del plan["--format json (cached)"]
+    _compile_modules(gradcheck, folder, cache)
     found = {}
     for label, (line, env) in plan.items():
         found[label] = figure = run_once(line, out, env)
@@ -215,9 +221,22 @@ def measure_run(
     return found
 
 
+def _compile_modules(gradcheck: str, folder: Path, env: dict[str, str]) -> None:
+    """Inspect a one-tensor run once, unmeasured, so the modules' bytecode is cached (compiled_env)."""
+    tiny = folder / "tiny"
+    if not tiny.exists():
+        tiny.mkdir()
+        write_file(tiny / "step_00000000.safetensors", [("grad/w", (4,))], "F32", make_pools("F32"), 0)
+    for output_format in ("table", "json"):
+        subprocess.run(
+            [gradcheck, "inspect", str(tiny), "--format", output_format, "--no-cache"],
+            capture_output=True, env=env, check=False,
+        )  # fmt: skip
+
+
 def _no_cache_env(folder: Path) -> dict[str, str]:
     """--no-cache reads no cache; the variable still points away from the user's, should a flag be missing."""
-    return {**os.environ, "GRADCHECK_CACHE_DIR": str(folder / "unused-cache")}
+    return {**compiled_env(folder), "GRADCHECK_CACHE_DIR": str(folder / "unused-cache")}
 
 
 def print_figure(label: str, figure: Figure, peer: Sample | None) -> None:
@@ -238,7 +257,7 @@ def print_figure(label: str, figure: Figure, peer: Sample | None) -> None:
 def bench_run(name: str, run: Path, folder: Path, out: Path, args: argparse.Namespace) -> dict:
     """The peer, then ours (and the landed install's) on one run; the figures for the summary."""
     warm(run)
-    peer = run_once([sys.executable, "-c", PEER, str(run)], out, dict(os.environ)).sample
+    peer = run_once([sys.executable, "-c", PEER, str(run)], out, compiled_env(folder)).sample
     print(f"  numpy peer (safe_open per file)  {peer.seconds:7.2f} s  cpu {peer.cpu:7.2f} s"
           f"  peak RSS {peer.rss_mib:7.1f} MiB", flush=True)  # fmt: skip
     result = {"peer": peer}

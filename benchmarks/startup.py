@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -26,6 +27,16 @@ from pathlib import Path
 from read_throughput import bench_lock, find_gradcheck, make_pools, write_file
 
 TARGET_VERSION = 2.0
+
+
+def compiled_env(folder: Path) -> dict[str, str]:
+    """os.environ with bytecode caching on, into folder/pycache (no source folder is written to).
+
+    An installed wheel has its .pyc files; under PYTHONDONTWRITEBYTECODE=1 (set on some CI machines and
+    containers) an editable install compiles every gradcheck module at every start, ~0.1 s that users don't pay.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": str(folder / "pycache")}
 
 
 def python_of(gradcheck: str) -> str:
@@ -45,15 +56,17 @@ def commands(gradcheck: str, run: Path, label: str) -> dict[str, list[str]]:
     }
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one run of the command (stdout and stderr discarded); stop if it failed."""
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of the command (output discarded); stop if it failed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     code = subprocess.run(command, env=env, check=False, **quiet).returncode
     seconds = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code not in (0, 1):
         sys.exit(f"{' '.join(command)} failed (exit {code})")
-    return seconds
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def importtime(gradcheck: str, run: Path, env: dict[str, str]) -> None:
@@ -88,11 +101,11 @@ def main() -> None:
         run = folder / "tiny"
         run.mkdir()
         write_file(run / "step_00000000.safetensors", [("grad/w", (4,))], "F32", make_pools("F32"), 0)
-        env = {**os.environ, "GRADCHECK_CACHE_DIR": str(folder / "cache")}
+        env = {**compiled_env(folder), "GRADCHECK_CACHE_DIR": str(folder / "cache")}
         plan = {"python -c pass": [python_of(gradcheck), "-c", "pass"], **commands(gradcheck, run, "ours")}
         if args.landed:
             plan.update(commands(find_gradcheck(parser, args.landed), run, "landed"))
-        times: dict[str, list[float]] = {label: [] for label in plan}
+        times: dict[str, list[tuple[float, float]]] = {label: [] for label in plan}
         with bench_lock():
             for command in plan.values():  # warm-up: fills the stats cache and the OS's file cache
                 timed(command, env)
@@ -107,18 +120,22 @@ def main() -> None:
         shutil.rmtree(folder)
 
 
-def report(times: dict[str, list[float]], repeats: int) -> None:
-    """Best and median of each command, and the best as a multiple of the best bare start-up."""
-    bare = min(times["python -c pass"])
+def report(times: dict[str, list[tuple[float, float]]], repeats: int) -> None:
+    """Best and median wall (and best CPU) of each command, as multiples of the best bare start-up's."""
+    bare, bare_cpu = (min(t[i] for t in times["python -c pass"]) for i in (0, 1))
     print(f"{repeats} repetitions, rotating order; load average {os.getloadavg()[0]:.1f}")
     for label, found in times.items():
-        best, median = min(found), statistics.median(found)
+        best, cpu = min(t[0] for t in found), min(t[1] for t in found)
+        median = statistics.median(t[0] for t in found)
         print(
             f"  {label:42} best {best * 1000:7.1f} ms  median {median * 1000:7.1f} ms  {best / bare:5.2f}x bare"
+            f"  | cpu best {cpu * 1000:6.1f} ms  {cpu / bare_cpu:5.2f}x bare"
         )
-    ratio = min(times["gradcheck --version"]) / bare
+    ratio = min(t[0] for t in times["gradcheck --version"]) / bare
     verdict = "met" if ratio <= TARGET_VERSION else "MISSED"
-    print(f"target: gradcheck --version <= {TARGET_VERSION:g}x python -c pass: {ratio:.2f}x {verdict}")
+    print(
+        f"target: gradcheck --version <= {TARGET_VERSION:g}x python -c pass (best wall): {ratio:.2f}x {verdict}"
+    )
 
 
 if __name__ == "__main__":

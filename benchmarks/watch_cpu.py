@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from read_throughput import bench_lock, find_gradcheck, make_pools, write_file
+from startup import compiled_env
 
 TARGET_RATIO = 2.0
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -58,7 +59,7 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
     pools = make_pools("F32")
     for index in range(size):
         write_step(run, index, args, pools)
-    env = {**os.environ, "GRADCHECK_CACHE_DIR": tempfile.mkdtemp(dir=folder, prefix="cache-")}
+    env = {**compiled_env(folder), "GRADCHECK_CACHE_DIR": tempfile.mkdtemp(dir=folder, prefix="cache-")}
     command = [gradcheck, "watch", str(run), "--interval", str(args.interval), "--no-color"]
     began = time.perf_counter()
     with subprocess.Popen(

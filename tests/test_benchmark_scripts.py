@@ -42,7 +42,7 @@ def test_many_files_prints_every_target_beside_the_peer(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_startup_and_watch_cpu_run(tmp_path: Path) -> None:
     out = _script("startup.py", "--repeats", "1", tmp_path=tmp_path)
-    assert "target: gradcheck --version <= 2x python -c pass" in out
+    assert "target: gradcheck --version <= 2x python -c pass (best wall)" in out
     out = _script(
         "watch_cpu.py",
         "--sizes",
