@@ -1,0 +1,1 @@
+"""The gradcheck command line (`gradcheck.cli.main:cli`)."""

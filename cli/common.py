@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from gradcheck.analysis.cache import StatsCache, cache_refusal, default_cache_dir
 from gradcheck.analysis.config import (
     CHECK_IDS,
     FAIL_LEVELS,
@@ -19,11 +18,15 @@ from gradcheck.analysis.config import (
     with_thresholds,
 )
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.runs import Note
-from gradcheck.analysis.scanning import ScanOptions, available_cores
 
-from .console import make_console, printable
-from .progress import ScanProgress, progress_wanted
+from .console import printable
+
+if TYPE_CHECKING:  # imported where used: the reader pulls numpy, the progress bar rich (cli/main.py)
+    from gradcheck.analysis.cache import StatsCache
+    from gradcheck.analysis.runs import Note
+    from gradcheck.analysis.scanning import ScanOptions
+
+    from .progress import ScanProgress
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 Command = TypeVar("Command", bound=Callable[..., object])
@@ -108,6 +111,9 @@ def settle_config(
 
 def progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> ScanProgress | None:
     """A progress bar on stderr where one is wanted (terminal, not quiet, table output, not CI)."""
+    from .console import make_console
+    from .progress import ScanProgress, progress_wanted
+
     console = make_console(color=color, stderr=True)
     wanted = progress_wanted(console, quiet=quiet, output_format=output_format)
     return ScanProgress(console) if wanted else None
@@ -115,12 +121,17 @@ def progress_bar(*, color: bool | None, quiet: bool, output_format: str) -> Scan
 
 def scan_options(jobs: int | None, no_cache: bool, progress: ScanProgress | None = None) -> ScanOptions:
     """How to read: --jobs (default: available cores), the stats cache unless --no-cache, the progress bar."""
+    from gradcheck.analysis.cache import default_cache_dir
+    from gradcheck.analysis.scanning import ScanOptions, available_cores
+
     cache = None if no_cache else _trusted_cache(default_cache_dir())
     return ScanOptions(jobs=jobs or available_cores(), cache=cache, progress=progress)
 
 
 def _trusted_cache(directory: Path) -> StatsCache | None:
     """The stats cache in `directory`, or None (with one warning) if someone else could have written it."""
+    from gradcheck.analysis.cache import StatsCache, cache_refusal
+
     problem = cache_refusal(directory)
     if problem is None:
         return StatsCache(directory)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from gradcheck.analysis.config import Config, parse_threshold_option
+from gradcheck.analysis.config import parse_threshold_option
 from gradcheck.analysis.config_report import config_file as find_config_file
 from gradcheck.analysis.config_report import (
     near_miss_sections,
@@ -16,10 +15,14 @@ from gradcheck.analysis.config_report import (
     unmatched_globs,
 )
 from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.runs import load_run
 
 from .common import EXIT_OK, InputError, config_options, scan_options, settle_config
 from .console import make_console, printable
+
+if (
+    TYPE_CHECKING
+):  # rich and the reader are imported by the `config` command: `inspect` needs warn_config only
+    from gradcheck.analysis.config import Config
 
 CONFIG_HELP = """\b
 Exit codes:
@@ -57,12 +60,17 @@ def config(
         )
         warnings = near_miss_sections(Path.cwd())
         if run_dir is not None:
+            from gradcheck.analysis.runs import load_run
+
             run = load_run(run_dir, scan_options(None, no_cache=False))
             if not run.params:
                 raise InputError(f"{run_dir}: no readable snapshot file")
             warnings += unmatched_globs(settled, run.params)
     except GradcheckError as error:
         raise InputError(str(error)) from None
+    from rich.table import Table
+    from rich.text import Text
+
     console = make_console(color=color)
     console.print(Text(f"config file: {printable(str(file)) if file else '(none: defaults)'}", style="bold"))
     table = Table(box=None, header_style="bold")

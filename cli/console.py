@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich is imported by make_console: printable() serves commands that print no table
+    from rich.console import Console
 
 # Piped output (CI logs, files) has no terminal width; 80 columns would fold the table.
 _PIPE_WIDTH = 140
@@ -13,6 +15,8 @@ _PIPE_WIDTH = 140
 
 def make_console(*, color: bool | None, stderr: bool = False) -> Console:
     """A console for stdout or stderr: color None = auto (TTY, NO_COLOR, FORCE_COLOR), True/False = forced."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     is_tty = stream.isatty()
     width = None if is_tty or "COLUMNS" in os.environ else _PIPE_WIDTH

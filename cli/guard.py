@@ -2,19 +2,22 @@
 
 Also settles the standard streams before anything is printed: a closed stdout (`>&-`) becomes /dev/null (the
 caller asked for the exit code only), an encoding that cannot show a character prints an escape instead of
-raising, and a failed write to stdout (a full disk, a closed pipe) is one error line and exit 2.
+raising, and a failed write to stdout (a full disk) is one error line and exit 2. A pipe whose reader went
+away (`gradcheck inspect RUN | head -1`) stops gradcheck quietly with exit 141 (128 + SIGPIPE), the status a
+shell reports for git, seq or cat stopped by the same pipe: neither 0 nor 1, so it never passes for a verdict.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-import traceback
 from typing import Any
 
 import click
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what `$?` shows for a tool killed by SIGPIPE
 DEBUG_ENV = "GRADCHECK_DEBUG"
 
 
@@ -22,22 +25,38 @@ class StdoutError(OSError):
     """Writing to standard output failed: the output target, not gradcheck, is at fault."""
 
 
-class _GuardedStdout:
-    """Standard output whose write errors are told apart from every other OSError."""
+class ReaderGone(Exception):
+    """The process reading stdout (or stderr) closed its end of the pipe: `gradcheck ... | head`.
 
-    def __init__(self, stream: Any) -> None:
+    Not an OSError on purpose: click turns an EPIPE OSError into exit 1, which means "findings" here.
+    """
+
+
+class _GuardedStdout:
+    """A standard stream whose write errors are told apart from every other OSError."""
+
+    def __init__(self, stream: Any, *, stdout: bool = True) -> None:
         self._stream = stream
+        self._stdout = stdout
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
+        except BrokenPipeError:
+            raise ReaderGone from None
         except OSError as error:
+            if not self._stdout:
+                raise
             raise StdoutError(error.errno, error.strerror or str(error)) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
         except OSError as error:
+            if not self._stdout:
+                raise
             raise StdoutError(error.errno, error.strerror or str(error)) from None
 
     def __getattr__(self, name: str) -> Any:
@@ -55,17 +74,19 @@ def settle_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
     if not isinstance(sys.stdout, _GuardedStdout):
         sys.stdout = _GuardedStdout(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _GuardedStdout):
+        sys.stderr = _GuardedStdout(sys.stderr, stdout=False)  # type: ignore[assignment]
 
 
-def _silence_stdout() -> None:
+def _silence_stdout(name: str = "stdout") -> None:
     """After a failed write, let the interpreter's final flush go nowhere instead of failing again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, getattr(sys, name).fileno())
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
-    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+    setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives until exit
 
 
 def debug_wanted(ctx: click.Context) -> bool:
@@ -76,6 +97,8 @@ def debug_wanted(ctx: click.Context) -> bool:
 def internal_error(error: BaseException, debug: bool) -> SystemExit:
     """Report a crash in one line (or with the traceback under --debug); the exit to raise."""
     if debug:
+        import traceback  # only for --debug: every command line imports this module
+
         traceback.print_exception(error, file=sys.stderr)
     detail = str(error).splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__ + (f": {detail}" if detail else "")
@@ -91,17 +114,30 @@ def stdout_failed(error: OSError) -> SystemExit:
     return SystemExit(EXIT_INPUT)
 
 
+def reader_gone() -> SystemExit:
+    """Stop quietly: whoever read our output has what they wanted (exit 141, as git and coreutils)."""
+    _silence_stdout("stdout")
+    _silence_stdout("stderr")  # `2>&1 | head`: the same pipe; nothing more can be said anyway
+    return SystemExit(EXIT_BROKEN_PIPE)
+
+
 def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class GuardedGroup(click.Group):
-    """A click group whose commands exit 3 on a crash, 130 on Ctrl-C, 2 when stdout cannot be written."""
+    """A click group whose commands exit 3 on a crash, 130 on Ctrl-C, 2 when stdout cannot be written.
+
+    A closed pipe on stdout or stderr (`| head`) exits 141 without a word, also while --help is printed.
+    """
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Settle the streams, then run the command line."""
         settle_streams()
-        return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **kwargs)
+        except ReaderGone:
+            raise reader_gone() from None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Accept --debug after the command too (`gradcheck inspect RUN --debug`): it is the group's option."""
@@ -116,6 +152,8 @@ class GuardedGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except ReaderGone:
+            raise reader_gone() from None
         except StdoutError as error:
             raise stdout_failed(error) from None
         except KeyboardInterrupt:

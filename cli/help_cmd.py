@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.resources import files
 
 import click
-from rich.markdown import Markdown
 
 from .common import EXIT_OK, InputError
 from .console import make_console
@@ -51,6 +50,8 @@ def help_command(topic: str | None) -> None:
     if console.is_terminal:
         # the pages are Markdown wrapped at 120 columns: on a terminal, render them to its width (issue #12:
         # no line wider than the screen); piped, they stay Markdown (`gradcheck help json > JSON.md`)
+        from rich.markdown import Markdown  # markdown-it and pygments: only for a terminal
+
         console.print(Markdown(text))
     else:
         click.echo(text, nl=False)

@@ -1,224 +1,110 @@
-"""The `gradcheck` command: parse options, call the analysis, render, exit with the documented code."""
+"""The `gradcheck` command group: each subcommand's module is imported only when that command runs.
+
+`gradcheck --version`, `--help` and a usage error import click and nothing of the analysis (no numpy, rich or
+safetensors): every command is named in COMMANDS with the module that defines it and its one-line help, which
+`--help` lists without importing the modules. tests/test_startup.py keeps COMMANDS equal to the commands'
+own help and checks what `--version` imports.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import version
-from pathlib import Path
+import importlib
 
 import click
 
-from gradcheck.analysis.errors import GradcheckError
-from gradcheck.analysis.history import StepRange, parse_step_range, select_steps, steps_until
-from gradcheck.analysis.inspection import Report, inspect_run, resolve_step
+from gradcheck.analysis import __version__
 
-from .activations_view import render_activations
-from .ci_formats import FORMATS, append_step_summary, format_report, write_atomically
-from .common import (
-    EXIT_FINDINGS,
-    EXIT_INPUT,
-    EXIT_OK,
-    InputError,
-    config_options,
-    progress_bar,
-    reading_options,
-    scan_options,
-    settle_config,
-    warn_unreadable,
-)
-from .config_cmd import config, warn_config
-from .console import make_console, printable
-from .depth import render_depth
-from .diff import baseline, diff
-from .export import export
 from .guard import DEBUG_ENV, GuardedGroup
-from .heatmap import heatmap
-from .help_cmd import help_command
-from .pictures.commands import plot, report
-from .render import render_report
-from .watch import watch
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  no finding at the --fail-on level (default: error)
-  1  findings at the --fail-on level
-  2  usage error, bad config, or no readable snapshot
-     (with --strict: any unreadable file)
-  3  internal error (a bug): one line on stderr; rerun
-     with `gradcheck --debug ...` for the traceback
-
-Config: [tool.gradcheck] in the nearest pyproject.toml (searched
-from the current directory upwards) or --config FILE; command-line
-options override it. Keys: fail-on, ignore, [thresholds], and
-[[overrides]] with params globs. `gradcheck config` shows the
-settings in force; more: gradcheck help config.
-"""
 GROUP_HELP = """Exit codes: 0 healthy, 1 findings, 2 bad input or usage, 3 internal error (one line on stderr;
 rerun with --debug, anywhere on the command line, for the traceback). More: gradcheck help bad-input.
 """
 
+# name -> (module, attribute, the first sentence of the command's docstring: what `gradcheck --help` lists)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "baseline": (
+        "gradcheck.cli.diff",
+        "baseline",
+        "Write RUN_DIR's per-layer measures to FILE, which `gradcheck diff` takes in place of the run.",
+    ),
+    "config": (
+        "gradcheck.cli.config_cmd",
+        "config",
+        "Print the effective settings and where each came from; with RUN_DIR, check the override globs.",
+    ),
+    "diff": (
+        "gradcheck.cli.diff",
+        "diff",
+        "Compare RUN_A with RUN_B layer by layer: gradient norms and update ratios at matching steps.",
+    ),
+    "export": (
+        "gradcheck.cli.export",
+        "export",
+        "Write every statistic of RUN_DIR to a Parquet or CSV file, one row per step, parameter and kind.",
+    ),
+    "heatmap": (
+        "gradcheck.cli.heatmap",
+        "heatmap",
+        "Draw RUN_DIR as layers x steps, coloured by a log10 metric: dim early layers = vanishing.",
+    ),
+    "help": (
+        "gradcheck.cli.help_cmd",
+        "help_command",
+        "Print a documentation page (Markdown); without TOPIC, list the topics.",
+    ),
+    "inspect": (
+        "gradcheck.cli.inspect_cmd",
+        "inspect",
+        "Inspect RUN_DIR: per-parameter gradient table, findings and a verdict.",
+    ),
+    "plot": (
+        "gradcheck.cli.pictures.commands",
+        "plot",
+        "Draw one chart of RUN_DIR as a PNG or SVG (for papers, READMEs and PR comments).",
+    ),
+    "report": (
+        "gradcheck.cli.pictures.commands",
+        "report",
+        "Write RUN_DIR's verdict, findings and charts as one HTML file that opens offline.",
+    ),
+    "watch": (
+        "gradcheck.cli.watch",
+        "watch",
+        "Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date.",
+    ),
+}
 
-@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=GROUP_HELP)
-@click.version_option(version("gradcheck"), "-V", "--version", prog_name="gradcheck")
+
+class LazyGroup(GuardedGroup):
+    """A group that imports a command's module when the command is asked for, not when gradcheck starts."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command, loaded or not, in alphabetical order (as click lists them)."""
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, imported on first use (a command added with add_command comes first)."""
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        module, attribute, _ = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The Commands section of --help from COMMANDS, without importing any command's module."""
+        shown = {name: click.Command(name, help=text) for name, (_, _, text) in COMMANDS.items()}
+        shown.update((name, command) for name, command in self.commands.items() if not command.hidden)
+        limit = formatter.width - 6 - max(map(len, shown))
+        rows = [(name, shown[name].get_short_help_str(limit)) for name in sorted(shown)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=GROUP_HELP)
+@click.version_option(__version__, "-V", "--version", prog_name="gradcheck")
 @click.option(
     "--debug", is_flag=True, help=f"Show the traceback of an internal error (exit 3); or set {DEBUG_ENV}=1."
 )
 def cli(debug: bool) -> None:
     """Find vanishing, exploding, NaN and dead gradients in a training run's safetensors snapshots."""
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--step", type=int, help="Step to show in the table (default: the last recorded).")
-@click.option(
-    "--steps", "steps_range", metavar="A:B|all",
-    help="Recorded steps A to B (inclusive, either side may be empty) for the history; the table shows the last.",
-)  # fmt: skip
-@click.option(
-    "--view", type=click.Choice(["table", "depth", "activations"]), default="table", show_default=True,
-    help="table: per parameter with history; depth: mean and max |g| per layer as bars; activations: per module "
-    "output and the loss (Recorder(activations=True)).",
-)  # fmt: skip
-@click.option(
-    "--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="table for people, json for machines (gradcheck help json); github, markdown, junit for CI (gradcheck help ci).",
-)  # fmt: skip
-@click.option(
-    "--json-schema", type=click.IntRange(1, 2), default=2, show_default=True,
-    help="JSON schema: 2 (per-parameter arrays, streamed) or 1 (one object per step; deprecated).",
-)  # fmt: skip
-@click.option(
-    "--output", type=click.Path(path_type=Path), metavar="FILE",
-    help="Write the --format output to FILE (replaced atomically); stdout shows the table.",
-)  # fmt: skip
-@config_options
-@click.option("--strict", is_flag=True, help="Exit 2 if any snapshot file is unreadable.")
-@click.option(
-    "--color/--no-color", default=None, help="Force colour on or off (default: auto, honours NO_COLOR)."
-)
-@reading_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings stay).")
-@click.option("-v", "--verbose", is_flag=True, help="Findings in full: every parameter, no line cut short.")
-def inspect(
-    run_dir: Path,
-    step: int | None,
-    steps_range: str | None,
-    view: str,
-    output_format: str,
-    json_schema: int,
-    output: Path | None,
-    fail_on: str | None,
-    config_file: Path | None,
-    thresholds: tuple[str, ...],
-    ignore: tuple[str, ...],
-    strict: bool,
-    color: bool | None,
-    jobs: int | None,
-    no_cache: bool,
-    quiet: bool,
-    verbose: bool,
-) -> None:
-    """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
-    if step is not None and steps_range is not None:
-        raise InputError("--step and --steps cannot be used together")
-    try:
-        bounds = parse_step_range(steps_range) if steps_range is not None else None
-        config = settle_config(config_file, thresholds, ignore, fail_on)
-        progress = progress_bar(color=color, quiet=quiet, output_format="table" if output else output_format)
-        try:
-            report = inspect_run(run_dir, config, scan_options(jobs, no_cache, progress))
-        finally:
-            if progress is not None:
-                progress.close()
-        warn_unreadable(report.run.unreadable)
-        warn_config(config, report.run.params)
-        if not quiet:
-            _note_skipped(report)
-        selection = _selection(report, step, bounds) if report.readable else ()
-        shown = selection[-1] if selection else None
-    except GradcheckError as error:
-        raise InputError(str(error)) from None
-    problem = None
-    if shown is None:
-        problem = f"{run_dir}: no readable snapshot file"
-    elif strict and report.run.unreadable:
-        problem = f"{run_dir}: {len(report.run.unreadable)} unreadable file(s) and --strict is set"
-    code = EXIT_INPUT if problem else EXIT_FINDINGS if report.failed else EXIT_OK
-    if output is not None:
-        _emit(output_format, json_schema, report, selection, code, output)
-    if output is None and output_format != "table":
-        _emit(output_format, json_schema, report, selection, code, None)
-    elif shown is not None and view == "depth":
-        render_depth(make_console(color=color), report, shown)
-    elif shown is not None and view == "activations":
-        try:
-            render_activations(make_console(color=color), report, shown, selection)
-        except GradcheckError as error:
-            raise InputError(str(error)) from None
-    elif shown is not None:
-        render_report(make_console(color=color), report, shown, selection, verbose=verbose)
-    if output_format == "github":
-        append_step_summary(report, shown)
-    if problem:
-        raise InputError(problem)
-    raise SystemExit(code)
-
-
-def _selection(report: Report, step: int | None, bounds: StepRange | None) -> tuple[int, ...]:
-    """The steps the history covers: --steps, else every recorded step up to --step (default: the last)."""
-    if bounds is not None:
-        return select_steps(report.run.steps, bounds)
-    return steps_until(report.run.steps, resolve_step(report, step))
-
-
-def _formatted(output_format: str, report: Report, selection: tuple[int, ...], code: int) -> str:
-    """The --format text of the report, over the --steps selection."""
-    shown = selection[-1] if selection else None
-    return format_report(output_format, report, shown, code, selection=selection or None)
-
-
-def _emit(
-    output_format: str,
-    schema: int,
-    report: Report,
-    selection: tuple[int, ...],
-    code: int,
-    output: Path | None,
-) -> None:
-    """The --format text to `output` (atomically) or stdout; JSON schema 2 is streamed, never held whole."""
-    if output_format == "json" and schema == 2:
-        from .jsonstream import stream_json  # numpy-heavy: imported only when the document is written
-
-        stream_json(report, selection, code, output)
-    elif output is not None:
-        _write_output(output, _formatted(output_format, report, selection, code))
-    else:
-        click.echo(_formatted(output_format, report, selection, code), nl=False)
-
-
-def _write_output(path: Path, text: str) -> None:
-    try:
-        write_atomically(path, text)
-    except OSError as error:
-        raise InputError(f"{path}: cannot write --output file: {error.strerror or error}") from None
-
-
-def _note_skipped(report: Report) -> None:
-    skipped = report.run.skipped
-    if skipped:
-        first = skipped[0]
-        click.echo(
-            f"gradcheck: note: {len(skipped)} non-float tensor(s) skipped, e.g. {printable(first.tensor or '')!r} "
-            f"in {printable(first.file)} ({first.reason})",
-            err=True,
-        )
-
-
-cli.add_command(heatmap)
-cli.add_command(diff)
-cli.add_command(baseline)
-cli.add_command(export)
-cli.add_command(config)
-cli.add_command(help_command)
-cli.add_command(watch)
-cli.add_command(report)
-cli.add_command(plot)

@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich.progress is imported when a bar is shown: most inspections never show one
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 SHOW_AFTER_SECONDS = 1.0  # quicker inspections never flash a bar
 
@@ -47,6 +41,15 @@ class ScanProgress:
         if self._bar is None:
             if self._clock() - self._began < self._delay or done >= total:
                 return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("reading snapshots"),
                 BarColumn(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -254,7 +255,7 @@ def test_piped_output_has_no_ansi_even_without_no_color(
 
 def test_every_inspect_option_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for param in cli.commands["inspect"].params:
+    for param in cli.get_command(click.Context(cli), "inspect").params:
         for flag in param.opts + param.secondary_opts:
             if flag.startswith("--"):
                 assert flag in readme, flag
