@@ -8,14 +8,12 @@ Values are the same float64 numbers the per-object path computes (the KindColumn
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .columns import KINDS, STAT_FIELDS, Columns, DerivedColumns, KindColumns
-from .history import MISSING, NONFINITE, OK, ZERO, Point, Trend, trend
 
 # The statistics each tensor gets, in document order: schema 1's tensor fields, then the RMS (export only).
 COUNT_FIELDS = ("count", "nan", "inf", "zeros")
@@ -100,30 +98,6 @@ def _first_known(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     first = known.argmax(axis=1)
     picked = values[np.arange(values.shape[0]), first]
     return np.where(known.any(axis=1), picked, np.nan)
-
-
-def grad_history(grad: KindColumns, p: int, rows: np.ndarray) -> tuple[list[float | None], list[str]]:
-    """log10 ‖g‖ and its state at step rows `rows`: history.grad_series of schema 1, bit for bit."""
-    count, bad = grad.count[rows, p], grad.nan[rows, p] + grad.inf[rows, p]
-    sq_sum, scale = grad.sq_sum[rows, p], grad.scale[rows, p]
-    missing = ~grad.present[rows, p] | (count == 0)
-    nonfinite = ~missing & ((bad > 0) | ~np.isfinite(sq_sum))
-    zero = ~missing & ~nonfinite & ~(sq_sum > 0)
-    ok = ~(missing | nonfinite | zero)
-    states = np.full(len(rows), OK, dtype=object)
-    states[missing], states[nonfinite], states[zero] = MISSING, NONFINITE, ZERO
-    # math.log10, not np.log10: the table's history (stats.log10_norm) uses libm, and SIMD numpy may differ
-    logs = np.array(list(map(math.log10, sq_sum[ok].tolist())), dtype=np.float64) / 2
-    logs = logs + np.array(list(map(math.log10, scale[ok].tolist())), dtype=np.float64)
-    log_norm: list[float | None] = [None] * len(rows)
-    for i, value in zip(np.flatnonzero(ok).tolist(), logs.tolist(), strict=True):
-        log_norm[i] = value
-    return log_norm, states.tolist()
-
-
-def history_trend(steps: Sequence[int], log_norm: Sequence[float | None]) -> Trend:
-    """The trend of a history (analysis/history.py), fitted over its ok points."""
-    return trend([Point(s, v, OK) for s, v in zip(steps, log_norm, strict=True) if v is not None])
 
 
 def latest_modules(contexts: Mapping[int, object]) -> dict[str, str]:

@@ -30,8 +30,6 @@ from gradcheck.analysis.export import (
     FLOAT_STATS,
     PARAM_METRICS,
     first_tensor,
-    grad_history,
-    history_trend,
     kind_block,
     kind_statistics,
     latest_modules,
@@ -39,7 +37,7 @@ from gradcheck.analysis.export import (
     layer_series,
     param_blocks,
 )
-from gradcheck.analysis.history import steps_until
+from gradcheck.analysis.history import grad_history, steps_until
 from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.thresholds import THRESHOLD_KEYS
 
@@ -195,7 +193,7 @@ def _layers(out: _Pieces, report: Report) -> None:
 def _params(out: _Pieces, report: Report, selection: Sequence[int]) -> None:
     """`params`: one object per parameter, computed a block of parameters at a time."""
     run, columns, derived = report.run, report.run.columns, report.derived
-    rows = np.searchsorted(columns.steps, np.asarray(selection, dtype=np.int64))
+    grad_norms = grad_history(columns, selection)  # every parameter's ‖g‖ history, as the table's
     modules = latest_modules(run.contexts)
     out.add('  "params": [')
     for block in param_blocks(len(columns.params)):
@@ -220,8 +218,9 @@ def _params(out: _Pieces, report: Report, selection: Sequence[int]) -> None:
                 _member(out, key, _floats(getattr(derived, source)[:, p]), level=3)
             for name, (part, stats) in statistics.items():
                 _kind(out, name, part.present[:, j], stats, j, columns.kinds[name].file[:, p])
-            log_norm, states = grad_history(columns.kinds["grad"], p, rows)
-            fitted = history_trend(selection, log_norm)
+            series = grad_norms.series(p)
+            log_norm, states = [point.log_norm for point in series], [point.state for point in series]
+            fitted = grad_norms.trend(p)
             history = {
                 "log10_grad_norm": _compact(log_norm),
                 "state": _compact(states),
