@@ -19,11 +19,10 @@ import os
 import stat
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import cache_format
+from . import __version__, cache_format
 from .atomic import replace_atomically
 from .cache_format import Stored
 from .reader import FileScan
@@ -75,11 +74,8 @@ def default_cache_dir() -> Path:
 
 
 def _tool_version() -> str:
-    """The installed gradcheck version, part of every key."""
-    try:
-        return metadata.version("gradcheck")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The gradcheck version, part of every key (pyproject.toml takes it from the same constant)."""
+    return __version__
 
 
 def cache_refusal(directory: Path) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gradcheck.analysis import __version__
 from gradcheck.analysis.baseline import baseline_document, load_baseline
 from gradcheck.analysis.diff import (
     DEFAULT_FACTOR,
@@ -207,7 +207,7 @@ def diff_document(result: RunDiff, exit_code: int) -> dict[str, Any]:
     """The JSON-ready dict of a comparison (docs/DIFF_WATCH.md); infinities become null through `dumps`."""
     return {
         "schema": SCHEMA_VERSION,
-        "gradcheck_version": version("gradcheck"),
+        "gradcheck_version": __version__,
         "run_a": result.run_a.path,
         "run_b": result.run_b.path,
         "steps": list(result.steps),
@@ -256,7 +256,7 @@ def baseline(run_dir: Path, output: Path, jobs: int | None, no_cache: bool) -> N
     if not run.steps:
         raise InputError(f"{run_dir}: no readable snapshot file")
     text = json.dumps(
-        dumps_ready(baseline_document(measure(run), version("gradcheck"))), separators=(",", ":")
+        dumps_ready(baseline_document(measure(run), __version__)), separators=(",", ":")
     ).replace("##[", "#\\u0023[")  # as in --format json: the file may be printed to a CI log; reads the same
     try:
         write_atomically(output, text + "\n")

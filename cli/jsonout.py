@@ -6,9 +6,9 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from importlib.metadata import version
 from typing import Any
 
+from gradcheck.analysis import __version__
 from gradcheck.analysis.activations import signals_document
 from gradcheck.analysis.context_summary import summarize_context
 from gradcheck.analysis.history import Point, grad_series, steps_until, trend
@@ -37,7 +37,7 @@ def report_document(
         selection = steps_until(run.steps, step)
     return {
         "schema": SCHEMA_VERSION,
-        "gradcheck_version": version("gradcheck"),
+        "gradcheck_version": __version__,
         "run": run.path,
         "status": report.status,
         "failed": report.failed,

@@ -15,13 +15,13 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from gradcheck.analysis import __version__
 from gradcheck.analysis.activations import signals_document
 from gradcheck.analysis.atomic import output_stream
 from gradcheck.analysis.columns import KINDS
@@ -80,7 +80,7 @@ def write_document(
     out = _Pieces(write)
     head = {
         "schema": SCHEMA,
-        "gradcheck_version": version("gradcheck"),
+        "gradcheck_version": __version__,
         "run": run.path,
         "status": report.status,
         "failed": report.failed,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -235,7 +234,7 @@ def test_entry_of_another_version_is_a_miss(
     stored: tuple[str, FileIdentity, FileScan], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name, identity, _ = stored
-    monkeypatch.setattr(importlib.metadata, "version", lambda _: "999.0")
+    monkeypatch.setattr(cache_module, "__version__", "999.0")
     assert StatsCache(tmp_path / "cache").get(name, identity) is None
 
 
