@@ -80,7 +80,10 @@ def summarize_context(
 
 
 def context_caption(summary: ContextSummary, at: StepContext | None = None) -> str:
-    """One line for under the table: optimizer, lr, loss scale (at the shown step), clipping, accumulation."""
+    """One line for under the table: optimizer, lr, loss scale (at the shown step), clipping, accumulation.
+
+    The loss has a line of its own under the table (cli/loss_line.py), so it is not repeated here.
+    """
     parts = [
         " ".join(p for p in (summary.optimizer, f"({summary.framework})" if summary.framework else "") if p)
     ]
@@ -97,8 +100,6 @@ def context_caption(summary: ContextSummary, at: StepContext | None = None) -> s
         parts.append(f"clipped {_percent(summary.clipped_share)} of {summary.clip_steps} steps")
     if summary.accumulation_max is not None and summary.accumulation_max > 1:
         parts.append(f"{_span(summary.accumulation_min, summary.accumulation_max)} micro-batches per step")
-    if summary.last_loss is not None:
-        parts.append(f"loss {_plain(summary.last_loss)}")
     return "context: " + ", ".join(part for part in parts if part)
 
 

@@ -38,7 +38,7 @@ def test_caption_and_notes() -> None:
     summary = summarize_context(context, {30: {"loss": 2.25}})
     assert context_caption(summary, context[15]) == (
         "context: AdamW (transformers), lr 1.0e-4..1.0e-3, loss scale 2048, clipped 75 % of 4 steps, "
-        "4 micro-batches per step, loss 2.2"
+        "4 micro-batches per step"
     )
     assert context_notes(summary) == [
         "AMP skipped 15 steps before step 15 (steps 0-14)",

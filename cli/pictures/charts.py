@@ -23,6 +23,7 @@ from gradcheck.analysis.story import Story, tell
 
 from .signal_data import CHART_OF_SIGNAL, ModuleSeries, module_series
 
+LOSS = "loss"
 # One colour per layer, cycled in model order: Tableau 10, which is both matplotlib's default cycle ("tab10")
 # and Vega's "tableau10" scheme, so the HTML report and `gradcheck plot` colour a layer alike.
 LAYER_COLOURS = (
@@ -117,7 +118,8 @@ def context_series(
     contexts: Mapping[int, Any], scalars: Mapping[int, Mapping[str, float]]
 ) -> dict[str, tuple[tuple[int, float], ...]]:
     """Scalar series over the steps: learning rate (the largest of the param groups), loss scale, gradient norm
-    before clipping, clip factor, AMP-skipped steps, and every recorded scalar; series with no value are left out.
+    before clipping, clip factor, AMP-skipped steps, and every recorded scalar but the loss (it has its own
+    chart); series with no value are left out.
     """
     out: dict[str, list[tuple[int, float]]] = {}
     for step in sorted(contexts):
@@ -135,7 +137,8 @@ def context_series(
                 out.setdefault(name, []).append((step, float(value)))
     for step in sorted(scalars):
         for name, value in scalars[step].items():
-            out.setdefault(name, []).append((step, float(value)))
+            if name != LOSS:  # drawn in a chart of its own (signal_specs), with NaN/Inf marked
+                out.setdefault(name, []).append((step, float(value)))
     return {name: tuple(points) for name, points in out.items()}
 
 
