@@ -94,6 +94,9 @@ def inspect(
     """Inspect RUN_DIR: per-parameter gradient table, findings and a verdict."""
     if step is not None and steps_range is not None:
         raise InputError("--step and --steps cannot be used together")
+    source = click.get_current_context().get_parameter_source("json_schema")
+    if output_format != "json" and source is click.core.ParameterSource.COMMANDLINE:
+        raise InputError(f"--json-schema applies to --format json, not --format {output_format}")
     from gradcheck.analysis.errors import GradcheckError
 
     try:

@@ -276,3 +276,9 @@ def test_csv_export_quotes_names_with_commas_quotes_and_line_breaks(
         rows = list(csv.DictReader(handle))
     assert sorted(row["param"] for row in rows) == sorted(names)
     assert {row["shape"] for row in rows} == {"[2, 3]"} and {row["norm"] for row in rows} == {repr(6**0.5)}
+
+
+def test_json_schema_without_format_json_is_a_usage_error(sample_runs: Path) -> None:
+    result = CliRunner().invoke(cli, ["inspect", str(sample_runs / "healthy_mlp"), "--json-schema", "1"])
+    assert result.exit_code == 2
+    assert "--json-schema applies to --format json, not --format table" in result.output
