@@ -1,0 +1,363 @@
+"""Fill a run's [step, param] columns from its files' blocks, without a Python object per tensor.
+
+Each file's rows go into the columns with a few numpy scatters (one per statistic and kind). Rows of files
+unchanged since a previous load are not read again: they are gathered from the previous run's columns, all
+such files at once. The first file of a tensor wins; the same tensor twice in one folder is an error, as in
+shards.assemble (which still merges the rare sharded runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .columns import KINDS, STAT_FIELDS, Columns, Tensor, columns_from_tensors, empty_kind
+from .errors import RunError
+from .loading import FileRead
+from .naming import natural_key, strip_wrappers
+from .shards import Piece, assemble
+
+_INDEX_FIELDS = ("file", "dtype", "shape")
+
+
+class AliveView(Mapping[tuple[int, int], int]):
+    """A kind's unit bitmaps by (step index, param index): `index[s, p]` is a place in `values` (-1: none)."""
+
+    def __init__(self, index: np.ndarray, values: Sequence[int | None]) -> None:
+        self.index, self.values = index, values
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        s, p = key
+        if not (0 <= s < self.index.shape[0] and 0 <= p < self.index.shape[1]):
+            raise KeyError(key)
+        place = int(self.index[s, p])
+        value = self.values[place] if place >= 0 else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for s, p in np.argwhere(self.index >= 0).tolist():
+            if self.values[self.index[s, p]] is not None:
+                yield (s, p)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@dataclass(frozen=True, eq=False)
+class Filled:
+    """What filling produced: the columns, each raw name's display name, and shard problems."""
+
+    columns: Columns
+    names: Mapping[str, str]
+    reads: tuple[FileRead, ...]  # without blocks: their rows now live in `columns`
+    problems: list[tuple[str, str]]
+
+
+def display_names(raw: set[str], by_kind: Mapping[str, set[str]]) -> dict[str, str]:
+    """Each name without wrapper prefixes (naming.strip_wrappers), unless that merges two names of one kind."""
+    names = strip_wrappers(sorted(raw))
+    if any(len({names[p] for p in group}) < len(group) for group in by_kind.values()):
+        return {name: name for name in raw}
+    return names
+
+
+def param_order(names: set[str], declared: list[str]) -> tuple[str, ...]:
+    """Declared (model) order first, the rest in natural order."""
+    known = [name for name in dict.fromkeys(declared) if name in names]
+    rest = sorted(names.difference(known), key=natural_key)
+    return tuple(known + rest)
+
+
+def declared_order(reads: Sequence[FileRead]) -> list[str]:
+    """Parameter names in model order from the first file whose `order` metadata lists any."""
+    from .runs import order_of
+
+    for read in reads:
+        if read.order is not None:
+            found = order_of({"order": read.order})
+            if found:
+                return found
+    return []
+
+
+def fill(reads: Sequence[FileRead], previous: tuple[Columns, Mapping[str, str]] | None) -> Filled:
+    """The columns of a run's readable files, in file order (reads without a block come from `previous`)."""
+    groups = {(id(r.kinds), id(r.params)): r for r in reads}.values()  # one per distinct key mapping
+    by_kind: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for read in groups:
+        for code, param in zip(read.kinds.tolist(), read.params, strict=True):
+            by_kind[KINDS[code]].add(param)
+    raw = set().union(*by_kind.values())
+    names = display_names(raw, {kind: group for kind, group in by_kind.items() if group})
+    order = [names.get(name, name) for name in declared_order(reads)]
+    params = param_order({names[name] for name in raw}, order)
+    steps = np.array(sorted({r.step for r in reads if len(r.params)}), dtype=np.int64)
+    filler = _Filler(steps, params, names, previous)
+    for batch in _batches(reads):
+        filler.add(batch)
+    filler.check_shapes()
+    return Filled(filler.columns(), names, tuple(filler.reads), [])
+
+
+def _batches(reads: Sequence[FileRead]) -> Iterator[list[FileRead]]:
+    """Runs of consecutive reads: each new file alone, consecutive reused files together."""
+    reused: list[FileRead] = []
+    for read in reads:
+        if read.block is None:
+            reused.append(read)
+            continue
+        if reused:
+            yield reused
+            reused = []
+        yield [read]
+    if reused:
+        yield reused
+
+
+class _Filler:
+    """Columns being filled, batch by batch in file order."""
+
+    def __init__(
+        self,
+        steps: np.ndarray,
+        params: tuple[str, ...],
+        names: Mapping[str, str],
+        previous: tuple[Columns, Mapping[str, str]] | None,
+    ) -> None:
+        self.steps, self.params, self.names, self.previous = steps, params, names, previous
+        self.kinds = {kind: empty_kind(len(steps), len(params)) for kind in KINDS}
+        self.alive_index = {kind: np.full((len(steps), len(params)), -1, np.int64) for kind in KINDS}
+        self.order = np.full((len(steps), len(params), len(KINDS)), -1, np.int64)  # row number, for errors
+        self.rows = 0
+        self.cols: dict[int, np.ndarray] = {}
+        self.files: list[str] = []
+        self.folders: list[str] = []
+        self.reads: list[FileRead] = []
+        old = previous[0] if previous else None
+        self.alive: list[int | None] = list(_alive_values(old)) if old else []
+        self.shapes = list(old.shapes) if old else []
+        self.dtypes = list(old.dtypes) if old else []
+        self.shape_at = {shape: i for i, shape in enumerate(self.shapes)}
+        self.dtype_at = {dtype: i for i, dtype in enumerate(self.dtypes)}
+        self.step_row = {step: i for i, step in enumerate(steps.tolist())}
+        self.param_col = {param: i for i, param in enumerate(params)}
+
+    def _col(self, params: tuple[str, ...]) -> np.ndarray:
+        found = self.cols.get(id(params))
+        if found is None:
+            found = np.array([self.param_col[self.names[p]] for p in params], dtype=np.intp)
+            self.cols[id(params)] = found
+        return found
+
+    def add(self, batch: list[FileRead]) -> None:
+        """Scatter a batch's rows into the columns (the first file of a tensor wins)."""
+        first = len(self.files)
+        for read in batch:
+            self.files.append(read.path)
+            self.folders.append(str(Path(read.path).parent))
+        lengths = [len(read.params) for read in batch]
+        s = np.repeat(np.array([self.step_row.get(r.step, 0) for r in batch], np.intp), lengths)
+        p = np.concatenate([self._col(r.params) for r in batch]) if batch else np.zeros(0, np.intp)
+        k = np.concatenate([r.kinds for r in batch]).astype(np.intp)
+        f = np.repeat(np.arange(first, first + len(batch), dtype=np.int32), lengths)
+        values = self._values(batch, s.size)
+        rows = np.arange(self.rows, self.rows + s.size)
+        self.rows += s.size
+        keep = self._first_only(s, p, k, f)
+        for code, kind in enumerate(KINDS):
+            here = keep & (k == code)
+            si, pi = s[here], p[here]
+            column = self.kinds[kind]
+            column.present[si, pi] = True
+            for name, array in values.items():
+                target = self.alive_index[kind] if name == "alive" else getattr(column, name)
+                target[si, pi] = f[here] if name == "file" else array[here]
+            self.order[si, pi, code] = rows[here]
+        if keep.all():  # a file some of whose rows lost to an earlier file is read again next time
+            self.reads.extend(replace(read, block=None) for read in batch)
+        else:
+            ends = np.cumsum(lengths)
+            kept = [bool(keep[end - n : end].all()) for n, end in zip(lengths, ends.tolist(), strict=True)]
+            self.reads.extend(replace(r, block=None) for r, whole in zip(batch, kept, strict=True) if whole)
+
+    def _first_only(self, s: np.ndarray, p: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """Rows whose tensor is not in the columns yet; a tensor twice in one folder is an error."""
+        cells = (s * len(self.params) + p) * len(KINDS) + k
+        taken = np.zeros(s.size, dtype=bool)
+        for code, kind in enumerate(KINDS):
+            here = k == code
+            taken[here] = self.kinds[kind].present[s[here], p[here]]
+        unique, first = np.unique(cells, return_index=True)
+        if unique.size == cells.size and not taken.any():
+            return np.ones(s.size, dtype=bool)
+        keep = np.zeros(s.size, dtype=bool)
+        keep[first] = True
+        keep &= ~taken
+        for i in np.flatnonzero(~keep).tolist():  # rare: replicated tensors of multi-rank runs
+            code = int(k[i])
+            earlier = (
+                int(self.kinds[KINDS[code]].file[s[i], p[i]])
+                if taken[i]
+                else int(f[first[np.searchsorted(unique, cells[i])]])
+            )
+            if self.folders[earlier] == self.folders[int(f[i])]:
+                what = f"{self.params[int(p[i])]!r} ({KINDS[code]}) at step {int(self.steps[s[i]])}"
+                raise RunError(f"{what} is in two files: {self.files[earlier]} and {self.files[int(f[i])]}")
+        return keep
+
+    def _values(self, batch: list[FileRead], n: int) -> dict[str, np.ndarray]:
+        """Every statistic, dtype, shape and bitmap place of the batch's rows."""
+        if batch[0].block is None:
+            return self._gathered(batch, n)
+        read = batch[0]
+        block = read.block
+        assert block is not None
+        values = {name: getattr(block, name) for name in STAT_FIELDS}
+        values["shape"] = _interned(read.shapes, self.shape_at, self.shapes)
+        values["dtype"] = _interned(read.dtypes, self.dtype_at, self.dtypes)
+        values["alive"] = np.arange(len(self.alive), len(self.alive) + n)
+        values["file"] = np.zeros(n, np.int32)  # set from the batch's file numbers
+        self.alive.extend(block.alive)
+        return values
+
+    def _gathered(self, batch: list[FileRead], n: int) -> dict[str, np.ndarray]:
+        """Rows of unchanged files, gathered from the previous run's columns (where they were kept whole)."""
+        assert self.previous is not None
+        old, old_names = self.previous
+        lengths = [len(read.params) for read in batch]
+        s = np.repeat(np.array([old.step_index(r.step) for r in batch], np.intp), lengths)
+        p = np.concatenate([self._old_col(r.params, old, old_names) for r in batch])
+        k = np.concatenate([r.kinds for r in batch])
+        out = {name: np.empty(n, dtype=getattr(old.kinds["grad"], name).dtype) for name in STAT_FIELDS}
+        out.update({name: np.empty(n, np.int32) for name in ("shape", "dtype", "file")})
+        out["alive"] = np.empty(n, np.int64)
+        old_alive = _alive_indexes(old)
+        for code, kind in enumerate(KINDS):
+            here = k == code
+            si, pi, column = s[here], p[here], old.kinds[kind]
+            for name in (*STAT_FIELDS, "shape", "dtype"):
+                out[name][here] = getattr(column, name)[si, pi]
+            out["alive"][here] = old_alive[kind][si, pi]
+        return out
+
+    def _old_col(self, params: tuple[str, ...], old: Columns, old_names: Mapping[str, str]) -> np.ndarray:
+        key = (id(params), "old")
+        found = self.cols.get(key)  # type: ignore[call-overload]
+        if found is None:
+            found = np.array([old.param_index(old_names[p]) for p in params], dtype=np.intp)
+            self.cols[key] = found  # type: ignore[index]
+        return found
+
+    def check_shapes(self) -> None:
+        """Refuse a run whose gradient, parameter and update of one name at one step differ in shape."""
+        shapes = np.stack([self.kinds[kind].shape for kind in KINDS], axis=-1)
+        first = np.where(self.order >= 0, self.order, np.iinfo(np.int64).max).argmin(axis=-1)
+        reference = np.take_along_axis(shapes, first[..., None], axis=-1)
+        bad = (shapes >= 0) & (shapes != reference)
+        if not bad.any():
+            return
+        cells = np.argwhere(bad.any(axis=-1))
+        worst = min(
+            ((int(self.order[s, p][bad[s, p]].min()), s, p) for s, p in cells.tolist()), key=lambda t: t[0]
+        )
+        _, s, p = worst
+        later = next(c for c in range(len(KINDS)) if bad[s, p, c] and self.order[s, p, c] == worst[0])
+        early = int(first[s, p])
+        (one, one_file), (two, two_file) = (self._where(s, p, c) for c in (early, later))
+        raise RunError(
+            f"{self.params[p]!r} at step {int(self.steps[s])}: {KINDS[early]} has shape {list(one)} (in "
+            f"{one_file}) but {KINDS[later]} has shape {list(two)} (in {two_file})"
+        )
+
+    def _where(self, s: int, p: int, code: int) -> tuple[tuple[int, ...], str]:
+        column = self.kinds[KINDS[code]]
+        return self.shapes[column.shape[s, p]], self.files[column.file[s, p]]
+
+    def columns(self) -> Columns:
+        """The filled columns, with the bitmaps as views."""
+        kinds = {
+            kind: replace(column, alive=AliveView(self.alive_index[kind], self.alive))
+            for kind, column in self.kinds.items()
+        }
+        return Columns(
+            steps=self.steps,
+            params=self.params,
+            kinds=kinds,
+            files=tuple(self.files),
+            dtypes=tuple(self.dtypes),
+            shapes=tuple(self.shapes),
+        )
+
+
+def _interned(items: tuple, at: dict, table: list) -> np.ndarray:
+    """Places of `items` in `table`, adding those not in it yet (`at`: item -> place)."""
+    places = []
+    for item in items:
+        place = at.get(item)
+        if place is None:
+            place = at[item] = len(table)
+            table.append(item)
+        places.append(place)
+    return np.array(places, dtype=np.int32)
+
+
+def _alive_values(columns: Columns) -> Sequence[int | None]:
+    view = columns.kinds["grad"].alive
+    return view.values if isinstance(view, AliveView) else []
+
+
+def _alive_indexes(columns: Columns) -> dict[str, np.ndarray]:
+    return {
+        kind: column.alive.index if isinstance(column.alive, AliveView) else np.full(column.present.shape, -1)
+        for kind, column in columns.kinds.items()
+    }
+
+
+def fill_sharded(reads: Sequence[FileRead]) -> Filled:
+    """The columns of a run with sharded files: every tensor as a piece, merged by shards.assemble (slow, rare)."""
+    pieces = [
+        Piece(
+            r.step,
+            KINDS[code],
+            param,
+            r.block.stats(i),
+            r.shapes[i],
+            r.dtypes[i],
+            r.path,
+            str(Path(r.path).parent),
+            shard,
+        )
+        for r in reads
+        if r.block is not None
+        for i, (code, param, shard) in enumerate(
+            zip(r.kinds.tolist(), r.params, r.shards or [None] * len(r.params), strict=True)
+        )
+    ]
+    whole, problems = assemble(pieces)
+    by_kind: dict[str, set[str]] = {}
+    for _, param, kind in whole:
+        by_kind.setdefault(kind, set()).add(param)
+    names = display_names({param for _, param, _ in whole}, by_kind)
+    tensors = {(s, names[p], k): Tensor(v.stats, v.shape, v.dtype, v.file) for (s, p, k), v in whole.items()}
+    check_shapes(tensors)
+    present = {param for _, param, _ in tensors}
+    params = param_order(present, [names.get(name, name) for name in declared_order(reads)])
+    steps = sorted({step for step, _, _ in tensors})
+    return Filled(columns_from_tensors(steps, params, tensors), names, (), problems)
+
+
+def check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:
+    """Refuse a run whose gradient, parameter and update of one name at one step differ in shape."""
+    seen: dict[tuple[int, str], tuple[str, Tensor]] = {}
+    for (step, param, kind), tensor in tensors.items():
+        other_kind, other = seen.setdefault((step, param), (kind, tensor))
+        if tensor.shape != other.shape:
+            raise RunError(
+                f"{param!r} at step {step}: {other_kind} has shape {list(other.shape)} (in {other.file}) "
+                f"but {kind} has shape {list(tensor.shape)} (in {tensor.file})"
+            )
