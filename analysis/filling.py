@@ -135,6 +135,7 @@ class _Filler:
         self.order = np.full((len(steps), len(params), len(KINDS)), -1, np.int64)  # row number, for errors
         self.rows = 0
         self.cols: dict[int, np.ndarray] = {}
+        self.places: dict[tuple, np.ndarray] = {}
         self.files: list[str] = []
         self.folders: list[str] = []
         self.reads: list[FileRead] = []
@@ -218,12 +219,19 @@ class _Filler:
         block = read.block
         assert block is not None
         values = {name: getattr(block, name) for name in STAT_FIELDS}
-        values["shape"] = _interned(read.shapes, self.shape_at, self.shapes)
-        values["dtype"] = _interned(read.dtypes, self.dtype_at, self.dtypes)
+        values["shape"] = self._places(read.shapes, self.shape_at, self.shapes)
+        values["dtype"] = self._places(read.dtypes, self.dtype_at, self.dtypes)
         values["alive"] = np.arange(len(self.alive), len(self.alive) + n)
         values["file"] = np.zeros(n, np.int32)  # set from the batch's file numbers
         self.alive.extend(block.alive)
         return values
+
+    def _places(self, items: tuple, at: dict, table: list) -> np.ndarray:
+        """_interned, once per distinct tuple (the files of a run mostly repeat one list of shapes)."""
+        found = self.places.get(items)
+        if found is None:
+            found = self.places[items] = _interned(items, at, table)
+        return found
 
     def _gathered(self, batch: list[FileRead], n: int) -> dict[str, np.ndarray]:
         """Rows of unchanged files, gathered from the previous run's columns (where they were kept whole)."""
