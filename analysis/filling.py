@@ -8,9 +8,9 @@ shards.assemble (which still merges the rare sharded runs).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -85,7 +85,10 @@ def declared_order(reads: Sequence[FileRead]) -> list[str]:
     return []
 
 
-def fill(reads: Sequence[FileRead], previous: tuple[Columns, Mapping[str, str]] | None) -> Filled:
+Previous = tuple[Columns, Mapping[str, str], Sequence[FileRead]]  # a run's columns, names and reads
+
+
+def fill(reads: Sequence[FileRead], previous: Previous | None) -> Filled:
     """The columns of a run's readable files, in file order (reads without a block come from `previous`)."""
     groups = {(id(r.kinds), id(r.params)): r for r in reads}.values()  # one per distinct key mapping
     by_kind: dict[str, set[str]] = {kind: set() for kind in KINDS}
@@ -98,9 +101,10 @@ def fill(reads: Sequence[FileRead], previous: tuple[Columns, Mapping[str, str]] 
     params = param_order({names[name] for name in raw}, order)
     steps = np.array(sorted({r.step for r in reads if len(r.params)}), dtype=np.int64)
     filler = _Filler(steps, params, names, previous)
-    for batch in _batches(reads):
+    done = filler.extend(reads) if previous is not None else 0
+    for batch in _batches(reads[done:]):
         filler.add(batch)
-    filler.check_shapes()
+    filler.check_shapes(np.array(sorted(filler.touched), dtype=np.intp) if done else None)
     return Filled(filler.columns(), names, tuple(filler.reads), [])
 
 
@@ -127,7 +131,7 @@ class _Filler:
         steps: np.ndarray,
         params: tuple[str, ...],
         names: Mapping[str, str],
-        previous: tuple[Columns, Mapping[str, str]] | None,
+        previous: Previous | None,
     ) -> None:
         self.steps, self.params, self.names, self.previous = steps, params, names, previous
         self.kinds = {kind: empty_kind(len(steps), len(params)) for kind in KINDS}
@@ -136,9 +140,11 @@ class _Filler:
         self.rows = 0
         self.cols: dict[int, np.ndarray] = {}
         self.places: dict[tuple, np.ndarray] = {}
+        self.old_rows: dict[int, int] | None = None
         self.files: list[str] = []
         self.folders: list[str] = []
         self.reads: list[FileRead] = []
+        self.touched: set[int] = set()  # step rows that rows were added to
         old = previous[0] if previous else None
         self.alive: list[int | None] = list(_alive_values(old)) if old else []
         self.shapes = list(old.shapes) if old else []
@@ -158,9 +164,8 @@ class _Filler:
     def add(self, batch: list[FileRead]) -> None:
         """Scatter a batch's rows into the columns (the first file of a tensor wins)."""
         first = len(self.files)
-        for read in batch:
-            self.files.append(read.path)
-            self.folders.append(str(Path(read.path).parent))
+        self.files.extend(read.path for read in batch)
+        self.folders.extend(os.path.dirname(read.path) for read in batch)
         lengths = [len(read.params) for read in batch]
         s = np.repeat(np.array([self.step_row.get(r.step, 0) for r in batch], np.intp), lengths)
         p = np.concatenate([self._col(r.params) for r in batch]) if batch else np.zeros(0, np.intp)
@@ -170,6 +175,7 @@ class _Filler:
         rows = np.arange(self.rows, self.rows + s.size)
         self.rows += s.size
         keep = self._first_only(s, p, k, f)
+        self.touched.update(np.unique(s).tolist())
         for code, kind in enumerate(KINDS):
             here = keep & (k == code)
             si, pi = s[here], p[here]
@@ -180,11 +186,38 @@ class _Filler:
                 target[si, pi] = f[here] if name == "file" else array[here]
             self.order[si, pi, code] = rows[here]
         if keep.all():  # a file some of whose rows lost to an earlier file is read again next time
-            self.reads.extend(replace(read, block=None) for read in batch)
+            self.reads.extend(read if read.block is None else replace(read, block=None) for read in batch)
         else:
             ends = np.cumsum(lengths)
             kept = [bool(keep[end - n : end].all()) for n, end in zip(lengths, ends.tolist(), strict=True)]
             self.reads.extend(replace(r, block=None) for r, whole in zip(batch, kept, strict=True) if whole)
+
+    def extend(self, reads: Sequence[FileRead]) -> int:
+        """Copy the previous run's rows when `reads` start with its reads and only add steps after its last,
+        the same parameters and names (a growing run: watch); return how many reads that placed (else 0)."""
+        assert self.previous is not None
+        old, old_names, old_reads = self.previous
+        count = len(old_reads)
+        if not (
+            old.params == self.params
+            and len(old.files) == count <= len(reads)
+            and all(a is b for a, b in zip(reads, old_reads, strict=False))
+            and np.array_equal(self.steps[: len(old.steps)], old.steps)
+            and all(self.names.get(raw) == name for raw, name in old_names.items())
+        ):
+            return 0
+        rows = len(old.steps)
+        old_alive = _alive_indexes(old)
+        for kind, column in self.kinds.items():
+            for name in ("present", *STAT_FIELDS, *_INDEX_FIELDS):
+                getattr(column, name)[:rows] = getattr(old.kinds[kind], name)
+            self.alive_index[kind][:rows] = old_alive[kind]
+            self.order[:rows, :, KINDS.index(kind)] = np.where(old.kinds[kind].present, 0, -1)
+        self.rows = 1  # the copied rows come first: an error names them as the earlier files
+        self.files.extend(old.files)
+        self.folders.extend(os.path.dirname(path) for path in old.files)
+        self.reads.extend(old_reads)
+        return count
 
     def _first_only(self, s: np.ndarray, p: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
         """Rows whose tensor is not in the columns yet; a tensor twice in one folder is an error."""
@@ -236,9 +269,11 @@ class _Filler:
     def _gathered(self, batch: list[FileRead], n: int) -> dict[str, np.ndarray]:
         """Rows of unchanged files, gathered from the previous run's columns (where they were kept whole)."""
         assert self.previous is not None
-        old, old_names = self.previous
+        old, old_names, _ = self.previous
         lengths = [len(read.params) for read in batch]
-        s = np.repeat(np.array([old.step_index(r.step) for r in batch], np.intp), lengths)
+        if self.old_rows is None:
+            self.old_rows = {step: i for i, step in enumerate(old.steps.tolist())}
+        s = np.repeat(np.array([self.old_rows[r.step] for r in batch], np.intp), lengths)
         p = np.concatenate([self._old_col(r.params, old, old_names) for r in batch])
         k = np.concatenate([r.kinds for r in batch])
         out = {name: np.empty(n, dtype=getattr(old.kinds["grad"], name).dtype) for name in STAT_FIELDS}
@@ -261,24 +296,33 @@ class _Filler:
             self.cols[key] = found  # type: ignore[index]
         return found
 
-    def check_shapes(self) -> None:
-        """Refuse a run whose gradient, parameter and update of one name at one step differ in shape."""
-        shapes = np.stack([self.kinds[kind].shape for kind in KINDS], axis=-1)
-        first = np.where(self.order >= 0, self.order, np.iinfo(np.int64).max).argmin(axis=-1)
+    def check_shapes(self, rows: np.ndarray | None) -> None:
+        """Refuse a run whose gradient, parameter and update of one name at one step differ in shape.
+
+        `rows`: only these step rows (the others were checked when the previous run was loaded).
+        """
+        if rows is not None:
+            shapes = np.stack([self.kinds[kind].shape[rows] for kind in KINDS], axis=-1)
+            order = self.order[rows]
+        else:
+            shapes = np.stack([self.kinds[kind].shape for kind in KINDS], axis=-1)
+            order = self.order
+        first = np.where(order >= 0, order, np.iinfo(np.int64).max).argmin(axis=-1)
         reference = np.take_along_axis(shapes, first[..., None], axis=-1)
         bad = (shapes >= 0) & (shapes != reference)
         if not bad.any():
             return
         cells = np.argwhere(bad.any(axis=-1))
         worst = min(
-            ((int(self.order[s, p][bad[s, p]].min()), s, p) for s, p in cells.tolist()), key=lambda t: t[0]
+            ((int(order[s, p][bad[s, p]].min()), s, p) for s, p in cells.tolist()), key=lambda t: t[0]
         )
         _, s, p = worst
-        later = next(c for c in range(len(KINDS)) if bad[s, p, c] and self.order[s, p, c] == worst[0])
+        later = next(c for c in range(len(KINDS)) if bad[s, p, c] and order[s, p, c] == worst[0])
         early = int(first[s, p])
-        (one, one_file), (two, two_file) = (self._where(s, p, c) for c in (early, later))
+        row = int(rows[s]) if rows is not None else s
+        (one, one_file), (two, two_file) = (self._where(row, p, c) for c in (early, later))
         raise RunError(
-            f"{self.params[p]!r} at step {int(self.steps[s])}: {KINDS[early]} has shape {list(one)} (in "
+            f"{self.params[p]!r} at step {int(self.steps[row])}: {KINDS[early]} has shape {list(one)} (in "
             f"{one_file}) but {KINDS[later]} has shape {list(two)} (in {two_file})"
         )
 
@@ -337,7 +381,7 @@ def fill_sharded(reads: Sequence[FileRead]) -> Filled:
             r.shapes[i],
             r.dtypes[i],
             r.path,
-            str(Path(r.path).parent),
+            os.path.dirname(r.path),
             shard,
         )
         for r in reads

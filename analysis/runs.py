@@ -121,8 +121,16 @@ def find_snapshot_files(run_dir: Path) -> list[Path]:
 
 def find_snapshots(run_dir: Path) -> tuple[list[Path], list[Note]]:
     """The snapshot files of a run, and the rank folders that could not be listed (a note each)."""
+    files, notes = snapshot_paths(run_dir)
+    return [Path(file) for file in files], notes
+
+
+def snapshot_paths(run_dir: Path) -> tuple[list[str], list[Note]]:
+    """find_snapshots as strings (`str(run_dir / name)`): a refresh of a long run lists thousands."""
     entries = _list(run_dir)
-    files = [run_dir / name for name in entries if is_snapshot_name(name)]
+    base = str(run_dir)
+    prefix = "" if base == "." else os.path.join(base, "")  # Path(".") / name is `name`
+    files = [prefix + name for name in entries if is_snapshot_name(name)]
     if files:
         return files, []
     listings = {name: _listing(run_dir / name) for name in entries if (run_dir / name).is_dir()}
@@ -138,7 +146,10 @@ def find_snapshots(run_dir: Path) -> tuple[list[Path], list[Note]]:
             if listings[rank] is None
         ]
         found = [
-            run_dir / rank / name for rank in ranks for name in listings[rank] or () if is_snapshot_name(name)
+            str(run_dir / rank / name)
+            for rank in ranks
+            for name in listings[rank] or ()
+            if is_snapshot_name(name)
         ]
         return found, unreadable
     nested = [name for name in nested if listings[name] is not None]
@@ -156,7 +167,7 @@ def _list(folder: Path) -> list[str]:
             f"{folder}: not a directory (give the run directory that holds the .safetensors files)"
         )
     try:
-        return sorted(os.listdir(folder), key=natural_key)
+        return natural_sorted(os.listdir(folder))
     except OSError as error:
         raise RunError(f"{folder}: cannot list the directory ({error.strerror or error})") from None
 
@@ -164,9 +175,15 @@ def _list(folder: Path) -> list[str]:
 def _listing(folder: Path) -> list[str] | None:
     """A folder's entries in natural order, None if it cannot be listed (permission denied, vanished)."""
     try:
-        return sorted(os.listdir(folder), key=natural_key)
+        return natural_sorted(os.listdir(folder))
     except OSError:
         return None
+
+
+def natural_sorted(names: list[str]) -> list[str]:
+    """Names in natural order; sorted as text first, which makes the natural sort of padded step numbers
+    a single pass (and orders names of one natural key, `a01` and `a1`, the same way every time)."""
+    return sorted(sorted(names), key=natural_key)
 
 
 def _list_problem(folder: Path) -> str:
@@ -264,12 +281,12 @@ def load_run(
     size, mtime, ctime) are unchanged are not read again: their rows come from `previous.columns`.
     """
     root = Path(run_dir)
-    files, unreadable = find_snapshots(root)
+    files, unreadable = snapshot_paths(root)
     with gc_paused():  # millions of arrays and small objects, no cycles: the collector would cost ~30 %
-        reads, problems = _read_files([str(path) for path in files], options, previous)
+        reads, problems = _read_files(files, options, previous)
         unreadable.extend(problems)
         sharded = any(read.shards for read in reads)
-        old = (previous.columns, previous._names) if previous is not None and previous._reads else None
+        old = (previous.columns, previous._names, previous._reads) if previous and previous._reads else None
         filled = fill_sharded(reads) if sharded else fill(reads, old)
     unreadable.extend(Note(file, problem) for file, problem in filled.problems)
     return _run(root, filled, reads, unreadable)
