@@ -186,11 +186,11 @@ class _Filler:
                 target[si, pi] = f[here] if name == "file" else array[here]
             self.order[si, pi, code] = rows[here]
         if keep.all():  # a file some of whose rows lost to an earlier file is read again next time
-            self.reads.extend(read if read.block is None else replace(read, block=None) for read in batch)
+            self.reads.extend(read if read.block is None else _emptied(read) for read in batch)
         else:
             ends = np.cumsum(lengths)
             kept = [bool(keep[end - n : end].all()) for n, end in zip(lengths, ends.tolist(), strict=True)]
-            self.reads.extend(replace(r, block=None) for r, whole in zip(batch, kept, strict=True) if whole)
+            self.reads.extend(_emptied(r) for r, whole in zip(batch, kept, strict=True) if whole)
 
     def extend(self, reads: Sequence[FileRead]) -> int:
         """Copy the previous run's rows when `reads` start with its reads and only add steps after its last,
@@ -344,6 +344,11 @@ class _Filler:
             dtypes=tuple(self.dtypes),
             shapes=tuple(self.shapes),
         )
+
+
+def _emptied(read: FileRead) -> FileRead:
+    """A read whose rows now live in the columns: what a later load needs to find them there."""
+    return replace(read, block=None, shapes=(), dtypes=())
 
 
 def _interned(items: tuple, at: dict, table: list) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,10 +66,11 @@ def block_of(scan: FileScan) -> StatsBlock:
     return block if isinstance(block, StatsBlock) else StatsBlock.from_stats(scan.stats)
 
 
-def read_file(scan: FileScan, identity: FileIdentity | None, step: int, texts: dict[str, str]) -> FileRead:
+def read_file(scan: FileScan, identity: FileIdentity | None, step: int, interned: dict) -> FileRead:
     """A scanned file as a FileRead; UnreadableFileError when its metadata or keys make no sense.
 
-    `texts` interns the `order` metadata text across the files of a run (every file usually repeats it).
+    `interned` keeps one copy of what every file of a run usually repeats (shapes, dtypes, `order` text),
+    so a long run holds it once.
     """
     from .runs import _not_recorded  # runs.py imports this module's users lazily: no import cycle
 
@@ -80,7 +81,10 @@ def read_file(scan: FileScan, identity: FileIdentity | None, step: int, texts: d
     mapped = _mapping(block.keys, name_kind)
     if isinstance(mapped, str):
         raise UnreadableFileError(path, mapped)
-    kinds, params = mapped
+    kinds, params, keys = mapped
+    if block.keys is not keys:  # one key tuple (and one of shapes, of dtypes) per run, not one per file
+        block = replace(block, keys=keys)
+    shapes, dtypes = interned.setdefault(shapes, shapes), interned.setdefault(dtypes, dtypes)
     if shards:
         found = [shards.get(param) for param in params]
         params = tuple(shard.global_name if shard else p for shard, p in zip(found, params, strict=True))
@@ -99,7 +103,7 @@ def read_file(scan: FileScan, identity: FileIdentity | None, step: int, texts: d
         context=parse_context(metadata[CONTEXT_KEY]) if CONTEXT_KEY in metadata else None,
         scalars=parse_scalars(metadata[SCALARS_KEY]) if SCALARS_KEY in metadata else None,
         activations=parse_activations(metadata[ACTIVATIONS_KEY]) if ACTIVATIONS_KEY in metadata else None,
-        order=None if order is None else texts.setdefault(order, order),
+        order=None if order is None else interned.setdefault(order, order),
     )
 
 
@@ -157,8 +161,8 @@ def _name_kind(path: Path) -> str | None | UnreadableFileError:
 @lru_cache(maxsize=256)  # one entry per distinct key list: a run has a handful
 def _mapping(
     keys: tuple[str, ...], name_kind: str | None | UnreadableFileError
-) -> tuple[np.ndarray, tuple[str, ...]] | str:
-    """(kind codes, params) of a file's keys, or what is wrong (as pieces_of_scan decided it per tensor)."""
+) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]] | str:
+    """(kind codes, params, the keys) of a file's keys, or what is wrong (as pieces_of_scan did per tensor)."""
     from .runs import split_key
 
     file_kind = name_kind if isinstance(name_kind, str) else None
@@ -184,4 +188,4 @@ def _mapping(
         kinds[i] = _KIND_CODE[kind]
         params.append(param)
     kinds.flags.writeable = False  # shared by every file with this key list
-    return kinds, tuple(params)
+    return kinds, tuple(params), keys

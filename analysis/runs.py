@@ -316,7 +316,7 @@ def _read_files(
         if path in known and identities[path] is not None and known[path].identity == identities[path]
     }
     scanned: dict[str, FileRead | Note] = {}
-    texts: dict[str, str] = {}
+    interned: dict = {}  # one copy of what the files repeat (loading.read_file)
     for name, scan in scan_files([path for path in paths if path not in reused], options):
         path = Path(name)
         try:
@@ -324,7 +324,7 @@ def _read_files(
                 raise scan
             check_format(path, scan.header.metadata)
             step = step_of(path, scan.header.metadata)
-            scanned[name] = read_file(scan, identities.get(name), step, texts)
+            scanned[name] = read_file(scan, identities.get(name), step, interned)
         except UnreadableFileError as error:
             scanned[name] = Note(str(path), error.problem)
     found = [reused.get(path) or scanned[path] for path in paths]
