@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
+
 from .checks import Finding, run_checks
 from .columns import DerivedColumns
 from .config import Config
@@ -66,60 +68,67 @@ class Report:
 
 
 class RowsView(Mapping[tuple[int, str], ParamStep]):
-    """Report.rows: each ParamStep built from the columns when first asked for (slow over a whole long run)."""
+    """Report.rows: the ParamSteps of a step built together from the columns the first time one is asked for
+    (slow over a whole long run: vectorised code reads `derived`)."""
 
     def __init__(self, run: Run, derived: DerivedColumns) -> None:
         self.run, self.derived = run, derived
-        self.built: dict[tuple[int, str], ParamStep] = {}
+        self._rows: dict[int, dict[str, ParamStep]] = {}
 
-    def __getitem__(self, key: tuple[int, str]) -> ParamStep:
-        found = self.built.get(key)
+    def row(self, s: int) -> dict[str, ParamStep]:
+        """{param: ParamStep} of step row `s`, in model order."""
+        found = self._rows.get(s)
         if found is None:
-            found = self.built[key] = self._build(key)
+            found = self._rows[s] = self._build(s)
         return found
 
-    def _build(self, key: tuple[int, str]) -> ParamStep:
-        step, param = key if isinstance(key, tuple) and len(key) == 2 else (None, None)
+    def _build(self, s: int) -> dict[str, ParamStep]:
         columns, d = self.run.columns, self.derived
-        s = columns.step_index(step) if isinstance(step, int) else None
-        p = columns.param_index(param) if isinstance(param, str) else None
-        if s is None or p is None or not d.present[s, p]:
+        step = int(columns.steps[s])
+        cols = np.flatnonzero(d.present[s])
+        tensors = self.run.tensors.row(s)  # type: ignore[attr-defined]
+        known = {name: getattr(d, name)[s, cols].tolist() for name in ("grad_param_known", "layer_known")}
+        values = {name: getattr(d, name)[s, cols].tolist() for name in _DERIVED}
+        found = {}
+        for i, p in enumerate(cols.tolist()):
+            param = columns.params[p]
+            layer_known = known["layer_known"][i]
+            found[param] = ParamStep(
+                param=param,
+                layer=d.layers[d.layer_index[p]],
+                step=step,
+                grad=tensors.get((param, "grad")),
+                value=tensors.get((param, "param")),
+                update=tensors.get((param, "update")),
+                update_ratio=_optional(values["update_ratio"][i]),
+                grad_param_ratio=values["grad_param_ratio"][i] if known["grad_param_known"][i] else None,
+                layer_norm=values["layer_norm"][i] if layer_known else None,
+                layer_rms=values["layer_rms"][i] if layer_known else None,
+                depth=_optional(values["depth"][i]),
+            )
+        return found
+
+    def __getitem__(self, key: tuple[int, str]) -> ParamStep:
+        step, param = key if isinstance(key, tuple) and len(key) == 2 else (None, None)
+        s = self.run.columns.step_index(step) if isinstance(step, int) else None
+        found = None if s is None else self.row(s).get(param)  # type: ignore[arg-type]
+        if found is None:
             raise KeyError(key)
-        known = bool(d.layer_known[s, p])
-        return ParamStep(
-            param=param,  # type: ignore[arg-type]
-            layer=d.layers[d.layer_index[p]],
-            step=step,  # type: ignore[arg-type]
-            grad=columns.tensor(step, param, "grad"),  # type: ignore[arg-type]
-            value=columns.tensor(step, param, "param"),  # type: ignore[arg-type]
-            update=columns.tensor(step, param, "update"),  # type: ignore[arg-type]
-            update_ratio=_optional(d.update_ratio[s, p]),
-            grad_param_ratio=d.grad_param_ratio[s, p].item() if d.grad_param_known[s, p] else None,
-            layer_norm=d.layer_norm[s, p].item() if known else None,
-            layer_rms=d.layer_rms[s, p].item() if known else None,
-            depth=_optional(d.depth[s, p]),
-        )
+        return found
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        steps, params = self.run.columns.steps.tolist(), self.run.columns.params
-        return (
-            (steps[s], params[p]) for s, p in zip(*map(list, self.derived.present.nonzero()), strict=True)
-        )
+        for s, step in enumerate(self.run.columns.steps.tolist()):
+            yield from ((step, param) for param in self.row(s))
 
     def __len__(self) -> int:
         return int(self.derived.present.sum())
 
-    def __contains__(self, key: object) -> bool:
-        try:
-            self[key]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
+
+_DERIVED = ("update_ratio", "grad_param_ratio", "layer_norm", "layer_rms", "depth")
 
 
-def _optional(value: float) -> float | None:
+def _optional(number: float) -> float | None:
     """A derived number as ParamStep holds it: NaN (not computed) is None."""
-    number = value.item()
     return None if math.isnan(number) else number
 
 

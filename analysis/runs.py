@@ -7,7 +7,7 @@ import gc
 import json
 import os
 import re
-from collections.abc import ItemsView, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from .naming import natural_key
 from .reader import FileScan
 from .scanning import ScanOptions, scan_files
 from .shards import Piece
+from .views import TensorsView
 
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
@@ -75,30 +76,7 @@ class Run:
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
-        return self.columns.tensor(step, param, kind)
-
-
-class TensorsView(Mapping[tuple[int, str, str], Tensor]):
-    """Run.tensors for code that wants one object per tensor (slow over a whole long run: use `columns`)."""
-
-    def __init__(self, columns: Columns) -> None:
-        self.columns = columns
-
-    def __getitem__(self, key: tuple[int, str, str]) -> Tensor:
-        found = self.columns.tensor(*key) if isinstance(key, tuple) and len(key) == 3 else None
-        if found is None:
-            raise KeyError(key)
-        return found
-
-    def __iter__(self) -> Iterator[tuple[int, str, str]]:
-        return (key for key, _ in self.columns.cells())
-
-    def __len__(self) -> int:
-        return sum(int(column.present.sum()) for column in self.columns.kinds.values())
-
-    def items(self) -> ItemsView[tuple[int, str, str], Tensor]:  # type: ignore[override]
-        """(key, Tensor) pairs, step-major, without a second look-up per key."""
-        return dict(self.columns.cells()).items()
+        return self.tensors.get((step, param, kind))
 
 
 def is_snapshot_name(name: str) -> bool:
