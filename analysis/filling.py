@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .columns import KINDS, STAT_FIELDS, Columns, Tensor, columns_from_tensors, empty_kind
+from .columns import EMPTY, INT_FIELDS, KINDS, STAT_FIELDS, Columns, KindColumns, Tensor, columns_from_tensors
 from .errors import RunError
 from .loading import FileRead
 from .naming import natural_key, strip_wrappers
@@ -88,8 +88,12 @@ def declared_order(reads: Sequence[FileRead]) -> list[str]:
 Previous = tuple[Columns, Mapping[str, str], Sequence[FileRead]]  # a run's columns, names and reads
 
 
-def fill(reads: Sequence[FileRead], previous: Previous | None) -> Filled:
-    """The columns of a run's readable files, in file order (reads without a block come from `previous`)."""
+def fill(reads: list[FileRead], previous: Previous | None) -> Filled:
+    """The columns of a run's readable files, in file order (reads without a block come from `previous`).
+
+    Each read in `reads` is replaced by one without its block once its rows are in the columns, so that a
+    long run does not hold every file's block and the columns at once.
+    """
     groups = {(id(r.kinds), id(r.params)): r for r in reads}.values()  # one per distinct key mapping
     by_kind: dict[str, set[str]] = {kind: set() for kind in KINDS}
     for read in groups:
@@ -101,26 +105,15 @@ def fill(reads: Sequence[FileRead], previous: Previous | None) -> Filled:
     params = param_order({names[name] for name in raw}, order)
     steps = np.array(sorted({r.step for r in reads if len(r.params)}), dtype=np.int64)
     filler = _Filler(steps, params, names, previous)
-    done = filler.extend(reads) if previous is not None else 0
-    for batch in _batches(reads[done:]):
-        filler.add(batch)
+    done = start = filler.extend(reads) if previous is not None else 0
+    while start < len(reads):  # each new file alone, consecutive reused files together
+        end = start + 1
+        while reads[start].block is None and end < len(reads) and reads[end].block is None:
+            end += 1
+        reads[start:end] = filler.add(reads[start:end])  # the blocks go: their rows are in the columns
+        start = end
     filler.check_shapes(np.array(sorted(filler.touched), dtype=np.intp) if done else None)
     return Filled(filler.columns(), names, tuple(filler.reads), [])
-
-
-def _batches(reads: Sequence[FileRead]) -> Iterator[list[FileRead]]:
-    """Runs of consecutive reads: each new file alone, consecutive reused files together."""
-    reused: list[FileRead] = []
-    for read in reads:
-        if read.block is None:
-            reused.append(read)
-            continue
-        if reused:
-            yield reused
-            reused = []
-        yield [read]
-    if reused:
-        yield reused
 
 
 class _Filler:
@@ -134,9 +127,9 @@ class _Filler:
         previous: Previous | None,
     ) -> None:
         self.steps, self.params, self.names, self.previous = steps, params, names, previous
-        self.kinds = {kind: empty_kind(len(steps), len(params)) for kind in KINDS}
-        self.alive_index = {kind: np.full((len(steps), len(params)), -1, np.int64) for kind in KINDS}
-        self.order = np.full((len(steps), len(params), len(KINDS)), -1, np.int64)  # row number, for errors
+        self.kinds = {kind: _lazy_kind(len(steps), len(params)) for kind in KINDS}
+        self.alive_index = {kind: np.full((len(steps), len(params)), -1, np.int32) for kind in KINDS}
+        self.order = np.full((len(steps), len(params), len(KINDS)), -1, np.int32)  # row number, for errors
         self.rows = 0
         self.cols: dict[int, np.ndarray] = {}
         self.places: dict[tuple, np.ndarray] = {}
@@ -161,8 +154,8 @@ class _Filler:
             self.cols[id(params)] = found
         return found
 
-    def add(self, batch: list[FileRead]) -> None:
-        """Scatter a batch's rows into the columns (the first file of a tensor wins)."""
+    def add(self, batch: list[FileRead]) -> list[FileRead]:
+        """Scatter a batch's rows into the columns (the first file of a tensor wins); the reads without blocks."""
         first = len(self.files)
         self.files.extend(read.path for read in batch)
         self.folders.extend(os.path.dirname(read.path) for read in batch)
@@ -185,12 +178,14 @@ class _Filler:
                 target = self.alive_index[kind] if name == "alive" else getattr(column, name)
                 target[si, pi] = f[here] if name == "file" else array[here]
             self.order[si, pi, code] = rows[here]
+        emptied = [read if read.block is None else _emptied(read) for read in batch]
         if keep.all():  # a file some of whose rows lost to an earlier file is read again next time
-            self.reads.extend(read if read.block is None else _emptied(read) for read in batch)
+            self.reads.extend(emptied)
         else:
             ends = np.cumsum(lengths)
             kept = [bool(keep[end - n : end].all()) for n, end in zip(lengths, ends.tolist(), strict=True)]
-            self.reads.extend(_emptied(r) for r, whole in zip(batch, kept, strict=True) if whole)
+            self.reads.extend(r for r, whole in zip(emptied, kept, strict=True) if whole)
+        return emptied
 
     def extend(self, reads: Sequence[FileRead]) -> int:
         """Copy the previous run's rows when `reads` start with its reads and only add steps after its last,
@@ -307,7 +302,7 @@ class _Filler:
         else:
             shapes = np.stack([self.kinds[kind].shape for kind in KINDS], axis=-1)
             order = self.order
-        first = np.where(order >= 0, order, np.iinfo(np.int64).max).argmin(axis=-1)
+        first = np.where(order >= 0, order, np.iinfo(order.dtype).max).argmin(axis=-1)
         reference = np.take_along_axis(shapes, first[..., None], axis=-1)
         bad = (shapes >= 0) & (shapes != reference)
         if not bad.any():
@@ -332,6 +327,10 @@ class _Filler:
 
     def columns(self) -> Columns:
         """The filled columns, with the bitmaps as views."""
+        for column in self.kinds.values():  # absent cells hold the empty summary's values (columns.EMPTY)
+            absent = ~column.present
+            for name in ("abs_min", "scale"):  # the others are 0, as allocated
+                np.copyto(getattr(column, name), EMPTY[name], where=absent)
         kinds = {
             kind: replace(column, alive=AliveView(self.alive_index[kind], self.alive))
             for kind, column in self.kinds.items()
@@ -344,6 +343,17 @@ class _Filler:
             dtypes=tuple(self.dtypes),
             shapes=tuple(self.shapes),
         )
+
+
+def _lazy_kind(steps: int, params: int) -> KindColumns:
+    """columns.empty_kind, but the statistics zeroed (pages the OS provides as they are first written), so
+    that the columns grow as the files' blocks are let go; `columns()` then writes the absent cells."""
+    shape = (steps, params)
+    arrays = {
+        name: np.zeros(shape, dtype=np.int64 if name in INT_FIELDS else np.float64) for name in STAT_FIELDS
+    }
+    indices = {name: np.full(shape, -1, dtype=np.int32) for name in _INDEX_FIELDS}
+    return KindColumns(present=np.zeros(shape, dtype=bool), **arrays, **indices, alive={})
 
 
 def _emptied(read: FileRead) -> FileRead:

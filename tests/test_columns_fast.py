@@ -54,7 +54,7 @@ def assert_derived_equal(run: Run) -> None:
 @pytest.mark.parametrize("run_dir", SAMPLES, ids=lambda p: p.name)
 def test_filled_columns_equal_the_per_object_assembly(run_dir: Path) -> None:
     reads, _ = runs_module._read_files([str(p) for p in runs_module.find_snapshot_files(run_dir)], None, None)
-    fast, slow = fill(reads, None), fill_sharded(reads)
+    fast, slow = fill(list(reads), None), fill_sharded(reads)
     assert fast.columns.params == slow.columns.params
     assert np.array_equal(fast.columns.steps, slow.columns.steps)
     found = {key: (t, t.stats.alive) for key, t in fast.columns.cells()}
