@@ -56,6 +56,9 @@ class Filled:
     names: Mapping[str, str]
     reads: tuple[FileRead, ...]  # without blocks: their rows now live in `columns`
     problems: list[tuple[str, str]]
+    # Step rows that differ from the previous run's (new, or given cells by new files) when the previous
+    # run's rows were copied whole (a growing run); None: every row is new.
+    fresh: np.ndarray | None = None
 
 
 def display_names(raw: set[str], by_kind: Mapping[str, set[str]]) -> dict[str, str]:
@@ -112,8 +115,11 @@ def fill(reads: list[FileRead], previous: Previous | None) -> Filled:
             end += 1
         reads[start:end] = filler.add(reads[start:end])  # the blocks go: their rows are in the columns
         start = end
-    filler.check_shapes(np.array(sorted(filler.touched), dtype=np.intp) if done else None)
-    return Filled(filler.columns(), names, tuple(filler.reads), [])
+    filler.check_shapes(
+        np.array(sorted(filler.touched), dtype=np.intp) if done else None
+    )  # the rest: checked
+    fresh = np.array(sorted(filler.touched), dtype=np.intp) if done else None
+    return Filled(filler.columns(), names, tuple(filler.reads), [], fresh)
 
 
 class _Filler:

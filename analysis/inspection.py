@@ -14,7 +14,7 @@ from .checks import Finding, run_checks
 from .columns import DerivedColumns
 from .config import Config
 from .errors import RunError
-from .metrics import ParamStep, derive_columns
+from .metrics import ParamStep, derive_columns, derive_rows
 from .runs import Run, gc_paused, load_run
 from .scanning import ScanOptions
 
@@ -146,10 +146,19 @@ def inspect_run(
     config = config or Config()
     run = load_run(run_dir, scan, previous=previous.run if previous is not None else None)
     with gc_paused():
-        derived = derive_columns(run.columns)
+        derived = _derived(run, previous)
         # The checks read the per-object rows until they read `derived` (the `checks` part of issue #14).
         findings = run_checks(run, RowsView(run, derived), config) if run.steps else []  # type: ignore[arg-type]
     return Report(run=run, derived=derived, findings=findings, config=config)
+
+
+def _derived(run: Run, previous: Report | None) -> DerivedColumns:
+    """derive_columns of the run; for a run grown from `previous.run`, only the rows that changed."""
+    base = run._base
+    fresh = run._fresh
+    if previous is None or fresh is None or base is not previous.run.columns:
+        return derive_columns(run.columns)
+    return derive_rows(run.columns, previous.derived, fresh)
 
 
 def resolve_step(report: Report, step: int | None) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .columns import EMPTY, KINDS, Columns, DerivedColumns, KindColumns
+from .columns import EMPTY, KINDS, STAT_FIELDS, Columns, DerivedColumns, KindColumns
 from .naming import layer_of
 from .runs import Run, Tensor
 from .stats import TensorStats
@@ -233,3 +234,34 @@ def _any_grad_by_layer(present: np.ndarray, layer_index: np.ndarray, layers: int
     for p, layer in enumerate(layer_index.tolist()):
         out[:, layer] |= present[:, p]
     return out
+
+
+def derive_rows(columns: Columns, base: DerivedColumns, fresh: np.ndarray) -> DerivedColumns:
+    """derive_columns(columns) from `base`, the derivation of columns whose first rows these columns copied,
+    recomputing only the `fresh` step rows (every derived number depends on its own step only)."""
+    steps, params = columns.shape
+    part = derive_columns(_rows_of(columns, fresh))
+    arrays = {}
+    for name in ("present", *_DERIVED_ARRAYS):
+        old = getattr(base, name)
+        out = np.empty((steps, params), dtype=old.dtype)
+        out[: old.shape[0]] = old
+        out[fresh] = getattr(part, name)
+        arrays[name] = out
+    return DerivedColumns(**arrays, layers=part.layers, layer_index=part.layer_index)
+
+
+_DERIVED_ARRAYS = (
+    "update_ratio", "grad_param_ratio", "grad_param_known", "layer_norm", "layer_rms", "layer_known", "depth",
+)  # fmt: skip
+
+
+def _rows_of(columns: Columns, rows: np.ndarray) -> Columns:
+    """The columns of some step rows only (copies; the unit bitmaps are not needed to derive)."""
+    kinds = {
+        kind: dataclasses.replace(
+            column, **{name: getattr(column, name)[rows] for name in ("present", *STAT_FIELDS)}, alive={}
+        )
+        for kind, column in columns.kinds.items()
+    }
+    return dataclasses.replace(columns, steps=columns.steps[rows], kinds=kinds)

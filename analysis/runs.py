@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .activations import Signals
 from .columns import KINDS, Columns, Tensor
 from .context import StepContext
@@ -68,6 +70,9 @@ class Run:
     # parameter name's display name. Empty for sharded runs, which are read whole every time.
     _reads: tuple[FileRead, ...] = field(default=(), repr=False, compare=False)
     _names: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # When `columns` copied the rows of a previous run (`_base`), the step rows that differ from its (else None).
+    _fresh: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _base: Columns | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def tensors(self) -> Mapping[tuple[int, str, str], Tensor]:
@@ -267,7 +272,7 @@ def load_run(
         old = (previous.columns, previous._names, previous._reads) if previous and previous._reads else None
         filled = fill_sharded(reads) if sharded else fill(reads, old)
     unreadable.extend(Note(file, problem) for file, problem in filled.problems)
-    return _run(root, filled, reads, unreadable)
+    return _run(root, filled, reads, unreadable, old[0] if old else None)
 
 
 @contextlib.contextmanager
@@ -309,7 +314,9 @@ def _read_files(
     return [r for r in found if isinstance(r, FileRead)], [r for r in found if isinstance(r, Note)]
 
 
-def _run(root: Path, filled: Filled, reads: list[FileRead], unreadable: list[Note]) -> Run:
+def _run(
+    root: Path, filled: Filled, reads: list[FileRead], unreadable: list[Note], base: Columns | None
+) -> Run:
     """The Run of filled columns and what the files' metadata says (the first file of a step wins)."""
     contexts: dict[int, StepContext] = {}
     scalars: dict[int, dict[str, float]] = {}
@@ -351,6 +358,8 @@ def _run(root: Path, filled: Filled, reads: list[FileRead], unreadable: list[Not
         signals=signals,
         _reads=filled.reads,
         _names=names,
+        _fresh=filled.fresh,
+        _base=base if filled.fresh is not None else None,
     )
 
 

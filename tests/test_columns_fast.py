@@ -203,3 +203,24 @@ def test_tensors_view_answers_like_a_dict() -> None:
     assert key in run.tensors and run.tensors[key] == run.get(*key)
     assert (run.steps[0], "nope", "grad") not in run.tensors and run.get(run.steps[0], "nope", "grad") is None
     assert len(run.tensors) == len(list(run.tensors)) == len(dict(run.tensors.items()))
+
+
+def test_a_grown_run_derives_only_its_new_rows_and_equals_a_full_derive(tmp_path: Path) -> None:
+    for step in range(3):
+        write_step(tmp_path, step)
+    first = inspect_run(tmp_path)
+    write_step(tmp_path, 3, scale=1e-30)
+    save_file({"grad/fc9.weight": np.ones(3, np.float32)}, str(tmp_path / "step_0001_extra.safetensors"))
+    (tmp_path / "step_0001_extra.safetensors").rename(tmp_path / "step_0004.safetensors")
+    grown = inspect_run(tmp_path, previous=first)
+    assert grown.run._fresh is not None or grown.run.params != first.run.params
+    full = derive_columns(grown.run.columns)
+    for name in (*DERIVED, *MASKS):
+        assert same_bits(getattr(grown.derived, name), getattr(full, name)), name
+    write_step(tmp_path, 5, scale=1e3)
+    again = inspect_run(tmp_path, previous=grown)
+    assert again.run._fresh is not None and again.run._fresh.tolist() == [5]
+    full = derive_columns(again.run.columns)
+    for name in (*DERIVED, *MASKS):
+        assert same_bits(getattr(again.derived, name), getattr(full, name)), name
+    assert_derived_equal(again.run)
