@@ -9,7 +9,7 @@ shards.assemble (which still merges the rare sharded runs).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,33 +19,9 @@ from .errors import RunError
 from .loading import FileRead
 from .naming import natural_key, strip_wrappers
 from .shards import Piece, assemble
+from .views import AliveView
 
 _INDEX_FIELDS = ("file", "dtype", "shape")
-
-
-class AliveView(Mapping[tuple[int, int], int]):
-    """A kind's unit bitmaps by (step index, param index): `index[s, p]` is a place in `values` (-1: none)."""
-
-    def __init__(self, index: np.ndarray, values: Sequence[int | None]) -> None:
-        self.index, self.values = index, values
-
-    def __getitem__(self, key: tuple[int, int]) -> int:
-        s, p = key
-        if not (0 <= s < self.index.shape[0] and 0 <= p < self.index.shape[1]):
-            raise KeyError(key)
-        place = int(self.index[s, p])
-        value = self.values[place] if place >= 0 else None
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for s, p in np.argwhere(self.index >= 0).tolist():
-            if self.values[self.index[s, p]] is not None:
-                yield (s, p)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 @dataclass(frozen=True, eq=False)

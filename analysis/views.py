@@ -6,7 +6,7 @@ a few steps costs a few steps, reading every one costs what building every objec
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, Mapping
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -75,3 +75,28 @@ def _row_tensors(columns: Columns, s: int) -> dict[tuple[str, str], Tensor]:
             if tensor is not None:
                 found[(param, kind)] = tensor
     return found
+
+
+class AliveView(Mapping[tuple[int, int], int]):
+    """A kind's unit bitmaps by (step index, param index): `index[s, p]` is a place in `values` (-1: none)."""
+
+    def __init__(self, index: np.ndarray, values: Sequence[int | None]) -> None:
+        self.index, self.values = index, values
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        s, p = key
+        if not (0 <= s < self.index.shape[0] and 0 <= p < self.index.shape[1]):
+            raise KeyError(key)
+        place = int(self.index[s, p])
+        value = self.values[place] if place >= 0 else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for s, p in np.argwhere(self.index >= 0).tolist():
+            if self.values[self.index[s, p]] is not None:
+                yield (s, p)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -3,7 +3,7 @@ full re-inspection (today's landed watch: every file again, through the stats ca
 
 For each size it writes a run of N step files (grad/param/update of `--params` 16x16 F32 weights), inspects
 it once, then for each of `--new` new files: writes it, and times (process CPU) what a refresh does:
-the poll's listing (as `watch.list_snapshots`) and `inspect_run(..., previous=last report)`, split into load_run, derive_columns and
+the poll's listing (as `watch.list_snapshots`) and `inspect_run(..., previous=last report)`, split into load_run, the derivation and
 the rest (the checks). The baseline re-inspects the whole run with a stats cache, as `watch` did before.
 Target (issue #14): the refresh at 5,000 files within 2x of the same at 500 files. benchmarks/watch_cpu.py
 measures the same end to end on the `gradcheck watch` process (rendering and polling included).
@@ -27,11 +27,11 @@ from read_throughput import bench_lock, make_pools, write_file
 from gradcheck.analysis import inspection
 from gradcheck.analysis.cache import StatsCache
 from gradcheck.analysis.inspection import inspect_run
-from gradcheck.analysis.metrics import derive_columns
 from gradcheck.analysis.runs import load_run
 from gradcheck.analysis.scanning import ScanOptions
 
 TARGET_RATIO = 2.0
+derived = inspection._derived
 
 
 def tensors(count: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -42,10 +42,10 @@ def tensors(count: int) -> list[tuple[str, tuple[int, ...]]]:
 
 
 class Timed:
-    """Process CPU seconds spent in load_run and derive_columns while inspecting (wrapped, not copied)."""
+    """Process CPU seconds spent in load_run and deriving while inspecting (wrapped, not copied)."""
 
     def __init__(self) -> None:
-        self.spent = {"load_run": 0.0, "derive_columns": 0.0}
+        self.spent = {"load_run": 0.0, "derive": 0.0}
 
     def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -72,7 +72,7 @@ def refreshes(run: Path, size: int, args: argparse.Namespace, incremental: bool)
     timed = Timed()
     options = ScanOptions(jobs=1, cache=None if incremental else StatsCache(Path(tempfile.mkdtemp())))
     inspection.load_run = timed.wrap("load_run", load_run)  # type: ignore[attr-defined]
-    inspection.derive_columns = timed.wrap("derive_columns", derive_columns)  # type: ignore[attr-defined]
+    inspection._derived = timed.wrap("derive", derived)
     report = inspect_run(run, None, options)
     timed.spent = dict.fromkeys(timed.spent, 0.0)
     total = 0.0
@@ -82,7 +82,7 @@ def refreshes(run: Path, size: int, args: argparse.Namespace, incremental: bool)
         list_snapshots(run)
         report = inspect_run(run, None, options, previous=report if incremental else None)
         total += time.process_time() - began
-    inspection.load_run, inspection.derive_columns = load_run, derive_columns  # type: ignore[attr-defined]
+    inspection.load_run, inspection._derived = load_run, derived  # type: ignore[attr-defined]
     assert len(report.run.steps) == size + args.new
     parts = {name: spent / args.new for name, spent in timed.spent.items()}
     return {"refresh": total / args.new, **parts, "rest": (total - sum(timed.spent.values())) / args.new}
@@ -124,7 +124,7 @@ def main() -> None:
             label = "incremental" if incremental else "full re-inspect"
             verdict = ("met" if ratio <= TARGET_RATIO else "MISSED") if incremental else "baseline"
             print(f"  {label}: {sizes[-1]} files {ratio:.2f}x the {sizes[0]}-file refresh ({verdict})")
-        for part in ("load_run", "derive_columns"):
+        for part in ("load_run", "derive"):
             ratio = found[(True, sizes[-1])][part] / max(found[(True, sizes[0])][part], 1e-9)
             print(f"  incremental {part}: {ratio:.2f}x")
     finally:
