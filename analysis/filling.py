@@ -117,7 +117,6 @@ class _Filler:
         self.places: dict[tuple, np.ndarray] = {}
         self.old_rows: dict[int, int] | None = None
         self.files: list[str] = []
-        self.folders: list[str] = []
         self.reads: list[FileRead] = []
         self.touched: set[int] = set()  # step rows that rows were added to
         old = previous[0] if previous else None
@@ -140,7 +139,6 @@ class _Filler:
         """Scatter a batch's rows into the columns (the first file of a tensor wins); the reads without blocks."""
         first = len(self.files)
         self.files.extend(read.path for read in batch)
-        self.folders.extend(os.path.dirname(read.path) for read in batch)
         lengths = [len(read.params) for read in batch]
         s = np.repeat(np.array([self.step_row.get(r.step, 0) for r in batch], np.intp), lengths)
         p = np.concatenate([self._col(r.params) for r in batch]) if batch else np.zeros(0, np.intp)
@@ -192,7 +190,6 @@ class _Filler:
             self.order[:rows, :, KINDS.index(kind)] = np.where(old.kinds[kind].present, 0, -1)
         self.rows = 1  # the copied rows come first: an error names them as the earlier files
         self.files.extend(old.files)
-        self.folders.extend(os.path.dirname(path) for path in old.files)
         self.reads.extend(old_reads)
         return count
 
@@ -216,7 +213,7 @@ class _Filler:
                 if taken[i]
                 else int(f[first[np.searchsorted(unique, cells[i])]])
             )
-            if self.folders[earlier] == self.folders[int(f[i])]:
+            if os.path.dirname(self.files[earlier]) == os.path.dirname(self.files[int(f[i])]):  # one folder
                 what = f"{self.params[int(p[i])]!r} ({KINDS[code]}) at step {int(self.steps[s[i]])}"
                 raise RunError(f"{what} is in two files: {self.files[earlier]} and {self.files[int(f[i])]}")
         return keep
