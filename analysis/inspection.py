@@ -74,6 +74,7 @@ class RowsView(Mapping[tuple[int, str], ParamStep]):
     def __init__(self, run: Run, derived: DerivedColumns) -> None:
         self.run, self.derived = run, derived
         self._rows: dict[int, dict[str, ParamStep]] = {}
+        self._step_rows = {step: s for s, step in enumerate(run.columns.steps.tolist())}
 
     def row(self, s: int) -> dict[str, ParamStep]:
         """{param: ParamStep} of step row `s`, in model order."""
@@ -110,7 +111,7 @@ class RowsView(Mapping[tuple[int, str], ParamStep]):
 
     def __getitem__(self, key: tuple[int, str]) -> ParamStep:
         step, param = key if isinstance(key, tuple) and len(key) == 2 else (None, None)
-        s = self.run.columns.step_index(step) if isinstance(step, int) else None
+        s = self._step_rows.get(step)  # type: ignore[arg-type]
         found = None if s is None else self.row(s).get(param)  # type: ignore[arg-type]
         if found is None:
             raise KeyError(key)
@@ -148,8 +149,13 @@ def inspect_run(
     with gc_paused():
         derived = _derived(run, previous)
         # The checks read the per-object rows until they read `derived` (the `checks` part of issue #14).
-        findings = run_checks(run, RowsView(run, derived), config) if run.steps else []  # type: ignore[arg-type]
-    return Report(run=run, derived=derived, findings=findings, config=config)
+        rows = RowsView(run, derived)
+        findings = run_checks(run, rows, config) if run.steps else []  # type: ignore[arg-type]
+    report = Report(run=run, derived=derived, findings=findings, config=config)
+    report.__dict__["rows"] = (
+        rows  # the cached_property's value: the rows the checks built are not built again
+    )
+    return report
 
 
 def _derived(run: Run, previous: Report | None) -> DerivedColumns:

@@ -21,6 +21,7 @@ class TensorsView(Mapping[tuple[int, str, str], Tensor]):
     def __init__(self, columns: Columns) -> None:
         self.columns = columns
         self._rows: dict[int, dict[tuple[str, str], Tensor]] = {}
+        self._step_rows = {step: s for s, step in enumerate(columns.steps.tolist())}
 
     def row(self, s: int) -> dict[tuple[str, str], Tensor]:
         """{(param, kind): Tensor} of step row `s`, in model then kind order."""
@@ -31,7 +32,7 @@ class TensorsView(Mapping[tuple[int, str, str], Tensor]):
 
     def __getitem__(self, key: tuple[int, str, str]) -> Tensor:
         step, param, kind = key if isinstance(key, tuple) and len(key) == 3 else (None, None, None)
-        s = self.columns.step_index(step) if isinstance(step, int) else None
+        s = self._step_rows.get(step)  # type: ignore[arg-type]
         found = None if s is None else self.row(s).get((param, kind))  # type: ignore[arg-type]
         if found is None:
             raise KeyError(key)
