@@ -11,6 +11,7 @@ _DIGITS = re.compile(r"([0-9]+)")
 _UNDERSCORE_SUFFIXES = frozenset({"W", "RW", "b", "gamma", "beta", "mean", "var", "weight", "bias"})
 
 
+@lru_cache(maxsize=1 << 17)  # a run's file names are sorted again at every `watch` refresh
 def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
     """Sort key that orders `layers.2` before `layers.10`.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
@@ -10,18 +12,20 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .activations import Signals
-from .columns import Columns, Tensor, columns_from_tensors
-from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse_scalars
+from .columns import KINDS, Columns, Tensor
+from .context import StepContext
 from .errors import RunError, UnreadableFileError
-from .naming import natural_key, strip_wrappers
+from .filling import Filled, declared_order, fill, fill_sharded
+from .loading import FileRead, identity_of, read_file
+from .naming import natural_key
 from .reader import FileScan
 from .scanning import ScanOptions, scan_files
-from .shards import Piece, assemble, parse_shards
-from .stats import TensorStats
-from .summaries import parse_summaries, shape_of, stats_from_entry
+from .shards import Piece
+from .views import TensorsView
 
-KINDS = ("grad", "param", "update")
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
 # Words that name a kind, in key prefixes (`grad/w`) and in file names (`grads_100.safetensors`).
@@ -47,12 +51,12 @@ class Note:
 
 @dataclass(frozen=True)
 class Run:
-    """Everything read from a run directory, keyed (step, param, kind)."""
+    """Everything read from a run directory: its statistics as [step, param] columns, and notes."""
 
     path: str
     steps: tuple[int, ...]
     params: tuple[str, ...]
-    tensors: dict[tuple[int, str, str], Tensor]
+    columns: Columns  # the run as [step, param] arrays (analysis/columns.py): what vectorised code reads
     unreadable: tuple[Note, ...]
     skipped: tuple[Note, ...]
     ordered: bool = False  # whether `params` follows a recorded model order (`order` metadata)
@@ -62,15 +66,22 @@ class Run:
     contexts: dict[int, StepContext] = field(default_factory=dict)
     scalars: dict[int, dict[str, float]] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)  # loss and activations (analysis/activations.py)
+    # What `load_run(..., previous=run)` reuses: the files read (their rows live in `columns`) and each raw
+    # parameter name's display name. Empty for sharded runs, which are read whole every time.
+    _reads: tuple[FileRead, ...] = field(default=(), repr=False, compare=False)
+    _names: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # When `columns` copied the rows of a previous run (`_base`), the step rows that differ from its (else None).
+    _fresh: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _base: Columns | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def tensors(self) -> Mapping[tuple[int, str, str], Tensor]:
+        """{(step, param, kind): Tensor}: a per-object view of `columns`, each Tensor built when asked for."""
+        return TensorsView(self.columns)
 
     def get(self, step: int, param: str, kind: str) -> Tensor | None:
         """The tensor of `kind` for `param` at `step`, or None when it was not recorded."""
         return self.tensors.get((step, param, kind))
-
-    @cached_property
-    def columns(self) -> Columns:
-        """The run as [step, param] arrays (analysis/columns.py): what vectorised code reads."""
-        return columns_from_tensors(self.steps, self.params, self.tensors)
 
 
 def is_snapshot_name(name: str) -> bool:
@@ -93,8 +104,16 @@ def find_snapshot_files(run_dir: Path) -> list[Path]:
 
 def find_snapshots(run_dir: Path) -> tuple[list[Path], list[Note]]:
     """The snapshot files of a run, and the rank folders that could not be listed (a note each)."""
+    files, notes = snapshot_paths(run_dir)
+    return [Path(file) for file in files], notes
+
+
+def snapshot_paths(run_dir: Path) -> tuple[list[str], list[Note]]:
+    """find_snapshots as strings (`str(run_dir / name)`): a refresh of a long run lists thousands."""
     entries = _list(run_dir)
-    files = [run_dir / name for name in entries if is_snapshot_name(name)]
+    base = str(run_dir)
+    prefix = "" if base == "." else os.path.join(base, "")  # Path(".") / name is `name`
+    files = [prefix + name for name in entries if is_snapshot_name(name)]
     if files:
         return files, []
     listings = {name: _listing(run_dir / name) for name in entries if (run_dir / name).is_dir()}
@@ -110,7 +129,10 @@ def find_snapshots(run_dir: Path) -> tuple[list[Path], list[Note]]:
             if listings[rank] is None
         ]
         found = [
-            run_dir / rank / name for rank in ranks for name in listings[rank] or () if is_snapshot_name(name)
+            str(run_dir / rank / name)
+            for rank in ranks
+            for name in listings[rank] or ()
+            if is_snapshot_name(name)
         ]
         return found, unreadable
     nested = [name for name in nested if listings[name] is not None]
@@ -128,7 +150,7 @@ def _list(folder: Path) -> list[str]:
             f"{folder}: not a directory (give the run directory that holds the .safetensors files)"
         )
     try:
-        return sorted(os.listdir(folder), key=natural_key)
+        return natural_sorted(os.listdir(folder))
     except OSError as error:
         raise RunError(f"{folder}: cannot list the directory ({error.strerror or error})") from None
 
@@ -136,9 +158,15 @@ def _list(folder: Path) -> list[str]:
 def _listing(folder: Path) -> list[str] | None:
     """A folder's entries in natural order, None if it cannot be listed (permission denied, vanished)."""
     try:
-        return sorted(os.listdir(folder), key=natural_key)
+        return natural_sorted(os.listdir(folder))
     except OSError:
         return None
+
+
+def natural_sorted(names: list[str]) -> list[str]:
+    """Names in natural order; sorted as text first, which makes the natural sort of padded step numbers
+    a single pass (and orders names of one natural key, `a01` and `a1`, the same way every time)."""
+    return sorted(sorted(names), key=natural_key)
 
 
 def _list_problem(folder: Path) -> str:
@@ -207,65 +235,13 @@ def order_of(metadata: dict[str, str]) -> list[str]:
 
 def pieces_of_scan(scan: FileScan, step: int) -> Iterator[Piece]:
     """Every float tensor of a scanned file, and every summary in its metadata, as pieces of the run."""
-    path = Path(scan.path)
-    metadata = scan.header.metadata
-    try:
-        summaries = parse_summaries(metadata)
-        shards = parse_shards(metadata)
-        found = [
-            (key, stats, shape, dtype) for key, (stats, shape, dtype) in _entries(scan, summaries).items()
-        ]
-    except json.JSONDecodeError as error:  # say which entry, not just where the parser stopped
-        key = next((k for k, v in metadata.items() if v == error.doc), "metadata")
-        where = f"line {error.lineno} column {error.colno}"
-        raise UnreadableFileError(
-            path, f"bad gradcheck metadata: {key} is not valid JSON ({where})"
-        ) from None
-    except (ValueError, TypeError, RecursionError) as error:
-        raise UnreadableFileError(path, f"bad gradcheck metadata: {error}") from None
-    file_kind = _announced_kind(path)
-    seen: dict[tuple[str, str], str] = {}
-    folder = str(path.parent)
-    for key, stats, shape, dtype in found:
-        kind, param = split_key(key)
-        if file_kind and kind != file_kind:  # the file name wins: Flax's `params/...` keys in `grads_3`
-            kind, param = None, key
-        if kind is None:
-            file_kind = file_kind or kind_from_file_name(path)
-            if file_kind is None:
-                raise UnreadableFileError(
-                    path,
-                    f"cannot tell whether tensor {key!r} is a gradient, parameter or update: prefix keys "
-                    "with grad/, param/ or update/, or put grads, params or updates in the file name",
-                )
-            kind = file_kind
-        if (kind, param) in seen:
-            raise UnreadableFileError(path, f"keys {seen[(kind, param)]!r} and {key!r} are the same tensor")
-        seen[(kind, param)] = key
-        shard = shards.get(param)
-        name = shard.global_name if shard else param
-        yield Piece(step, kind, name, stats, shape, dtype, scan.path, folder, shard)
-
-
-def _announced_kind(path: Path) -> str | None:
-    """The kind the file name announces, None when it names none or several (then key prefixes decide)."""
-    try:
-        return kind_from_file_name(path)
-    except UnreadableFileError:
-        return None
-
-
-def _entries(
-    scan: FileScan, summaries: dict[str, Mapping[str, object]]
-) -> dict[str, tuple[TensorStats, tuple[int, ...], str]]:
-    """(stats, shape, dtype) by key: streamed tensors, then precomputed summaries (stats mode)."""
-    shapes = {entry.name: entry for entry in scan.header.entries}
-    entries = {key: (stats, shapes[key].shape, shapes[key].dtype) for key, stats in scan.stats.items()}
-    for key, summary in summaries.items():
-        if key in entries:
-            raise ValueError(f"{key!r} is both a tensor and a summary")
-        entries[key] = (stats_from_entry(summary), shape_of(summary), str(summary.get("dtype", "?")))
-    return entries
+    read = read_file(scan, None, step, {})
+    assert read.block is not None
+    folder = str(Path(scan.path).parent)
+    shards = read.shards or (None,) * len(read.params)
+    for i, (code, param, shard) in enumerate(zip(read.kinds.tolist(), read.params, shards, strict=True)):
+        stats = read.block.stats(i)
+        yield Piece(step, KINDS[code], param, stats, read.shapes[i], read.dtypes[i], scan.path, folder, shard)
 
 
 def _not_recorded(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -279,104 +255,124 @@ def _not_recorded(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
     return [(key, why) for key, why in table.items() if isinstance(why, str)][:1000]
 
 
-def load_run(run_dir: str | os.PathLike[str], options: ScanOptions | None = None) -> Run:
-    """Read every snapshot file of a run; unreadable files become notes, not failures."""
+def load_run(
+    run_dir: str | os.PathLike[str], options: ScanOptions | None = None, *, previous: Run | None = None
+) -> Run:
+    """Read every snapshot file of a run; unreadable files become notes, not failures.
+
+    With `previous` (an earlier load of the same directory), files whose path and identity (device, inode,
+    size, mtime, ctime) are unchanged are not read again: their rows come from `previous.columns`.
+    """
     root = Path(run_dir)
-    pieces: list[Piece] = []
-    unreadable: list[Note] = []
-    skipped: list[Note] = []
-    declared_order: list[str] = []
-    modules: dict[str, str] = {}
-    files, unreadable_folders = find_snapshots(root)
-    unreadable.extend(unreadable_folders)
-    context: dict[int, StepContext] = {}
-    scalars: dict[int, dict[str, float]] = {}
-    signals = Signals()
-    for name, scan in scan_files([str(path) for path in files], options):
+    files, unreadable = snapshot_paths(root)
+    with gc_paused():  # millions of arrays and small objects, no cycles: the collector would cost ~30 %
+        reads, problems = _read_files(files, options, previous, str(root))
+        unreadable.extend(problems)
+        sharded = any(read.shards for read in reads)
+        old = (previous.columns, previous._names, previous._reads) if previous and previous._reads else None
+        filled = fill_sharded(reads) if sharded else fill(reads, old)
+    unreadable.extend(Note(file, problem) for file, problem in filled.problems)
+    return _run(root, filled, reads, unreadable, old[0] if old else None)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a while (on again after, if it was on), exceptions too."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _read_files(
+    paths: list[str], options: ScanOptions | None, previous: Run | None, folder: str
+) -> tuple[list[FileRead], list[Note]]:
+    """Each file as a FileRead, in order: reused from `previous` when unchanged, else scanned; notes for the rest."""
+    known = {read.path: read for read in previous._reads} if previous is not None else {}
+    identities = {path: identity_of(path) for path in paths}
+    reused = {
+        path: known[path]
+        for path in paths
+        if path in known and identities[path] is not None and known[path].identity == identities[path]
+    }
+    scanned: dict[str, FileRead | Note] = {}
+    interned: dict = {}  # one copy of what the files repeat (loading.read_file)
+    todo = [path for path in paths if path not in reused]
+    # One run index for the whole folder (analysis/cache.py); the files `previous` did not have are new or
+    # changed, so the index is not looked up for them (what keeps a watch refresh cheap).
+    for name, scan in scan_files(todo, options, folder=folder, new=previous is not None):
         path = Path(name)
         try:
             if isinstance(scan, UnreadableFileError):
                 raise scan
             check_format(path, scan.header.metadata)
             step = step_of(path, scan.header.metadata)
-            found = list(pieces_of_scan(scan, step))
+            scanned[name] = read_file(scan, identities.get(name), step, interned)
         except UnreadableFileError as error:
-            unreadable.append(Note(str(path), error.problem))
-            continue
-        pieces.extend(found)
-        skipped.extend(_read_context(path, step, scan.header.metadata, context, scalars))
-        modules.update(context[step].modules if step in context else {})
-        signals.add(str(path), step, scan.header.metadata)
-        skipped.extend(Note(str(path), reason, name) for name, reason in scan.skipped.items())
-        skipped.extend(Note(str(path), reason, name) for name, reason in _not_recorded(scan.header.metadata))
-        declared_order = declared_order or order_of(scan.header.metadata)
-    skipped.extend(Note(file, problem) for file, problem in signals.problems)
-    whole, problems = assemble(pieces)
-    unreadable.extend(Note(file, problem) for file, problem in problems)
-    names = _display_names(whole)
-    tensors = {(s, names[p], k): Tensor(v.stats, v.shape, v.dtype, v.file) for (s, p, k), v in whole.items()}
-    _check_shapes(tensors)
-    present = {param for _, param, _ in tensors}
-    order = [names.get(name, name) for name in declared_order]
-    params = _param_order(present, order)
+            scanned[name] = Note(str(path), error.problem)
+    found = [reused.get(path) or scanned[path] for path in paths]
+    return [r for r in found if isinstance(r, FileRead)], [r for r in found if isinstance(r, Note)]
+
+
+def _run(
+    root: Path, filled: Filled, reads: list[FileRead], unreadable: list[Note], base: Columns | None
+) -> Run:
+    """The Run of filled columns and what the files' metadata says (the first file of a step wins)."""
+    contexts: dict[int, StepContext] = {}
+    scalars: dict[int, dict[str, float]] = {}
+    modules: dict[str, str] = {}
+    skipped: list[Note] = []
+    signals = Signals()
+    signal_problems: list[tuple[str, str]] = []
+    applied = None
+    for read in reads:
+        problems: list[str] = []
+        if read.context is not None and read.step not in contexts:
+            contexts[read.step], found = read.context
+            problems += found
+        if read.scalars is not None and read.step not in scalars:
+            scalars[read.step], found = read.scalars
+            problems += found
+        skipped.extend(Note(read.path, problem) for problem in problems)
+        context = contexts.get(read.step)
+        if context is not None and context is not applied:  # the same context again changes nothing
+            modules.update(context.modules)
+            applied = context
+        skipped.extend(Note(read.path, reason, name) for name, reason in read.skipped)
+        signal_problems.extend(_add_signals(signals, read))
+    skipped.extend(Note(file, problem) for file, problem in signal_problems)
+    columns, names = filled.columns, filled.names
+    order = [names.get(name, name) for name in declared_order(reads)]
+    present = set(columns.params)
     return Run(
         path=str(root),
-        steps=tuple(sorted({step for step, _, _ in tensors})),
-        params=params,
-        tensors=tensors,
+        steps=tuple(columns.steps.tolist()),
+        params=columns.params,
+        columns=columns,
         unreadable=tuple(unreadable),
         skipped=tuple(skipped),
         ordered=any(name in present for name in order),
         modules={names.get(name, name): kind for name, kind in modules.items()},
-        contexts={step: context[step] for step in sorted(context)},
+        contexts={step: contexts[step] for step in sorted(contexts)},
         scalars={step: scalars[step] for step in sorted(scalars)},
         signals=signals,
+        _reads=filled.reads,
+        _names=names,
+        _fresh=filled.fresh,
+        _base=base if filled.fresh is not None else None,
     )
 
 
-def _display_names(whole: Mapping[tuple[int, str, str], object]) -> dict[str, str]:
-    """Each parameter name without wrapper prefixes (naming.strip_wrappers), unless that merges two of one kind."""
-    raw = {param for _, param, _ in whole}
-    names = strip_wrappers(sorted(raw))
-    by_kind: dict[str, set[str]] = {}
-    for _, param, kind in whole:
-        by_kind.setdefault(kind, set()).add(param)
-    if any(len({names[p] for p in group}) < len(group) for group in by_kind.values()):
-        return {name: name for name in raw}
-    return names
-
-
-def _read_context(
-    path: Path,
-    step: int,
-    metadata: Mapping[str, str],
-    context: dict[int, StepContext],
-    scalars: dict[int, dict[str, float]],
-) -> list[Note]:
-    """Parse a file's context and scalars into the run's (first file of a step wins); malformed parts are notes."""
-    problems: list[str] = []
-    if CONTEXT_KEY in metadata and step not in context:
-        context[step], found = parse_context(metadata[CONTEXT_KEY])
-        problems += found
-    if SCALARS_KEY in metadata and step not in scalars:
-        scalars[step], found = parse_scalars(metadata[SCALARS_KEY])
-        problems += found
-    return [Note(str(path), problem) for problem in problems]
-
-
-def _check_shapes(tensors: Mapping[tuple[int, str, str], Tensor]) -> None:
-    """Refuse a run whose gradient, parameter and update of one name at one step differ in shape."""
-    seen: dict[tuple[int, str], tuple[str, Tensor]] = {}
-    for (step, param, kind), tensor in tensors.items():
-        other_kind, other = seen.setdefault((step, param), (kind, tensor))
-        if tensor.shape != other.shape:
-            raise RunError(
-                f"{param!r} at step {step}: {other_kind} has shape {list(other.shape)} (in {other.file}) "
-                f"but {kind} has shape {list(tensor.shape)} (in {tensor.file})"
-            )
-
-
-def _param_order(names: set[str], declared: list[str]) -> tuple[str, ...]:
-    known = [name for name in dict.fromkeys(declared) if name in names]
-    rest = sorted(names.difference(known), key=natural_key)
-    return tuple(known + rest)
+def _add_signals(signals: Signals, read: FileRead) -> list[tuple[str, str]]:
+    """Take a file's activations and scalars into `signals` when it is the first of its step to carry them."""
+    found: list[str] = []
+    if read.activations is not None and read.step not in signals.activations:
+        signals.activations[read.step], found = read.activations
+    if read.scalars is not None and read.step not in signals.scalars:
+        values, more = read.scalars
+        signals.scalars[read.step] = dict(values)
+        found = found + more
+    return [(read.path, problem) for problem in found]

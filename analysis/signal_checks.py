@@ -119,9 +119,8 @@ def nan_origin(run: Run) -> Iterator[Finding]:
     """Where the first non-finite value came from: a module, the loss, or the backward pass."""
     signals = run.signals
     losses = {step: value for step, value in signals.losses() if not math.isfinite(value)}
-    grads = {
-        step for (step, _, kind), t in run.tensors.items() if kind == "grad" and t.stats.nan + t.stats.inf
-    }
+    grad = run.columns.kinds["grad"]  # absent cells count no NaN
+    grads = set(run.columns.steps[((grad.nan + grad.inf) > 0).any(axis=1)].tolist())
     bad_acts = {s for s, acts in signals.activations.items() if any(not a.finite for a in acts.values())}
     candidates = bad_acts | (losses.keys() | grads) & signals.activations.keys()
     if not candidates:
@@ -156,10 +155,9 @@ def _nonfinite(a: ModuleActivation) -> str:
 
 def _params_nonfinite(run: Run, step: int, module: str) -> bool:
     prefix = "" if module == ROOT_NAME else module + "."
-    return any(
-        kind == "param" and s == step and param.startswith(prefix) and t.stats.nan + t.stats.inf
-        for (s, param, kind), t in run.tensors.items()
-    )
+    s, values = run.columns.step_index(step), run.columns.kinds["param"]
+    bad = [] if s is None else ((values.nan[s] + values.inf[s]) > 0).tolist()
+    return any(bad and bad[p] and param.startswith(prefix) for p, param in enumerate(run.columns.params))
 
 
 def loss_nonfinite(signals: Signals) -> Iterator[Finding]:

@@ -189,7 +189,7 @@ def watch(
 ) -> None:
     """Follow RUN_DIR while it is written: new steps are read as they appear, the verdict kept up to date."""
     console = make_console(color=color)
-    scan = scan_options(1, no_cache=no_cache)  # with the cache, each refresh reads only new or changed files
+    scan = scan_options(1, no_cache=no_cache)  # each refresh reads only new or changed files (Incremental)
     if not run_dir.exists():
         click.echo(f"gradcheck: waiting for {printable(str(run_dir))} to appear", err=True)
     try:
@@ -212,7 +212,7 @@ def _run(
     run_dir: Path, config: Config, scan: ScanOptions, console: Console, **options: float | bool | None
 ) -> WatchState:
     """Follow the run with a live table on a terminal, or a line per new step elsewhere; Ctrl-C stops it."""
-    inspect = functools.partial(inspect_run, run_dir, config, scan)
+    inspect = Incremental(functools.partial(inspect_run, run_dir, config, scan))
     state = WatchState()
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
 
@@ -235,6 +235,19 @@ def _run(
         if live is not None:
             live.stop()
     return state
+
+
+class Incremental:
+    """An inspection that reads only the files new or changed since its last report (`previous=`)."""
+
+    def __init__(self, inspect: Callable[..., Report]) -> None:
+        self.inspect = inspect
+        self.report: Report | None = None
+
+    def __call__(self) -> Report:
+        """The run's report now; unchanged files come from the last one, so the cost follows the news."""
+        self.report = self.inspect(previous=self.report)
+        return self.report
 
 
 def step_line(report: Report, new_steps: list[int]) -> Text:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gradcheck.analysis.checks import run_checks
-from gradcheck.analysis.columns import Tensor, derived_from_rows
+from gradcheck.analysis.columns import Tensor, columns_from_tensors, derived_from_rows
 from gradcheck.analysis.config import CHECK_IDS, Config, Override, config_from_mapping
 from gradcheck.analysis.metrics import derive
 from gradcheck.analysis.runs import Run, load_run
@@ -69,15 +69,21 @@ def test_sample_runs_exercise_the_checks() -> None:
     assert {"nonfinite", "spike", "growth", "dead", "dead-units", "update-ratio-high"} <= fired
 
 
-def test_checks_read_only_the_columns() -> None:
-    """A run whose per-object tensors are gone but whose columns remain gets the same findings."""
+def test_checks_read_only_the_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks never ask for the per-object view of the run (Run.tensors, Run.get): only its columns."""
     run = load_run(SAMPLES / "exploding_nan")
     rows = derive(run)
     derived = derived_from_rows(run.columns, rows)
-    hollow = Run(run.path, run.steps, run.params, {}, run.unreadable, run.skipped, run.ordered, run.modules)
-    hollow.__dict__["columns"] = run.columns  # the cached property, filled as load_run will fill it
+    expected = fields(run_checks_rows(run, rows, Config()))
+    hollow = load_run(SAMPLES / "exploding_nan")
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the checks read a per-object tensor")
+
+    monkeypatch.setattr(Run, "get", refuse)
+    hollow.__dict__["tensors"] = None  # the cached per-object view: any use of it fails
     findings = run_checks(hollow, derived, Config())
-    assert findings and fields(findings) == fields(run_checks_rows(run, rows, Config()))
+    assert findings and fields(findings) == expected
 
 
 @pytest.mark.parametrize("offset", [-2, -1, 0, 1, 2])
@@ -92,7 +98,14 @@ def test_update_ratio_median_at_the_bound(offset: int, bound: float) -> None:
     for step in range(4):
         tensors[(step, "fc.weight", "param")] = _tensor(1.0, (4, 4))
         tensors[(step, "fc.weight", "update")] = _tensor(update, (4, 4))
-    run = Run("run", tuple(range(4)), ("fc.weight",), tensors, (), ())
+    run = Run(
+        "run",
+        tuple(range(4)),
+        ("fc.weight",),
+        columns_from_tensors(range(4), ("fc.weight",), tensors),
+        (),
+        (),
+    )
     new, old = both(run, Config())
     assert fields(new) == fields(old)
 
@@ -159,7 +172,8 @@ def runs(draw: st.DrawFn) -> Run:
     params = tuple(p for p in params if any(key[1] == p for key in tensors))
     steps = tuple(s for s in steps if any(key[0] == s for key in tensors))
     modules = {p: "Embedding" for p in params if p.startswith("l1") and draw(st.booleans())}
-    return Run("run", steps, params, tensors, (), (), draw(st.booleans()), modules)
+    columns = columns_from_tensors(steps, params, tensors)
+    return Run("run", steps, params, columns, (), (), draw(st.booleans()), modules)
 
 
 @st.composite

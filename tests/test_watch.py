@@ -260,3 +260,26 @@ def test_idle_counts_from_the_first_snapshot_timeout_bounds_the_wait(
     result = runner.invoke(cli, args)
     assert 2 == result.exit_code and 1 <= time.monotonic() - started < 5  # --timeout ended it, not --idle
     assert "no readable snapshot file" in result.stderr
+
+
+def test_a_refresh_reads_only_new_or_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradcheck.analysis import runs as runs_module
+
+    for step in (0, 10):
+        _save(tmp_path, step)
+    scanned: list[list[str]] = []
+    original = runs_module.scan_files
+    monkeypatch.setattr(
+        runs_module,
+        "scan_files",
+        lambda paths, options, **where: scanned.append(paths) or original(paths, options, **where),
+    )
+    inspect = watch_module.Incremental(lambda **kw: inspect_run(tmp_path, **kw))
+    first = inspect()
+    _save(tmp_path, 20)
+    grown = inspect()
+    assert [len(paths) for paths in scanned] == [2, 1] and grown.run.steps == (0, 10, 20)
+    cold = inspect_run(tmp_path)
+    assert dict(grown.run.tensors.items()) == dict(cold.run.tensors.items())
+    assert [f.message for f in grown.findings] == [f.message for f in cold.findings]
+    assert first.run.steps == (0, 10)
