@@ -61,10 +61,9 @@ class Run:
     skipped: tuple[Note, ...]
     ordered: bool = False  # whether `params` follows a recorded model order (`order` metadata)
     modules: Mapping[str, str] = field(default_factory=dict)  # parameter -> module type, when recorded
-    # Training context (analysis/context.py) and logged scalars by step, from the first file of the step
-    # that carries them; empty for runs recorded without context.
+    # Training context (analysis/context.py) by step, from the first file of the step that carries it; empty
+    # for runs recorded without context.
     contexts: dict[int, StepContext] = field(default_factory=dict)
-    scalars: dict[int, dict[str, float]] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)  # loss and activations (analysis/activations.py)
     # What `load_run(..., previous=run)` reuses: the files read (their rows live in `columns`) and each raw
     # parameter name's display name. Empty for sharded runs, which are read whole every time.
@@ -73,6 +72,11 @@ class Run:
     # When `columns` copied the rows of a previous run (`_base`), the step rows that differ from its (else None).
     _fresh: np.ndarray | None = field(default=None, repr=False, compare=False)
     _base: Columns | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scalars(self) -> dict[int, dict[str, float]]:
+        """Logged scalars (`gradcheck.scalars`: loss, ...) by step, in step order: those of `signals`, their one owner."""
+        return dict(sorted(self.signals.scalars.items()))
 
     @cached_property
     def tensors(self) -> Mapping[tuple[int, str, str], Tensor]:
@@ -322,7 +326,6 @@ def _run(
 ) -> Run:
     """The Run of filled columns and what the files' metadata says (the first file of a step wins)."""
     contexts: dict[int, StepContext] = {}
-    scalars: dict[int, dict[str, float]] = {}
     modules: dict[str, str] = {}
     skipped: list[Note] = []
     signals = Signals()
@@ -332,9 +335,6 @@ def _run(
         problems: list[str] = []
         if read.context is not None and read.step not in contexts:
             contexts[read.step], found = read.context
-            problems += found
-        if read.scalars is not None and read.step not in scalars:
-            scalars[read.step], found = read.scalars
             problems += found
         skipped.extend(Note(read.path, problem) for problem in problems)
         context = contexts.get(read.step)
@@ -357,7 +357,6 @@ def _run(
         ordered=any(name in present for name in order),
         modules={names.get(name, name): kind for name, kind in modules.items()},
         contexts={step: contexts[step] for step in sorted(contexts)},
-        scalars={step: scalars[step] for step in sorted(scalars)},
         signals=signals,
         _reads=filled.reads,
         _names=names,

@@ -1,8 +1,6 @@
 """One owner of `gradcheck.scalars`: `Run.signals.scalars` (analysis/activations.py); `Run.scalars` is its alias.
 
-Until the lead's merge, analysis/runs.py still parses the key itself for `Run.scalars`; these tests pin that both
-agree, and (strict xfail) that a malformed scalar is noted once, which holds once runs.py reads
-`run.signals.scalars` instead of parsing again.
+The key is parsed once per file (analysis/loading.py), so both agree and a malformed scalar is noted once.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gradcheck.analysis.context import SCALARS_KEY
 from gradcheck.analysis.runs import load_run
@@ -42,9 +39,6 @@ def test_a_run_without_scalars_has_none(tmp_path: Path) -> None:
     assert run.scalars == run.signals.scalars == {} and run.skipped == ()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="runs.py still parses gradcheck.scalars itself (REPORT: drop it at merge)"
-)
 def test_a_malformed_scalar_is_noted_once(tmp_path: Path) -> None:
     _run(tmp_path, [{"loss": 1.0, "acc": "high"}])
     run = load_run(tmp_path)
