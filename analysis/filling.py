@@ -19,6 +19,7 @@ from .errors import RunError
 from .loading import FileRead
 from .naming import natural_key, strip_wrappers
 from .shards import Piece, assemble
+from .units import BitmapList
 from .views import AliveView
 
 _INDEX_FIELDS = ("file", "dtype", "shape")
@@ -120,7 +121,7 @@ class _Filler:
         self.reads: list[FileRead] = []
         self.touched: set[int] = set()  # step rows that rows were added to
         old = previous[0] if previous else None
-        self.alive: list[int | None] = list(_alive_values(old)) if old else []
+        self.alive = BitmapList(_alive_values(old) if old else ())  # made ints only when read
         self.shapes = list(old.shapes) if old else []
         self.dtypes = list(old.dtypes) if old else []
         self.shape_at = {shape: i for i, shape in enumerate(self.shapes)}

@@ -266,8 +266,13 @@ def plan_segments(header: FileHeader, segment_bytes: int = SEGMENT_BYTES) -> tup
     """Every decodable tensor of the header in file order, cut into pieces of at most segment_bytes."""
     if segment_bytes < 1:
         raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+    plan = functools.partial(_plan_segments, header.entries, segment_bytes)
+    return _memo("segments", (header.entries, segment_bytes), plan)  # type: ignore[return-value]
+
+
+def _plan_segments(entries: tuple[TensorEntry, ...], segment_bytes: int) -> tuple[Segment, ...]:
     segments: list[Segment] = []
-    for entry in sorted(header.entries, key=_BEGIN):  # file order: sequential reads
+    for entry in sorted(entries, key=_BEGIN):  # file order: sequential reads
         info = DTYPES[entry.dtype]
         if info.decode is None:
             continue
@@ -326,8 +331,7 @@ def _scan_fd(
     fd: int, path: str, header: FileHeader, segments: Sequence[Segment], buffer_bytes: int
 ) -> Callable[[], StatsBlock]:
     """Read and summarize segments of an open file whose header is `header`; return what merges the rows."""
-    dtypes = {entry.name: DTYPES[entry.dtype] for entry in header.entries}
-    reads = _plan_reads(segments, [dtypes[segment.name] for segment in segments], buffer_bytes)
+    reads, layouts = _layout_plan(header.entries, tuple(segments), buffer_bytes)
     raw = memoryview(bytearray(max((read.end - read.begin for read in reads), default=0)))
 
     def fetch(read: _Read) -> memoryview:
@@ -335,7 +339,38 @@ def _scan_fd(
         _read_exactly(fd, view, read.begin, path, lambda offset: _tensor_at(read, segments, offset))
         return view
 
-    return summarize_reads(segments, reads, fetch, layouts_of(header, segments))
+    return summarize_reads(segments, reads, fetch, layouts)
+
+
+# What depends only on a file's layout (its tensor entries), kept for the next file: the files of a run
+# share one layout, and redoing the plans cost ~8 ms per file of 1,500 tensors (issue 14). One slot per
+# kind, replaced whole (key, value): threads see either the old or the new one. The key compares entries
+# by value; a file's own checks (size, identity, data) are never skipped.
+_LAST_PLANS: dict[str, tuple[tuple, object]] = {}
+
+
+def _memo(kind: str, key: tuple, make: Callable[[], object]) -> object:
+    """The value last made for `kind` if it was made for an equal key, else a new one."""
+    last = _LAST_PLANS.get(kind)
+    if last is not None and last[0] == key:
+        return last[1]
+    value = make()
+    _LAST_PLANS[kind] = (key, value)
+    return value
+
+
+def _layout_plan(
+    entries: tuple[TensorEntry, ...], segments: tuple[Segment, ...], buffer_bytes: int
+) -> tuple[list[_Read], object]:
+    """The reads and unit layouts of a file of these entries cut into these segments (never mutated)."""
+
+    def make() -> tuple[list[_Read], object]:
+        dtypes = {entry.name: DTYPES[entry.dtype] for entry in entries}
+        reads = _plan_reads(segments, [dtypes[segment.name] for segment in segments], buffer_bytes)
+        header = FileHeader(entries, {}, 0)  # layouts_of reads only the entries
+        return reads, layouts_of(header, segments)
+
+    return _memo("reads", (entries, segments, buffer_bytes), make)  # type: ignore[return-value]
 
 
 def _check_size(header: FileHeader, size: int, path: str) -> None:
@@ -387,19 +422,10 @@ def combine(
     if len(segments) != len(results):
         raise ValueError(f"{len(segments)} segments but {len(results)} results")
     block = results if isinstance(results, StatsBlock) else _segment_block(segments, results)
-    row = {segment.name: i for i, segment in enumerate(segments)}
-    skipped: dict[str, str] = {}
-    keys: list[str] = []
-    for entry in header.entries:
-        info = DTYPES[entry.dtype]
-        if info.decode is None:
-            skipped[entry.name] = info.skip_reason
-        elif entry.name in row:
-            keys.append(entry.name)
-        else:
-            raise ValueError(f"no segment of tensor {entry.name!r}")
-    if len(row) == len(segments):  # one segment per tensor: only put them in header order
-        order = np.array([row[key] for key in keys], dtype=np.intp)
+    plan = functools.partial(_combine_plan, header.entries, tuple(segments))
+    skipped, keys, order = _memo("combine", (header.entries, tuple(segments)), plan)  # type: ignore[misc]
+    skipped = dict(skipped)  # the FileScan's own
+    if order is not None:  # one segment per tensor: only put them in header order
         fields = {name: getattr(block, name)[order] for name in STAT_FIELDS}
         alive = (
             block.alive.take(order)
@@ -410,6 +436,28 @@ def combine(
     else:
         tensors = _merge_segments(block, keys)
     return FileScan(path=os.fspath(path), header=header, block=tensors, skipped=skipped)
+
+
+def _combine_plan(
+    entries: tuple[TensorEntry, ...], segments: tuple[Segment, ...]
+) -> tuple[dict[str, str], tuple[str, ...], np.ndarray | None]:
+    """The skipped tensors, the decoded tensors in header order, and their segments' rows (None: some cut)."""
+    row = {segment.name: i for i, segment in enumerate(segments)}
+    skipped: dict[str, str] = {}
+    keys: list[str] = []
+    for entry in entries:
+        info = DTYPES[entry.dtype]
+        if info.decode is None:
+            skipped[entry.name] = info.skip_reason
+        elif entry.name in row:
+            keys.append(entry.name)
+        else:
+            raise ValueError(f"no segment of tensor {entry.name!r}")
+    if len(row) != len(segments):
+        return skipped, tuple(keys), None
+    order = np.array([row[key] for key in keys], dtype=np.intp)
+    order.flags.writeable = False
+    return skipped, tuple(keys), order
 
 
 def _segment_block(segments: Sequence[Segment], results: Sequence[TensorStats]) -> StatsBlock:
