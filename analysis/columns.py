@@ -82,28 +82,18 @@ class StatsBlock:
         return cls(keys=tuple(stats), **arrays, alive=tuple(s.alive for s in items))
 
 
-@dataclass(frozen=True, eq=False)
-class KindColumns:
-    """One kind's statistics over a run: arrays [step, param]; absent cells hold the empty summary's values.
+class StatArrays:
+    """The TensorStats properties over arrays of its fields (count, nan, inf, abs_min, abs_max, abs_sum,
+    sq_sum, scale): the same float64 operations in the same order, so every value is bit-identical."""
 
-    `file`, `dtype` and `shape` index the run's `files`, `dtypes` and `shapes` tables (-1 where absent).
-    `alive` holds the unit bitmaps that are known, by (step index, param index).
-    """
-
-    present: np.ndarray  # bool
-    count: np.ndarray  # int64
+    count: np.ndarray
     nan: np.ndarray
     inf: np.ndarray
-    zeros: np.ndarray
-    abs_min: np.ndarray  # float64
+    abs_min: np.ndarray
     abs_max: np.ndarray
-    abs_sum: np.ndarray  # sum of |x| / scale
-    sq_sum: np.ndarray  # sum of (|x| / scale)^2
+    abs_sum: np.ndarray
+    sq_sum: np.ndarray
     scale: np.ndarray
-    file: np.ndarray  # int32
-    dtype: np.ndarray  # int32
-    shape: np.ndarray  # int32
-    alive: Mapping[tuple[int, int], int] = field(default_factory=dict)
 
     @property
     def finite(self) -> np.ndarray:
@@ -142,6 +132,30 @@ class KindColumns:
         finite = self.finite
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return np.where(finite > 0, np.sqrt(self.sq_sum / finite) * self.scale, np.nan)
+
+
+@dataclass(frozen=True, eq=False)
+class KindColumns(StatArrays):
+    """One kind's statistics over a run: arrays [step, param]; absent cells hold the empty summary's values.
+
+    `file`, `dtype` and `shape` index the run's `files`, `dtypes` and `shapes` tables (-1 where absent).
+    `alive` holds the unit bitmaps that are known, by (step index, param index).
+    """
+
+    present: np.ndarray  # bool
+    count: np.ndarray  # int64
+    nan: np.ndarray
+    inf: np.ndarray
+    zeros: np.ndarray
+    abs_min: np.ndarray  # float64
+    abs_max: np.ndarray
+    abs_sum: np.ndarray  # sum of |x| / scale
+    sq_sum: np.ndarray  # sum of (|x| / scale)^2
+    scale: np.ndarray
+    file: np.ndarray  # int32
+    dtype: np.ndarray  # int32
+    shape: np.ndarray  # int32
+    alive: Mapping[tuple[int, int], int] = field(default_factory=dict)
 
     def stats(self, s: int, p: int) -> TensorStats | None:
         """Cell (step index, param index) as a TensorStats, None where absent."""

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .columns import Columns, KindColumns
+from .columns import Columns, KindColumns, StatArrays
 from .naming import layer_of
 
 
 @dataclass(frozen=True, eq=False)
-class Merged:
+class Merged(StatArrays):
     """Merged summaries as arrays (one value per step, or per step and layer); the fields of TensorStats."""
 
     count: np.ndarray
@@ -30,24 +30,6 @@ class Merged:
     abs_sum: np.ndarray
     sq_sum: np.ndarray
     scale: np.ndarray
-
-    @property
-    def finite(self) -> np.ndarray:
-        """How many elements are finite."""
-        return self.count - self.nan - self.inf
-
-    @property
-    def mean_abs(self) -> np.ndarray:
-        """TensorStats.mean_abs: NaN where no finite element."""
-        finite = self.finite
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return np.where(finite > 0, self.abs_sum / finite * self.scale, np.nan)
-
-    @property
-    def norm(self) -> np.ndarray:
-        """TensorStats.norm: NaN where no finite element, Inf beyond float64."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.where(self.finite > 0, np.sqrt(self.sq_sum) * self.scale, np.nan)
 
 
 def layer_order(columns: Columns) -> tuple[tuple[str, ...], list[list[int]]]:

@@ -36,14 +36,7 @@ def report_document(
     if selection is None:
         selection = steps_until(run.steps, step)
     return {
-        "schema": SCHEMA_VERSION,
-        "gradcheck_version": __version__,
-        "run": run.path,
-        "status": report.status,
-        "failed": report.failed,
-        "exit_code": exit_code,
-        "fail_on": report.config.fail_on,
-        "summary": {"errors": report.errors, "warnings": report.warnings},
+        **document_head(report, exit_code, SCHEMA_VERSION),
         "steps": list(run.steps),
         "shown_step": step,
         "selected_steps": list(selection),
@@ -55,6 +48,20 @@ def report_document(
         "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
         "context": _context_document(run),
     } | signals_document(run.signals)  # only for runs that recorded the loss or activations
+
+
+def document_head(report: Report, exit_code: int, schema: int) -> dict[str, Any]:
+    """The members every JSON document opens with, in both schemas: schema, version, run and verdict."""
+    return {
+        "schema": schema,
+        "gradcheck_version": __version__,
+        "run": report.run.path,
+        "status": report.status,
+        "failed": report.failed,
+        "exit_code": exit_code,
+        "fail_on": report.config.fail_on,
+        "summary": {"errors": report.errors, "warnings": report.warnings},
+    }
 
 
 def _context_document(run: Run) -> dict[str, Any]:

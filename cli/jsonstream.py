@@ -21,7 +21,6 @@ from typing import Any
 import click
 import numpy as np
 
-from gradcheck.analysis import __version__
 from gradcheck.analysis.activations import signals_document
 from gradcheck.analysis.atomic import output_stream
 from gradcheck.analysis.columns import KINDS
@@ -42,7 +41,14 @@ from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.thresholds import THRESHOLD_KEYS
 
 from .common import InputError
-from .jsonout import _FINDING_FIELDS, _context_document, _escape_unprintable, finite_values, story_document
+from .jsonout import (
+    _FINDING_FIELDS,
+    _context_document,
+    _escape_unprintable,
+    document_head,
+    finite_values,
+    story_document,
+)
 
 SCHEMA = 2
 _FLUSH_BYTES = 1 << 20  # text pieces are handed to `write` in about this size: memory stays flat, calls few
@@ -78,18 +84,8 @@ def write_document(
     if selection is None:
         selection = steps_until(run.steps, step)
     out = _Pieces(write)
-    head = {
-        "schema": SCHEMA,
-        "gradcheck_version": __version__,
-        "run": run.path,
-        "status": report.status,
-        "failed": report.failed,
-        "exit_code": exit_code,
-        "fail_on": report.config.fail_on,
-        "summary": {"errors": report.errors, "warnings": report.warnings},
-    }
     out.add("{\n")
-    _members(out, head)
+    _members(out, document_head(report, exit_code, SCHEMA))
     _member(out, "steps", _compact(list(run.steps)))
     _member(out, "shown_step", _compact(step))
     _member(out, "selected_steps", _compact(list(selection)))
