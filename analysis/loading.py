@@ -22,7 +22,6 @@ from .context import CONTEXT_KEY, SCALARS_KEY, StepContext, parse_context, parse
 from .errors import UnreadableFileError
 from .reader import FileScan
 from .shards import Shard, parse_shards
-from .summaries import parse_summaries, shape_of, stats_from_entry
 
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 
@@ -113,22 +112,20 @@ def _tensors(
     """The file's streamed tensors then its stats-mode summaries, as one block with shapes and dtypes."""
     metadata = scan.header.metadata
     try:
-        summaries = parse_summaries(metadata)
+        summaries = scan.summaries  # one block, built column-wise; the run index keeps it (reader.py)
         shards = parse_shards(metadata)
         block = block_of(scan)
         entries = {entry.name: entry for entry in scan.header.entries}
         shapes = [entries[key].shape for key in block.keys]
         dtypes = [entries[key].dtype for key in block.keys]
-        if summaries:
-            streamed = set(block.keys)
-            extra = {}
-            for key, summary in summaries.items():
-                if key in streamed:
-                    raise ValueError(f"{key!r} is both a tensor and a summary")
-                extra[key] = stats_from_entry(summary)
-                shapes.append(shape_of(summary))
-                dtypes.append(str(summary.get("dtype", "?")))
-            block = concatenate([block, StatsBlock.from_stats(extra)])
+        if summaries is not None:
+            both = set(block.keys).intersection(summaries.block.keys)
+            if both:
+                key = next(k for k in summaries.block.keys if k in both)
+                raise ValueError(f"{key!r} is both a tensor and a summary")
+            shapes.extend(summaries.shapes)
+            dtypes.extend(summaries.dtypes)
+            block = concatenate([block, summaries.block]) if len(block) else summaries.block
     except json.JSONDecodeError as error:  # say which entry, not just where the parser stopped
         key = next((k for k, v in metadata.items() if v == error.doc), "metadata")
         where = f"line {error.lineno} column {error.colno}"
