@@ -8,7 +8,7 @@ thousands of small tensors makes no Python object per tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,23 +36,26 @@ def summarize_reads(
     gets its units' "ever non-zero" bitmap (TensorStats.alive). All of it is numpy over a read's pieces at
     once: a file of thousands of small tensors makes no Python object per tensor.
     """
-    pieces = [np.array(read.pieces, dtype=np.intp).reshape(-1, 2) for read in reads]
-    owners = np.concatenate([p[:, 0] for p in pieces]) if pieces else np.zeros(0, dtype=np.intp)
-    per_segment = np.bincount(owners, minlength=len(segments))
-    units = _UnitCollector(layouts, per_segment == 1)
+    pieces, owners, per_segment, plan = _plan_arrays(reads, len(segments), layouts)
+    units = _UnitCollector(layouts, plan)
     elements = max((read.elements for read in reads), default=0)
     work, wide = np.empty(elements, dtype=np.uint32), np.empty(elements, dtype=np.float64)
     parts: list[dict[str, np.ndarray]] = []
     # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
     with np.errstate(invalid="ignore", over="ignore"):
-        for read, table in zip(reads, pieces, strict=True):
+        for number, (read, table) in enumerate(zip(reads, pieces, strict=True)):
             magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
             arrays, zero = piece_arrays(magnitudes, table[:, 1], wide)
-            units.add(table[:, 0], table[:, 1], arrays["zeros"], zero)
+            units.add(number, table[:, 0], table[:, 1], arrays["zeros"], zero)
             parts.append(arrays)
 
     def merged() -> StatsBlock:
-        fields = {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
+        if len(parts) == 1:
+            fields: dict[str, np.ndarray] | None = parts[0]
+        else:
+            fields = (
+                {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
+            )
         return StatsBlock(
             keys=tuple(s.name for s in segments),
             **_fold_pieces(owners, per_segment, fields),
@@ -66,6 +69,8 @@ def _fold_pieces(
     owners: np.ndarray, per_segment: np.ndarray, fields: dict[str, np.ndarray] | None
 ) -> dict[str, np.ndarray]:
     """Per-segment arrays from per-piece ones: a single piece is its segment's summary, more are merged in order."""
+    if fields is not None and owners.size == per_segment.size and (owners[1:] > owners[:-1]).all():
+        return {name: fields[name] for name in STAT_FIELDS}  # one piece per segment, in order: the usual case
     out = {name: np.full(per_segment.size, EMPTY[name], dtype=DTYPE[name]) for name in STAT_FIELDS}
     if fields is None:
         return out
@@ -93,6 +98,52 @@ class _Layouts:
     row: np.ndarray  # elements per unit
 
 
+@dataclass(frozen=True)
+class _UnitPlan:
+    """What a unit collector needs of a plan, made once per plan (the files of a run share one)."""
+
+    count: int  # segments
+    vector: np.ndarray  # segments of one piece that keep a bitmap
+    tracked: list[int]  # segments of many pieces that keep a bitmap
+    empty: list[int]  # empty segments that keep a bitmap: no unit is alive
+    # By read number, what _UnitCollector.add needs of the read (filled by the first file of the plan).
+    reads: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+
+def _unit_plan(layouts: _Layouts | None, single: np.ndarray) -> _UnitPlan:
+    if layouts is None:
+        return _UnitPlan(single.size, np.zeros(single.size, dtype=bool), [], [])
+    kept = layouts.row > 0
+    return _UnitPlan(
+        single.size,
+        kept & single,
+        np.flatnonzero(kept & ~single).tolist(),
+        np.flatnonzero(kept & (layouts.elements == 0)).tolist(),
+    )
+
+
+_PlanArrays = tuple[list[np.ndarray], np.ndarray, np.ndarray, _UnitPlan]
+# The last plan's arrays with the plan (reads, layouts) they were made for, kept alive so that identity is a
+# safe key: reader._layout_plan hands every file of a shared layout the same plan objects.
+# One slot, replaced whole: threads see either the old or the new entry.
+_LAST_ARRAYS: dict[str, tuple[Sequence[_Read], _Layouts | None, int, _PlanArrays]] = {}
+
+
+def _plan_arrays(reads: Sequence[_Read], count: int, layouts: _Layouts | None) -> _PlanArrays:
+    """Each read's (segment, elements) pieces as an array, every piece's segment, pieces per segment."""
+    last = _LAST_ARRAYS.get("plan")
+    if last is not None:
+        last_reads, last_layouts, last_count, found = last
+        if last_reads is reads and last_layouts is layouts and last_count == count:
+            return found
+    pieces = [np.array(read.pieces, dtype=np.intp).reshape(-1, 2) for read in reads]
+    owners = np.concatenate([p[:, 0] for p in pieces]) if pieces else np.zeros(0, dtype=np.intp)
+    per_segment = np.bincount(owners, minlength=count)
+    made = (pieces, owners, per_segment, _unit_plan(layouts, per_segment == 1))
+    _LAST_ARRAYS["plan"] = (reads, layouts, count, made)
+    return made
+
+
 class _UnitCollector:
     """The unit bitmaps of a scan's segments, from the pieces of each read as they pass.
 
@@ -100,42 +151,46 @@ class _UnitCollector:
     all such segments; a segment of many pieces is followed piece by piece by a RowTracker.
     """
 
-    def __init__(self, layouts: _Layouts | None, single: np.ndarray) -> None:
+    def __init__(self, layouts: _Layouts | None, plan: _UnitPlan) -> None:
         self.layouts = layouts
-        self.alive: dict[int, int] = {}  # bitmaps made as ints, by segment
+        self.alive: dict[int, int] = dict.fromkeys(plan.empty, 0)  # bitmaps made as ints, by segment
         self.parts: list[
             tuple[np.ndarray, np.ndarray, np.ndarray]
         ] = []  # (segments, starts, ends) in buffers
         self.buffers: list[np.ndarray] = []
         self.size = 0
-        self.count = single.size
+        self.count = plan.count
+        self.vector, self.plan = plan.vector, plan
         self.trackers: dict[int, RowTracker] = {}
         if layouts is not None:
-            kept = layouts.row > 0
-            self.vector = kept & single
-            for index in np.flatnonzero(kept & ~single).tolist():
+            for index in plan.tracked:
                 self.trackers[index] = RowTracker(
                     int(layouts.first[index]), int(layouts.elements[index]), int(layouts.row[index])
                 )
-            for index in np.flatnonzero(kept & (layouts.elements == 0)).tolist():
-                self.alive[index] = 0  # an empty tensor that keeps a bitmap: no unit is alive
 
-    def add(self, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None) -> None:
-        """One read's pieces: their segments, sizes and zero counts, and `magnitudes == 0` (None: no zero)."""
+    def add(
+        self, number: int, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None
+    ) -> None:
+        """The plan's read `number`: its pieces' segments, sizes and zero counts, and `magnitudes == 0`
+        (None: no zero)."""
         if self.layouts is None:
             return
         if self.trackers:
             self._track(owners, counts, zeros, zero)
-        mine = self.vector[owners]
-        if not mine.any():
+        found = self.plan.reads.get(number)
+        if found is None:  # what depends on the plan only, made for its first file
+            mine = self.vector[owners]
+            segments = owners[mine]
+            first, row = self.layouts.first[segments], self.layouts.row[segments]
+            n = counts[mine]
+            low = first // row
+            units = (first + n - 1) // row - low + 1
+            starts = (np.cumsum(counts) - counts)[mine]
+            found = self.plan.reads[number] = (mine, starts, segments, first, row, n, low, units)
+        mine, starts, segments, first, row, n, low, units = found
+        if not segments.size:
             return
-        starts = np.cumsum(counts) - counts
-        segments = owners[mine]
-        first, row = self.layouts.first[segments], self.layouts.row[segments]
-        n = counts[mine]
-        low = first // row
-        units = (first + n - 1) // row - low + 1
-        alive = self._alive_units(starts[mine], n, first, row, units, zero, zeros[mine])
+        alive = self._alive_units(starts, n, first, row, units, zero, zeros[mine])
         self._store(segments, low, units, alive)
 
     def _track(
@@ -178,6 +233,19 @@ class _UnitCollector:
 
     def _store(self, segments: np.ndarray, low: np.ndarray, units: np.ndarray, alive: np.ndarray) -> None:
         """Bitmaps of the segments from their units' flags: one packbits for all, kept packed."""
+        whole = low == 0
+        if whole.all() and alive.all():  # the usual case: files of a run repeat it, so it is made once
+            key = units.tobytes()
+            found = _ALL_ALIVE.get(key)
+            if found is None:
+                found = _ALL_ALIVE[key] = _all_alive(units)
+                if len(_ALL_ALIVE) > 64:
+                    _ALL_ALIVE.pop(next(iter(_ALL_ALIVE)))
+            packed, starts, ends = found
+            self.parts.append((segments, starts + self.size, ends + self.size))
+            self.buffers.append(packed)
+            self.size += packed.size
+            return
         padded = (units + 7) // 8 * 8
         ends = np.cumsum(padded)
         place = np.repeat(ends - padded, units) + (
@@ -186,7 +254,6 @@ class _UnitCollector:
         flags = np.zeros(int(ends[-1]), dtype=bool)
         flags[place] = alive
         packed = np.packbits(flags, bitorder="little")
-        whole = low == 0
         self.parts.append(
             (segments[whole], (ends - padded)[whole] // 8 + self.size, ends[whole] // 8 + self.size)
         )
@@ -213,6 +280,20 @@ class _UnitCollector:
             self.size += len(data)
         data = np.concatenate(self.buffers) if self.buffers else np.zeros(0, dtype=np.uint8)
         return PackedBitmaps(data, starts, ends, known)
+
+
+def _all_alive(units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packed bitmaps of segments whose units are all alive, and where each starts and ends (bytes)."""
+    padded = (units + 7) // 8
+    ends = np.cumsum(padded)
+    flags = np.zeros(int(ends[-1]) * 8 if ends.size else 0, dtype=bool)
+    for start, count in zip(((ends - padded) * 8).tolist(), units.tolist(), strict=True):
+        flags[start : start + count] = True
+    return np.packbits(flags, bitorder="little"), ends - padded, ends
+
+
+# Bitmaps of all-alive segments by their units (_store), for the few layouts a run's files share.
+_ALL_ALIVE: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def layouts(header: FileHeader, segments: Sequence[Segment]) -> _Layouts:
