@@ -90,9 +90,8 @@ def fill(reads: list[FileRead], previous: Previous | None) -> Filled:
     steps = np.array(sorted({r.step for r in reads if len(r.params)}), dtype=np.int64)
     filler = _Filler(steps, params, names, previous)
     done = start = filler.extend(reads) if previous is not None else 0
-    while start < len(
-        reads
-    ):  # consecutive new files together (up to _BATCH_ROWS), consecutive reused ones too
+    # Consecutive new files together (up to _BATCH_ROWS rows), consecutive reused ones too.
+    while start < len(reads):
         end, rows, new = start + 1, len(reads[start].params), reads[start].block is not None
         while end < len(reads) and (reads[end].block is not None) == new and (not new or rows < _BATCH_ROWS):
             rows += len(reads[end].params)
