@@ -273,7 +273,8 @@ def _status(found: list[Finding]) -> str:
 
 
 def junit_text(report: Report, _shown: int | None = None) -> str:
-    """JUnit XML: a testcase per (parameter, check) that ran, failed by error findings; one per unreadable file."""
+    """JUnit XML: a testcase per (parameter, check) that ran, failed by error findings; one per (loss or module,
+    check) of the signal checks that found something; one per unreadable file."""
     by_param: dict[str, dict[str, list[Finding]]] = {}  # grouped once: a pass per parameter is P x F
     for finding in report.findings:
         by_param.setdefault(finding.param, {}).setdefault(finding.check, []).append(finding)
@@ -281,6 +282,13 @@ def junit_text(report: Report, _shown: int | None = None) -> str:
         case
         for param in report.run.params
         for case in _param_cases(param, report.config.for_param(param)[1], by_param.get(param, {}))
+    ]
+    params = set(report.run.params)
+    cases += [  # the loss and activation checks: a testcase per (scalar or module, check) that found something
+        _check_case(name, check, found)
+        for name, checks in by_param.items()
+        if name not in params
+        for check, found in checks.items()
     ]
     cases += [_unreadable_case(note.file, note.reason) for note in report.run.unreadable]
     counts = {

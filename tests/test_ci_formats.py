@@ -22,9 +22,11 @@ from click.testing import CliRunner, Result
 from runs_builder import write_step
 
 from gradcheck.analysis.config import PARAM_CHECK_IDS
+from gradcheck.analysis.context import SCALARS_KEY
 from gradcheck.cli.ci_formats import escape_data, escape_markdown, escape_property
 from gradcheck.cli.console import printable
 from gradcheck.cli.main import cli
+from gradcheck.recording.writer import save_snapshot
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "formats"
 SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
@@ -175,6 +177,33 @@ def test_junit_warnings_pass_with_their_text_in_system_out(runner: CliRunner, ru
     case = root.find(".//testcase[@classname='0.weight'][@name='update-ratio-high']")
     assert case is not None and case.find("failure") is None
     assert "median update ratio" in (case.findtext("system-out") or "")
+
+
+def test_junit_fails_on_a_signal_finding_as_the_exit_code_does(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN loss (loss-nonfinite, an error of the signal checks, on no parameter) fails a testcase of its own."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for step, loss in enumerate([2.0, 1.5, 1.2, float("nan")]):
+        grads = {"fc.weight": rng.normal(0, 1e-2, (4, 4)).astype(np.float32)}
+        params = {"fc.weight": rng.normal(0, 0.1, (4, 4)).astype(np.float32)}
+        scalars = {SCALARS_KEY: json.dumps({"loss": loss})}
+        save_snapshot(tmp_path / "run", step, grads=grads, params=params, metadata=scalars)
+    doc = json.loads(inspect(runner, "run", "--format", "json").stdout)
+    assert [(f["param"], f["check"], f["severity"]) for f in doc["findings"]] == [
+        ("loss", "loss-nonfinite", "error")
+    ]
+    result = inspect(runner, "run", "--format", "junit")
+    assert result.exit_code == 1
+    root = ET.fromstring(result.stdout)
+    failed = [
+        (c.attrib["classname"], c.attrib["name"])
+        for c in root.iter("testcase")
+        if c.find("failure") is not None
+    ]
+    assert failed == [("loss", "loss-nonfinite")]
+    assert int(root.attrib["tests"]) == len(PARAM_CHECK_IDS) + 1 and root.attrib["failures"] == "1"
 
 
 def test_junit_is_valid_xml_for_control_characters_in_names(runner: CliRunner, runs_here: Path) -> None:
