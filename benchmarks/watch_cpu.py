@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from read_throughput import bench_lock, find_gradcheck, make_pools, write_file
 from startup import compiled_env
 
 TARGET_RATIO = 2.0
+RECORDED = re.compile(r"(\d+) recorded steps")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,13 +70,14 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     ) as watch:
         try:
-            _line(watch)
+            lines = _lines(watch)
+            _wait_for(watch, lines, size)
             first = time.perf_counter() - began
             cpu, start = cpu_seconds(watch.pid), time.perf_counter()
             for index in range(size, size + args.new):
                 time.sleep(max(0.0, start + (index - size + 1) * args.every - time.perf_counter()))
                 write_step(run, index, args, pools)
-                _line(watch)
+                _wait_for(watch, lines, index + 1)
             spent, wall = cpu_seconds(watch.pid) - cpu, time.perf_counter() - start
         finally:
             watch.send_signal(signal.SIGINT)
@@ -80,12 +85,32 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
     return spent / args.new, first, spent / wall
 
 
-def _line(watch: subprocess.Popen) -> str:
-    """The next line watch prints; stop the benchmark if it ended instead."""
-    line = watch.stdout.readline()
-    if not line:
-        sys.exit(f"gradcheck watch ended (exit {watch.wait()}) before the line it owed")
-    return line
+def _wait_for(watch: subprocess.Popen, lines: queue.Queue, steps: int) -> None:
+    """Take watch's lines until one says the run has `steps` recorded steps (two files found by one poll share
+    a line); stop the benchmark if watch ended or said nothing for a minute."""
+    while True:
+        try:
+            line = lines.get(timeout=60)
+        except queue.Empty:
+            line = None
+        if not line:
+            sys.exit(f"gradcheck watch ended or went silent (exit {watch.poll()}) before step {steps}")
+        found = RECORDED.search(line)
+        if found and int(found.group(1)) >= steps:
+            return
+
+
+def _lines(watch: subprocess.Popen) -> queue.Queue:
+    """watch's output lines as they come, then "" when it ends (read by a thread)."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in watch.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 def main() -> None:
