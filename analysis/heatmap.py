@@ -43,6 +43,11 @@ class Heatmap:
     missing: np.ndarray  # (layers, columns) bool: nothing recorded for the metric
 
     @property
+    def row_noun(self) -> str:
+        """What a row is: a layer, or for the activation metrics a module."""
+        return row_noun(self.metric)
+
+    @property
     def finite(self) -> np.ndarray:
         """Mask of the cells that hold a magnitude."""
         return np.isfinite(self.values) & ~self.missing
@@ -57,6 +62,11 @@ class Heatmap:
         return float(self.values[row, col]), self.layers[row], self.columns[col]
 
 
+def row_noun(metric: str) -> str:
+    """What the rows of `metric`'s heatmap are: layers, or modules for the activation metrics."""
+    return "module" if metric in ACT_METRICS else "layer"
+
+
 def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
     """The heatmap of `metric` over a report's layers and recorded steps, in at most `max_columns` columns."""
     if metric not in METRICS:
@@ -66,7 +76,8 @@ def build_heatmap(report: Report, metric: str, *, max_columns: int) -> Heatmap:
     else:
         layers, values, missing = layer_values(report, metric)
     if missing.all():
-        raise RunError(f"{report.run.path}: no layer has a value for --metric {metric} ({_NEEDS[metric]})")
+        noun = row_noun(metric)
+        raise RunError(f"{report.run.path}: no {noun} has a value for --metric {metric} ({_NEEDS[metric]})")
     steps = report.run.steps
     starts = bin_starts(len(steps), max_columns)
     ends = [*starts[1:], len(steps)]

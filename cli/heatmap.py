@@ -93,7 +93,7 @@ def heatmap(
         drawn = build_heatmap(report, metric, max_columns=_grid_width(layers, console.width))
     except GradcheckError as error:
         raise InputError(str(error)) from None
-    shape = f"{len(drawn.layers)} layer(s) × {len(report.run.steps)} recorded step(s)"
+    shape = f"{len(drawn.layers)} {drawn.row_noun}(s) × {len(report.run.steps)} recorded step(s)"
     what = f" ({shape}): {METRIC_LABELS[drawn.metric]}"
     render_heatmap(
         console, drawn, title=middle(printable(report.run.path), max(8, console.width - len(what))) + what
@@ -116,7 +116,7 @@ def render_heatmap(console: Console, drawn: Heatmap, *, title: str) -> None:
     codes = scale_levels(drawn.values, drawn.missing, lo, hi, len(RAMP))
     console.print(Text(title), no_wrap=True, overflow="ellipsis")
     align = "<" if len(rows) > len(drawn.layers) else ">"  # indented rows under headers keep their indent
-    console.print(Text(f"{'layer':{align}{names}}{GUTTER}steps", style="bold"), no_wrap=True)
+    console.print(Text(f"{drawn.row_noun:{align}{names}}{GUTTER}steps", style="bold"), no_wrap=True)
     by_layer = dict(zip(drawn.layers, codes, strict=True))
     for layer, shown in rows:
         if layer is None:
@@ -194,8 +194,8 @@ def _legend(drawn: Heatmap, lo: float, hi: float, colour: bool) -> list[Text]:
     lines += [Text("  ") + Text("   ").join(chunk) for chunk in (entries[:half], entries[half:])]
     low, high = drawn.extreme(highest=False), drawn.extreme(highest=True)
     if low and high:
-        lines.append(Text(f"min {low[0]:.2f} at {_where(low)}"))
-        lines.append(Text(f"max {high[0]:.2f} at {_where(high)}"))
+        lines.append(Text(f"min {low[0]:.2f} at {_where(low, drawn.row_noun)}"))
+        lines.append(Text(f"max {high[0]:.2f} at {_where(high, drawn.row_noun)}"))
     fewest, most = drawn.steps_per_column
     per = str(fewest) if fewest == most else f"{fewest}-{most}"
     first, last = _named_steps(drawn.columns[0]), _named_steps(drawn.columns[-1])
@@ -217,5 +217,5 @@ def _key(code: int, colour: bool) -> Text:
     return cell if colour else Text.assemble("'", cell, "'")
 
 
-def _where(extreme: tuple[float, str, tuple[int, int]]) -> str:
-    return f"layer {shorten(printable(extreme[1]), _LEGEND_NAME)}, {_named_steps(extreme[2])}"
+def _where(extreme: tuple[float, str, tuple[int, int]], noun: str) -> str:
+    return f"{noun} {shorten(printable(extreme[1]), _LEGEND_NAME)}, {_named_steps(extreme[2])}"

@@ -63,9 +63,11 @@ def test_heatmap_command_draws_modules_and_refuses_a_run_without_activations(tmp
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
     assert "share of exact zeros in the module's output" in lines[0]
+    assert "(5 module(s) × " in lines[0] and lines[1].split("│")[0].strip() == "module"
     assert [line.split("│")[0].strip() for line in lines[2:7]] == ["0", "1", "2", "3", "<model>"]
+    assert any(line.startswith("max ") and " at module " in line for line in lines)
     refused = runner.invoke(cli, ["heatmap", str(tmp_path / "without"), "-m", "act-saturated"])
-    assert refused.exit_code == 2 and "no layer has a value for --metric act-saturated" in refused.output
+    assert refused.exit_code == 2 and "no module has a value for --metric act-saturated" in refused.output
 
 
 def test_a_nonfinite_output_is_the_nan_marker_and_a_step_without_activations_is_missing() -> None:
