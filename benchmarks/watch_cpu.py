@@ -18,7 +18,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,11 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
     command = [gradcheck, "watch", str(run), "--interval", str(args.interval), "--no-color"]
     began = time.perf_counter()
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     ) as watch:
         try:
             lines = _lines(watch)
@@ -80,8 +83,13 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
                 _wait_for(watch, lines, index + 1)
             spent, wall = cpu_seconds(watch.pid) - cpu, time.perf_counter() - start
         finally:
-            watch.send_signal(signal.SIGINT)
-            watch.communicate(timeout=60)
+            # SIGTERM, not SIGINT: a benchmark started in the background ignores SIGINT, and so would watch
+            watch.terminate()
+            try:
+                watch.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                watch.kill()
+                watch.wait()
     return spent / args.new, first, spent / wall
 
 
