@@ -200,12 +200,15 @@ class BitmapList(Sequence[int | None]):
 
     def extend(self, items: Iterable[int | None]) -> None:
         """Append `items`: a PackedBitmaps or another BitmapList's blocks are shared, not converted."""
-        chunks = items._chunks if isinstance(items, BitmapList) else [items]
-        for chunk in chunks:
-            kept = chunk if isinstance(chunk, PackedBitmaps | tuple) else list(chunk)
-            if len(kept):
-                self._chunks.append(kept)
-                self._ends.append(len(self) + len(kept))
+        if isinstance(items, BitmapList):  # its blocks as they are: a watch refresh copies thousands
+            base = len(self)
+            self._chunks.extend(items._chunks)
+            self._ends.extend([end + base for end in items._ends] if base else items._ends)
+            return
+        kept = items if isinstance(items, PackedBitmaps | tuple) else list(items)
+        if len(kept):
+            self._chunks.append(kept)
+            self._ends.append(len(self) + len(kept))
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
