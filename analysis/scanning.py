@@ -274,7 +274,10 @@ def scan_files(
                         if options.progress is not None:
                             options.progress(done, total)
                 runner.forget_before(used[0])
-            yield item.path, item.result
+            result = item.result
+            if cache is None:  # nothing is stored at the end: the scan is the caller's alone
+                item.result = None
+            yield item.path, result
     finally:
         runner.close()
     if cache is not None and new:
