@@ -52,12 +52,16 @@ _POSITIVE = frozenset(
         "growth_factor",
         "shrink_factor",
         "dead_units",
+        "saturation_share",
+        "dead_activations_share",
+        "loss_stuck_drop",
     }
 )
 # Factors that must sit on one side of 1: growth multiplies the norm, shrinking divides it.
 _ABOVE_ONE = frozenset({"growth_factor"})
-_BELOW_ONE = frozenset({"shrink_factor"})
-_AT_MOST_ONE = frozenset({"dead_units"})  # a fraction of a layer's units
+_BELOW_ONE = frozenset({"shrink_factor", "loss_stuck_drop"})  # loss-stuck-drop: a fraction of the loss
+# fractions: of a layer's units, of an output's values or units
+_AT_MOST_ONE = frozenset({"dead_units", "saturation_share", "dead_activations_share"})
 _ORDERED_PAIRS = (("update_ratio_low", "update_ratio_high"),)
 
 

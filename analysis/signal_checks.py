@@ -16,6 +16,7 @@ from .checks import HINTS, Finding
 from .config import SIGNAL_CHECK_IDS, Config  # noqa: F401 (SIGNAL_CHECK_IDS re-exported; defined in config)
 from .formatting import sci
 from .runs import Run
+from .thresholds import Thresholds
 
 SEVERITY = {
     "nan-origin": "error",
@@ -26,14 +27,11 @@ SEVERITY = {
 }
 LOSS = "loss"  # the `param` of loss findings
 
-# Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least this
-# share of its values at the bounds, at this many consecutive recorded steps. Evidence (benchmarks/
-# detection_activations, digits, every=10): pixels left unscaled (0-255) put 0.97-0.99 of a tanh hidden layer
-# and 0.87 then 1.0 of a sigmoid output layer at the bounds from step 0, a 1-unit softmax 1.0; the healthy twins
-# stay at 0.00-0.08. A confident output layer late in training is healthy: `confident_softmax` (1500 steps)
-# climbs to 0.88 of its softmax rows one-hot, so an output layer (one no later module consumes) counts only when
-# its streak starts within the first SATURATION_WINDOW recorded steps.
-SATURATION_SHARE = 0.9
+# Saturation. A bounded output (sigmoid, tanh, softmax; bounds in recording/activations.py) with at least
+# Thresholds.saturation_share of its values at the bounds (evidence there), at this many consecutive recorded
+# steps. A confident output layer late in training is healthy: `confident_softmax` (1500 steps) climbs to 0.88
+# of its softmax rows one-hot, so an output layer (one no later module consumes) counts only when its streak
+# starts within the first SATURATION_WINDOW recorded steps.
 SATURATION_WINDOW = 3
 # Saturation is an error when it is held: from within the first SATURATION_WINDOW recorded steps through the last,
 # over at least SATURATION_HELD recorded steps (a whole run, not a phase), and the module is hidden (its pinned
@@ -47,21 +45,17 @@ SATURATION_WINDOW = 3
 # a warning unless its outputs are all the same value.
 SATURATION_HELD = 10
 PINNED_SPREAD = 0.01
-# Dead units from activations: a ReLU-family output with at least this share of its units zero for every input
-# of this many consecutive recorded steps. Evidence: the healthy digits MLPs keep at most 8-19 % of their 64
-# ReLU units silent at any recorded step; `dying_relu` (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
-# The window matches the gradient-based dead check's persistence: a unit silent for one batch does not count.
-DEAD_SHARE = 0.5
+# Dead units from activations: a ReLU-family output with at least Thresholds.dead_activations_share of its units
+# zero for every input of this many consecutive recorded steps. The window matches the gradient-based dead
+# check's persistence: a unit silent for one batch does not count.
 DEAD_WINDOW = 3
-# Loss stuck: the median loss of the last third of the recorded steps is not at least this fraction below the
-# higher of the first loss and the median of the first third (medians of thirds smooth minibatch noise).
-# Evidence (digits, 30 recorded steps): healthy runs drop 56-86 %; lr 1e-5 drops 0.4 %, dying ReLU 1.1 %.
-# Comparing thirds of the whole run keeps a late plateau healthy: the first third still holds the early,
-# higher loss (`confident_softmax` plateaus from step ~600 of 1500 and is not flagged). Needs STUCK_MIN_STEPS
-# recorded losses: the evidence above is from 30; a short run cannot tell a slow start from a stuck loss (a
-# healthy 16-step HF Trainer fine-tune at its default lr 5e-5 moved its loss 0.2 % over 8 logged steps,
-# tests/test_adapter_transformers.py), and CI smoke runs are short.
-STUCK_DROP = 0.02
+# Loss stuck: the median loss of the last third of the recorded steps is not at least Thresholds.loss_stuck_drop
+# below the higher of the first loss and the median of the first third (medians of thirds smooth minibatch
+# noise; evidence next to the threshold). Comparing thirds of the whole run keeps a late plateau healthy: the
+# first third still holds the early, higher loss (`confident_softmax` plateaus from step ~600 of 1500 and is
+# not flagged). Needs STUCK_MIN_STEPS recorded losses: the evidence is from 30; a short run cannot tell a slow
+# start from a stuck loss (a healthy 16-step HF Trainer fine-tune at its default lr 5e-5 moved its loss 0.2 %
+# over 8 logged steps, tests/test_adapter_transformers.py), and CI smoke runs are short.
 STUCK_MIN_STEPS = 10
 # ...and the drop must exceed this many (robust, MAD-based) standard errors of the two medians: a loss that
 # only jitters is not progress (a 1-unit softmax under BCE jumps between 40 and 70 from batch to batch: its
@@ -90,11 +84,12 @@ def signal_findings(run: Run, config: Config) -> list[Finding]:
     found = [
         *nan_origin(run),
         *loss_nonfinite(signals),
-        *saturation(signals),
-        *dead_activations(signals),
-        *loss_stuck(signals),
+        *saturation(signals, config),
+        *dead_activations(signals, config),
+        *loss_stuck(signals, config),
     ]
-    # --ignore and the config's ignore lists; an override's `params` globs match the module name (or `loss`)
+    # --ignore and the config's ignore lists; an override's `params` globs match the module name (or `loss`),
+    # for its thresholds too
     return [f for f in found if f.check not in config.for_param(f.param)[1]]
 
 
@@ -184,13 +179,12 @@ def _is_output(name: str, order: int, acts: dict[str, ModuleActivation]) -> bool
     )
 
 
-def saturation(signals: Signals) -> Iterator[Finding]:
+def saturation(signals: Signals, config: Config | None = None) -> Iterator[Finding]:
     """A sigmoid/tanh/softmax output mostly at its bounds over SATURATION_WINDOW recorded steps."""
     early = signals.steps()[:SATURATION_WINDOW]
     for name, series in _series(signals).items():
-        hits = [
-            (step, a) for step, a in series if a.saturated is not None and a.saturated >= SATURATION_SHARE
-        ]
+        share = _thresholds(config, name).saturation_share
+        hits = [(step, a) for step, a in series if a.saturated is not None and a.saturated >= share]
         streak = _streak([step for step, _ in hits], [step for step, _ in series], SATURATION_WINDOW)
         if not streak:
             continue
@@ -208,12 +202,13 @@ def saturation(signals: Signals) -> Iterator[Finding]:
             message += ", to the last step" + (f": every output within {PINNED_SPREAD} of one value" * pinned)
         severity = "error" if held and (pinned or not output) else None
         value = act.saturated or 0.0
-        yield _finding("saturation", name, "act", streak, value, SATURATION_SHARE, message, severity)
+        yield _finding("saturation", name, "act", streak, value, share, message, severity)
 
 
-def dead_activations(signals: Signals) -> Iterator[Finding]:
+def dead_activations(signals: Signals, config: Config | None = None) -> Iterator[Finding]:
     """ReLU-family units that stayed at zero for every input over DEAD_WINDOW recorded steps."""
     for name, series in _series(signals).items():
+        share = _thresholds(config, name).dead_activations_share
         with_bits = [(step, a) for step, a in series if a.alive is not None]
         firing: list[int] = []
         worst: tuple[int, int, int] | None = None
@@ -223,17 +218,18 @@ def dead_activations(signals: Signals) -> Iterator[Finding]:
                 continue
             act = window[-1][1]
             dead = act.dead_units(merge_alive([a.alive or b"" for _, a in window])) or 0
-            if act.units and dead / act.units >= DEAD_SHARE:
+            if act.units and dead / act.units >= share:
                 firing.append(window[-1][0])
                 worst = worst or (window[0][0], dead, act.units)
         if firing and worst:
             start, dead, units = worst
             message = f"{dead} of {units} units of {name} never fired over steps {start}-{firing[0]}"
-            yield _finding("dead-activations", name, "act", firing, dead / units, DEAD_SHARE, message)
+            yield _finding("dead-activations", name, "act", firing, dead / units, share, message)
 
 
-def loss_stuck(signals: Signals) -> Iterator[Finding]:
+def loss_stuck(signals: Signals, config: Config | None = None) -> Iterator[Finding]:
     """The recorded loss did not go down between the first and the last third of the run."""
+    least = _thresholds(config, LOSS).loss_stuck_drop
     losses = [(step, value) for step, value in signals.losses() if math.isfinite(value)]
     if len(losses) < STUCK_MIN_STEPS:  # at least 3 values per third, for a variance
         return
@@ -245,13 +241,18 @@ def loss_stuck(signals: Signals) -> Iterator[Finding]:
         return
     drop = (early - late) / abs(early)
     noise = STUCK_NOISE * 1.4826 * (_mad(first) + _mad(last)) / math.sqrt(third)
-    if drop < STUCK_DROP or early - late < noise:
+    if drop < least or early - late < noise:
         message = (
             f"loss went from {sci(early)} to {sci(late)} (medians of the first and last third of "
-            f"{len(losses)} recorded steps): {drop:.1%} lower, below {STUCK_DROP:.0%}"
+            f"{len(losses)} recorded steps): {drop:.1%} lower, below {least:.0%}"
         )
         steps = [step for step, _ in losses]
-        yield _finding("loss-stuck", LOSS, "loss", [steps[0], steps[-1]], drop, STUCK_DROP, message)
+        yield _finding("loss-stuck", LOSS, "loss", [steps[0], steps[-1]], drop, least, message)
+
+
+def _thresholds(config: Config | None, who: str) -> Thresholds:
+    """The thresholds for a module (or `loss`): the config's, with the overrides whose params globs match it."""
+    return config.for_param(who)[0] if config is not None else Thresholds()
 
 
 def _mad(values: list[float]) -> float:

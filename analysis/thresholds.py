@@ -54,6 +54,41 @@ class Thresholds:
     # because the weights inflate until the ratio is back near -2 (-1.72 median for the GPT at lr 0.1).
     update_ratio_low: float = -3.4
     update_ratio_high: float = -1.2
+    # The loss and activation checks (analysis/signal_checks.py, issue #16); their windows and the rest of their
+    # evidence sit next to the other constants there. Per module (or `loss`) an override's params globs apply.
+    # Saturation: a sigmoid/tanh/softmax output with at least this share of its values (softmax: rows) at the
+    # bounds. benchmarks/detection_activations (digits, every=10): unscaled pixels put 0.97-0.99 of a tanh
+    # hidden layer, 0.87 then 1.0 of a sigmoid output layer and 1.0 of a 1-unit softmax at the bounds; the
+    # healthy twins stay at 0.00-0.08, and a confident softmax classifier late in training reaches 0.88.
+    saturation_share: float = 0.9
+    # Dead activations: a ReLU-family output with at least this share of its units zero for every input.
+    # Healthy digits MLPs keep at most 8-19 % of their 64 ReLU units silent at a recorded step; `dying_relu`
+    # (SGD lr 3) has 78 % at step 10 and 100 % from step 60.
+    dead_activations_share: float = 0.5
+    # Loss stuck: the median loss of the last third of the recorded steps is not at least this fraction below
+    # the first third's (or the first loss). Digits, 30 recorded steps: healthy runs drop 56-86 %; lr 1e-5
+    # drops 0.4 %, dying ReLU 1.1 %.
+    loss_stuck_drop: float = 0.02
+
+
+# The thresholds of JSON schema 1, which prints exactly these keys (its documents do not change).
+SCHEMA_1_KEYS = (
+    "vanishing_mean",
+    "vanishing_relative",
+    "exploding_mean",
+    "exploding_relative",
+    "spike_factor",
+    "spike_history",
+    "growth_factor",
+    "growth_window",
+    "shrink_factor",
+    "shrink_window",
+    "dead_min_steps",
+    "dead_units",
+    "min_steps",
+    "update_ratio_low",
+    "update_ratio_high",
+)
 
 
 THRESHOLD_KEYS: dict[str, str] = {f.name.replace("_", "-"): f.name for f in fields(Thresholds)}

@@ -16,7 +16,7 @@ from gradcheck.analysis.inspection import Report
 from gradcheck.analysis.metrics import ParamStep
 from gradcheck.analysis.runs import Run, Tensor
 from gradcheck.analysis.story import tell
-from gradcheck.analysis.thresholds import THRESHOLD_KEYS
+from gradcheck.analysis.thresholds import SCHEMA_1_KEYS
 
 SCHEMA_VERSION = 1
 _FINDING_FIELDS = (
@@ -45,7 +45,9 @@ def report_document(
         "params": [_param_document(report, param, selection) for param in run.params],
         "unreadable": [{"file": note.file, "reason": note.reason} for note in run.unreadable],
         "skipped": [{"file": n.file, "tensor": n.tensor, "reason": n.reason} for n in run.skipped],
-        "thresholds": {key: getattr(report.config.thresholds, name) for key, name in THRESHOLD_KEYS.items()},
+        "thresholds": {  # schema 1 keeps its keys: the signal checks' thresholds are in schema 2 only
+            name.replace("_", "-"): getattr(report.config.thresholds, name) for name in SCHEMA_1_KEYS
+        },
         "context": _context_document(run),
     } | signals_document(run.signals)  # only for runs that recorded the loss or activations
 

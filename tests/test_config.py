@@ -71,6 +71,7 @@ def test_defaults() -> None:
     assert (t.shrink_factor, t.shrink_window) == (0.5, 5)
     assert (t.update_ratio_low, t.update_ratio_high) == (-3.4, -1.2)
     assert (t.min_steps, t.dead_units, t.dead_min_steps) == (2, 0.7, 2)
+    assert (t.saturation_share, t.dead_activations_share, t.loss_stuck_drop) == (0.9, 0.5, 0.02)
 
 
 def test_threshold_keys_are_the_field_names_with_dashes() -> None:
@@ -235,6 +236,9 @@ def test_parse_threshold_option() -> None:
         ),
         ({"overrides": [{"params": "*", "thresholds": {"spike": 3}}]}, ["overrides[0]", "'spike'"]),
         ({"thresholds": {"update-ratio-low": -1.0}}, ["update-ratio-low", "update-ratio-high"]),
+        ({"thresholds": {"saturation-share": 1.5}}, ["saturation-share", "at most 1"]),
+        ({"thresholds": {"dead-activations-share": 0}}, ["dead-activations-share", "above 0"]),
+        ({"thresholds": {"loss-stuck-drop": 1}}, ["loss-stuck-drop", "below 1"]),
         ({"thresholds": {"update-ratio-low": -3, "update-ratio-high": -5}}, ["update-ratio-low"]),
     ],
 )

@@ -40,9 +40,13 @@ def test_schema_2_holds_the_values_of_schema_1(runner: CliRunner, sample_runs: P
     code_2, text_2 = _inspect(runner, sample_runs / name)
     one, two = json.loads(text_1), json.loads(text_2)
     assert code_1 == code_2 and one["schema"] == 1 and two["schema"] == 2
-    assert {k: v for k, v in one.items() if k not in ("schema", "params")} == {
-        k: v for k, v in two.items() if k not in ("schema", "params", "files", "layers")
+    assert {k: v for k, v in one.items() if k not in ("schema", "params", "thresholds")} == {
+        k: v for k, v in two.items() if k not in ("schema", "params", "files", "layers", "thresholds")
     }
+    # schema 2 adds the loss and activation checks' thresholds (docs/JSON.md); the others are the same
+    signal_keys = {"saturation-share", "dead-activations-share", "loss-stuck-drop"}
+    assert set(two["thresholds"]) == set(one["thresholds"]) | signal_keys
+    assert {key: two["thresholds"][key] for key in one["thresholds"]} == one["thresholds"]
     rows = per_step(two)["params"]
     assert [p["name"] for p in rows] == [p["name"] for p in one["params"]]
     for old, new in zip(one["params"], rows, strict=True):

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks" / "detection_
 import programs
 
 from gradcheck.analysis.activations import ModuleActivation, Signals
+from gradcheck.analysis.config import config_from_mapping
 from gradcheck.analysis.inspection import inspect_run
 from gradcheck.analysis.signal_checks import (
     SIGNAL_CHECK_IDS,
@@ -132,3 +133,28 @@ def test_dead_units_need_the_whole_window() -> None:
     (finding,) = dead_activations(dying)
     assert finding.steps == (3, 4) and finding.message == "7 of 8 units of r never fired over steps 1-3"
     assert comparison(finding) == "87 % ≥ 50 %"  # as the gradient-based dead-units in CI outputs
+
+
+def test_the_signal_thresholds_come_from_the_config_and_its_overrides_by_module() -> None:
+    """-t / [tool.gradcheck.thresholds] reach the signal checks; an override's params glob matches a module."""
+    held = Signals(activations={s: {"out": _act(s, bound="sigmoid", saturated=0.95)} for s in range(4)})
+    assert [f.threshold for f in saturation(held)] == [0.9]
+    assert list(saturation(held, config_from_mapping({"thresholds": {"saturation-share": 0.97}}))) == []
+    by_module = {"overrides": [{"params": "o*", "thresholds": {"saturation-share": 0.97}}]}
+    assert list(saturation(held, config_from_mapping(by_module))) == []
+    other = {"overrides": [{"params": "hidden*", "thresholds": {"saturation-share": 0.97}}]}
+    assert len(list(saturation(held, config_from_mapping(other)))) == 1
+
+    flat = [2.3, 2.2, 2.25, 2.2] * 5  # the last third is ~3 % below the first: not stuck at the default
+    losses = Signals(scalars={i: {"loss": v} for i, v in enumerate(flat)})
+    assert list(loss_stuck(losses)) == []
+    (stuck,) = loss_stuck(losses, config_from_mapping({"thresholds": {"loss-stuck-drop": 0.5}}))
+    assert stuck.threshold == 0.5 and "below 50%" in stuck.message
+
+    def relu(step: int) -> dict[str, ModuleActivation]:
+        return {"r": _act(step, module="r", type="ReLU", units=8, alive=bytes([0x0F]))}  # 4 of 8 dead
+
+    half_dead = Signals(activations={s: relu(s) for s in range(4)})
+    assert len(list(dead_activations(half_dead))) == 1
+    stricter = config_from_mapping({"thresholds": {"dead-activations-share": 0.75}})
+    assert list(dead_activations(half_dead, stricter)) == []
