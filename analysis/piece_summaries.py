@@ -8,7 +8,7 @@ thousands of small tensors makes no Python object per tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,41 +36,35 @@ def summarize_reads(
     gets its units' "ever non-zero" bitmap (TensorStats.alive). All of it is numpy over a read's pieces at
     once: a file of thousands of small tensors makes no Python object per tensor.
     """
-    pieces, owners, per_segment, plan = _plan_arrays(reads, len(segments), layouts)
+    plan = _plan(reads, len(segments), layouts)
     units = _UnitCollector(layouts, plan)
     elements = max((read.elements for read in reads), default=0)
     work, wide = np.empty(elements, dtype=np.uint32), np.empty(elements, dtype=np.float64)
     parts: list[dict[str, np.ndarray]] = []
     # Signalling NaNs (e.g. random BF16 bits) and sums past the float64 range are data, not warnings.
     with np.errstate(invalid="ignore", over="ignore"):
-        for number, (read, table) in enumerate(zip(reads, pieces, strict=True)):
+        for read, table, read_units in zip(reads, plan.pieces, plan.units, strict=True):
             magnitudes = read.info.magnitudes(fetch(read), work, wide)  # type: ignore[misc]
             arrays, zero = piece_arrays(magnitudes, table[:, 1], wide)
-            units.add(number, table[:, 0], table[:, 1], arrays["zeros"], zero)
+            units.add(read_units, table[:, 0], table[:, 1], arrays["zeros"], zero)
             parts.append(arrays)
 
     def merged() -> StatsBlock:
-        if len(parts) == 1:
-            fields: dict[str, np.ndarray] | None = parts[0]
-        else:
-            fields = (
-                {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS} if parts else None
-            )
+        fields: dict[str, np.ndarray] | None = parts[0] if parts else None
+        if len(parts) > 1:
+            fields = {name: np.concatenate([a[name] for a in parts]) for name in STAT_FIELDS}
         return StatsBlock(
-            keys=tuple(s.name for s in segments),
-            **_fold_pieces(owners, per_segment, fields),
-            alive=units.bitmaps(),
+            keys=tuple(s.name for s in segments), **_fold_pieces(plan, fields), alive=units.bitmaps()
         )
 
     return merged
 
 
-def _fold_pieces(
-    owners: np.ndarray, per_segment: np.ndarray, fields: dict[str, np.ndarray] | None
-) -> dict[str, np.ndarray]:
+def _fold_pieces(plan: _Plan, fields: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Per-segment arrays from per-piece ones: a single piece is its segment's summary, more are merged in order."""
-    if fields is not None and owners.size == per_segment.size and (owners[1:] > owners[:-1]).all():
-        return {name: fields[name] for name in STAT_FIELDS}  # one piece per segment, in order: the usual case
+    if fields is not None and plan.one_each:  # the usual case: the pieces are the segments
+        return {name: fields[name] for name in STAT_FIELDS}
+    owners, per_segment = plan.owners, plan.per_segment
     out = {name: np.full(per_segment.size, EMPTY[name], dtype=DTYPE[name]) for name in STAT_FIELDS}
     if fields is None:
         return out
@@ -99,49 +93,75 @@ class _Layouts:
 
 
 @dataclass(frozen=True)
-class _UnitPlan:
-    """What a unit collector needs of a plan, made once per plan (the files of a run share one)."""
+class _ReadUnits:
+    """What the unit bitmaps of one read's one-piece segments need; the same for every file of a plan."""
 
-    count: int  # segments
-    vector: np.ndarray  # segments of one piece that keep a bitmap
+    mine: np.ndarray  # which of the read's pieces these are
+    starts: np.ndarray  # where each starts in the read
+    segments: np.ndarray
+    first: np.ndarray  # the segment's first element in its tensor
+    row: np.ndarray  # elements per unit
+    n: np.ndarray  # elements
+    low: np.ndarray  # the first unit the piece touches
+    units: np.ndarray  # units it touches
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A plan's reads as arrays, made once per plan: the files of a run share one (reader._layout_plan)."""
+
+    pieces: list[np.ndarray]  # each read's (segment, elements) rows
+    owners: np.ndarray  # every piece's segment
+    per_segment: np.ndarray  # pieces per segment
+    one_each: bool  # one piece per segment, in segment order
+    units: list[_ReadUnits | None]  # per read; None: no one-piece segment of it keeps a bitmap
     tracked: list[int]  # segments of many pieces that keep a bitmap
     empty: list[int]  # empty segments that keep a bitmap: no unit is alive
-    # By read number, what _UnitCollector.add needs of the read (filled by the first file of the plan).
-    reads: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
-def _unit_plan(layouts: _Layouts | None, single: np.ndarray) -> _UnitPlan:
-    if layouts is None:
-        return _UnitPlan(single.size, np.zeros(single.size, dtype=bool), [], [])
-    kept = layouts.row > 0
-    return _UnitPlan(
-        single.size,
-        kept & single,
-        np.flatnonzero(kept & ~single).tolist(),
-        np.flatnonzero(kept & (layouts.elements == 0)).tolist(),
-    )
+# The last plan with the (reads, layouts) it was made for, kept alive so that identity is a safe key:
+# reader._layout_plan hands every file of a shared layout the same plan objects. One slot, replaced whole:
+# threads see either the old or the new entry.
+_LAST_PLAN: dict[str, tuple[Sequence[_Read], _Layouts | None, int, _Plan]] = {}
 
 
-_PlanArrays = tuple[list[np.ndarray], np.ndarray, np.ndarray, _UnitPlan]
-# The last plan's arrays with the plan (reads, layouts) they were made for, kept alive so that identity is a
-# safe key: reader._layout_plan hands every file of a shared layout the same plan objects.
-# One slot, replaced whole: threads see either the old or the new entry.
-_LAST_ARRAYS: dict[str, tuple[Sequence[_Read], _Layouts | None, int, _PlanArrays]] = {}
-
-
-def _plan_arrays(reads: Sequence[_Read], count: int, layouts: _Layouts | None) -> _PlanArrays:
-    """Each read's (segment, elements) pieces as an array, every piece's segment, pieces per segment."""
-    last = _LAST_ARRAYS.get("plan")
-    if last is not None:
-        last_reads, last_layouts, last_count, found = last
-        if last_reads is reads and last_layouts is layouts and last_count == count:
-            return found
+def _plan(reads: Sequence[_Read], count: int, layouts: _Layouts | None) -> _Plan:
+    """The arrays of a plan of `count` segments (the last one made, when it is for these reads and layouts)."""
+    last = _LAST_PLAN.get("plan")
+    if last is not None and last[0] is reads and last[1] is layouts and last[2] == count:
+        return last[3]
     pieces = [np.array(read.pieces, dtype=np.intp).reshape(-1, 2) for read in reads]
     owners = np.concatenate([p[:, 0] for p in pieces]) if pieces else np.zeros(0, dtype=np.intp)
     per_segment = np.bincount(owners, minlength=count)
-    made = (pieces, owners, per_segment, _unit_plan(layouts, per_segment == 1))
-    _LAST_ARRAYS["plan"] = (reads, layouts, count, made)
-    return made
+    one_each = owners.size == per_segment.size and bool((owners[1:] > owners[:-1]).all())
+    if layouts is None:
+        plan = _Plan(pieces, owners, per_segment, one_each, [None] * len(pieces), [], [])
+    else:
+        kept, single = layouts.row > 0, per_segment == 1
+        plan = _Plan(
+            pieces,
+            owners,
+            per_segment,
+            one_each,
+            [_read_units(table, kept & single, layouts) for table in pieces],
+            np.flatnonzero(kept & ~single).tolist(),
+            np.flatnonzero(kept & (layouts.elements == 0)).tolist(),
+        )
+    _LAST_PLAN["plan"] = (reads, layouts, count, plan)
+    return plan
+
+
+def _read_units(table: np.ndarray, vector: np.ndarray, layouts: _Layouts) -> _ReadUnits | None:
+    """The _ReadUnits of a read's (segment, elements) rows; `vector`: the one-piece segments keeping a bitmap."""
+    owners, counts = table[:, 0], table[:, 1]
+    mine = vector[owners]
+    if not mine.any():
+        return None
+    segments = owners[mine]
+    first, row, n = layouts.first[segments], layouts.row[segments], counts[mine]
+    low = first // row
+    units = (first + n - 1) // row - low + 1
+    return _ReadUnits(mine, (np.cumsum(counts) - counts)[mine], segments, first, row, n, low, units)
 
 
 class _UnitCollector:
@@ -151,7 +171,7 @@ class _UnitCollector:
     all such segments; a segment of many pieces is followed piece by piece by a RowTracker.
     """
 
-    def __init__(self, layouts: _Layouts | None, plan: _UnitPlan) -> None:
+    def __init__(self, layouts: _Layouts | None, plan: _Plan) -> None:
         self.layouts = layouts
         self.alive: dict[int, int] = dict.fromkeys(plan.empty, 0)  # bitmaps made as ints, by segment
         self.parts: list[
@@ -159,8 +179,7 @@ class _UnitCollector:
         ] = []  # (segments, starts, ends) in buffers
         self.buffers: list[np.ndarray] = []
         self.size = 0
-        self.count = plan.count
-        self.vector, self.plan = plan.vector, plan
+        self.count = plan.per_segment.size
         self.trackers: dict[int, RowTracker] = {}
         if layouts is not None:
             for index in plan.tracked:
@@ -169,29 +188,24 @@ class _UnitCollector:
                 )
 
     def add(
-        self, number: int, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None
+        self,
+        read: _ReadUnits | None,
+        owners: np.ndarray,
+        counts: np.ndarray,
+        zeros: np.ndarray,
+        zero: np.ndarray | None,
     ) -> None:
-        """The plan's read `number`: its pieces' segments, sizes and zero counts, and `magnitudes == 0`
-        (None: no zero)."""
+        """One read's pieces: their segments, sizes and zero counts, and `magnitudes == 0` (None: no zero)."""
         if self.layouts is None:
             return
         if self.trackers:
             self._track(owners, counts, zeros, zero)
-        found = self.plan.reads.get(number)
-        if found is None:  # what depends on the plan only, made for its first file
-            mine = self.vector[owners]
-            segments = owners[mine]
-            first, row = self.layouts.first[segments], self.layouts.row[segments]
-            n = counts[mine]
-            low = first // row
-            units = (first + n - 1) // row - low + 1
-            starts = (np.cumsum(counts) - counts)[mine]
-            found = self.plan.reads[number] = (mine, starts, segments, first, row, n, low, units)
-        mine, starts, segments, first, row, n, low, units = found
-        if not segments.size:
+        if read is None:
             return
-        alive = self._alive_units(starts, n, first, row, units, zero, zeros[mine])
-        self._store(segments, low, units, alive)
+        alive = self._alive_units(
+            read.starts, read.n, read.first, read.row, read.units, zero, zeros[read.mine]
+        )
+        self._store(read.segments, read.low, read.units, alive)
 
     def _track(
         self, owners: np.ndarray, counts: np.ndarray, zeros: np.ndarray, zero: np.ndarray | None
@@ -236,33 +250,20 @@ class _UnitCollector:
         whole = low == 0
         if whole.all() and alive.all():  # the usual case: files of a run repeat it, so it is made once
             key = units.tobytes()
-            found = _ALL_ALIVE.get(key)
-            if found is None:
-                found = _ALL_ALIVE[key] = _all_alive(units)
+            packed_at = _ALL_ALIVE.get(key)
+            if packed_at is None:
+                packed_at = _ALL_ALIVE[key] = _packed(units, alive)
                 if len(_ALL_ALIVE) > 64:
                     _ALL_ALIVE.pop(next(iter(_ALL_ALIVE)))
-            packed, starts, ends = found
-            self.parts.append((segments, starts + self.size, ends + self.size))
-            self.buffers.append(packed)
-            self.size += packed.size
-            return
-        padded = (units + 7) // 8 * 8
-        ends = np.cumsum(padded)
-        place = np.repeat(ends - padded, units) + (
-            np.arange(alive.size) - np.repeat(np.cumsum(units) - units, units)
-        )
-        flags = np.zeros(int(ends[-1]), dtype=bool)
-        flags[place] = alive
-        packed = np.packbits(flags, bitorder="little")
-        self.parts.append(
-            (segments[whole], (ends - padded)[whole] // 8 + self.size, ends[whole] // 8 + self.size)
-        )
+        else:
+            packed_at = _packed(units, alive)
+        packed, starts, ends = packed_at
+        self.parts.append((segments[whole], starts[whole] + self.size, ends[whole] + self.size))
         self.buffers.append(packed)
         self.size += packed.size
         for index in np.flatnonzero(~whole).tolist():  # the later part of a cut tensor: bits shifted in place
-            start, end = int(ends[index] - padded[index]) // 8, int(ends[index]) // 8
-            bits = int.from_bytes(packed[start:end].tobytes(), "little") << int(low[index])
-            self.alive[int(segments[index])] = bits
+            raw = packed[int(starts[index]) : int(ends[index])].tobytes()
+            self.alive[int(segments[index])] = int.from_bytes(raw, "little") << int(low[index])
 
     def bitmaps(self) -> PackedBitmaps:
         """Every segment's bitmap (None where none is kept), packed."""
@@ -282,17 +283,20 @@ class _UnitCollector:
         return PackedBitmaps(data, starts, ends, known)
 
 
-def _all_alive(units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Packed bitmaps of segments whose units are all alive, and where each starts and ends (bytes)."""
-    padded = (units + 7) // 8
+def _packed(units: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flags of consecutive segments' units (`units` each) packed, each segment from a whole byte; where
+    each segment's bytes start and end."""
+    padded = (units + 7) // 8 * 8
     ends = np.cumsum(padded)
-    flags = np.zeros(int(ends[-1]) * 8 if ends.size else 0, dtype=bool)
-    for start, count in zip(((ends - padded) * 8).tolist(), units.tolist(), strict=True):
-        flags[start : start + count] = True
-    return np.packbits(flags, bitorder="little"), ends - padded, ends
+    place = np.repeat(ends - padded, units) + (
+        np.arange(alive.size) - np.repeat(np.cumsum(units) - units, units)
+    )
+    flags = np.zeros(int(ends[-1]), dtype=bool)
+    flags[place] = alive
+    return np.packbits(flags, bitorder="little"), (ends - padded) // 8, ends // 8
 
 
-# Bitmaps of all-alive segments by their units (_store), for the few layouts a run's files share.
+# Packed all-alive bitmaps by the segments' units (_store), for the few layouts a run's files share.
 _ALL_ALIVE: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
