@@ -71,24 +71,9 @@ class Thresholds:
     loss_stuck_drop: float = 0.02
 
 
-# The thresholds of JSON schema 1, which prints exactly these keys (its documents do not change).
-SCHEMA_1_KEYS = (
-    "vanishing_mean",
-    "vanishing_relative",
-    "exploding_mean",
-    "exploding_relative",
-    "spike_factor",
-    "spike_history",
-    "growth_factor",
-    "growth_window",
-    "shrink_factor",
-    "shrink_window",
-    "dead_min_steps",
-    "dead_units",
-    "min_steps",
-    "update_ratio_low",
-    "update_ratio_high",
-)
+# The thresholds of the loss and activation checks, added after JSON schema 1: its documents keep the others.
+SIGNAL_THRESHOLDS = frozenset({"saturation_share", "dead_activations_share", "loss_stuck_drop"})
+SCHEMA_1_KEYS = tuple(f.name for f in fields(Thresholds) if f.name not in SIGNAL_THRESHOLDS)
 
 
 THRESHOLD_KEYS: dict[str, str] = {f.name.replace("_", "-"): f.name for f in fields(Thresholds)}
