@@ -66,11 +66,7 @@ def measure(gradcheck: str, size: int, folder: Path, args: argparse.Namespace) -
     command = [gradcheck, "watch", str(run), "--interval", str(args.interval), "--no-color"]
     began = time.perf_counter()
     with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     ) as watch:
         try:
             lines = _lines(watch)
