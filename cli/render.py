@@ -315,7 +315,7 @@ def verdict(report: Report) -> Text:
     warnings = [f for f in report.findings if f.severity == "warning"]
     if not report.findings:
         return Text(f"✓ healthy: no findings ({scope})", style="bold green")
-    warned = f"{len({f.param for f in warnings})} parameter(s) with warnings"
+    warned = _warned(warnings)
     if not errors:
         problems = ", ".join(dict.fromkeys(f.problem for f in warnings))
         return Text(f"! warnings only: {problems}; {warned} ({scope})", style="bold yellow")
@@ -327,3 +327,12 @@ def verdict(report: Report) -> Text:
     born = next((f for f in errors if f.check == "nan-origin"), None)  # analysis/signal_checks.py
     text += f"; NaN born in {printable(born.param)} at step {born.step}" if born else ""
     return Text(text + (f"; {warned}" if warnings else "") + f" ({scope})", style="bold red")
+
+
+def _warned(warnings: list[Finding]) -> str:
+    """Who has warnings: parameters (counted), and the loss or activations, which are not parameters."""
+    params = {f.param for f in warnings if f.kind in _KINDS}
+    who = [f"{len(params)} parameter(s)"] if params else []
+    if any(f.kind not in _KINDS for f in warnings):
+        who.append("the loss or activations")
+    return f"{' and '.join(who)} with warnings"

@@ -79,3 +79,18 @@ def test_the_loss_line_follows_the_steps_shown_and_marks_a_nan(tmp_path: Path) -
     (line,) = _loss_lines(out)
     assert line.startswith("loss 2.3e0 at step 0 -> nan at step 6 ") and line.endswith("!")
     assert len(line.split()[-1]) == 7  # one cell per shown step
+
+
+def test_a_loss_warning_is_not_counted_as_a_parameter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict counts parameters with warnings; a stuck loss is named as such, not as one more parameter."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "flat", [2.3, 2.31, 2.29, 2.3] * 3)
+    out = _inspect("flat", 200)
+    assert "loss-stuck" in out
+    verdict = out.splitlines()[-1]
+    assert (
+        verdict
+        == "! warnings only: loss-stuck; the loss or activations with warnings (4 parameters, 10 recorded steps)"
+    )
