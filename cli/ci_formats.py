@@ -44,6 +44,8 @@ _COMPARISON = {
 }
 _FACTOR_CHECKS = frozenset({"exploding-relative", "spike", "growth"})  # value and threshold are ratios
 _LOG_CHECKS = frozenset({"update-ratio-high", "update-ratio-low"})  # value and threshold are log10 ratios
+# value and threshold are shares: of a weight's units, of an output's units, of an output's values at its bounds
+_SHARE_CHECKS = frozenset({"dead-units", "dead-activations", "saturation"})
 # CommonMark lets a backslash escape any ASCII punctuation; these are the ones a name could turn into markup.
 _MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~&#!")
 _UNREADABLE_CLASS = "unreadable"
@@ -109,9 +111,9 @@ def comparison(finding: Finding) -> str:
         value, bound = beyond(finding.value, finding.threshold), threshold_text(finding.threshold)
     elif finding.check == "dead":
         return "all zero"
-    elif finding.check in ("dead-units", "dead-activations"):  # shares of units, of weights / of outputs
-        value, bound = f"{math.floor(100 * finding.value)} %", f"{100 * finding.threshold:g} %"
-        return f"{value} ≥ {bound}"
+    elif finding.check in _SHARE_CHECKS:
+        whole, limit = math.floor(100 * finding.value), 100 * finding.threshold
+        return f"{whole if whole >= limit else beyond(100 * finding.value, limit)} % ≥ {limit:g} %"
     elif finding.check == "nonfinite":
         value, bound = f"{finding.value:.0f}", "0"
     else:

@@ -158,3 +158,12 @@ def test_the_signal_thresholds_come_from_the_config_and_its_overrides_by_module(
     assert len(list(dead_activations(half_dead))) == 1
     stricter = config_from_mapping({"thresholds": {"dead-activations-share": 0.75}})
     assert list(dead_activations(half_dead, stricter)) == []
+
+
+def test_shares_compare_as_percentages_that_never_read_below_their_threshold() -> None:
+    held = Signals(activations={s: {"out": _act(s, bound="sigmoid", saturated=1.0)} for s in range(4)})
+    (saturated,) = saturation(held)
+    assert comparison(saturated) == "100 % ≥ 90 %"
+    near = Signals(activations={s: {"out": _act(s, bound="sigmoid", saturated=0.996)} for s in range(4)})
+    (fine,) = saturation(near, config_from_mapping({"thresholds": {"saturation-share": 0.995}}))
+    assert comparison(fine) == "99.6 % ≥ 99.5 %"  # not "99 % ≥ 99.5 %"
